@@ -1,0 +1,210 @@
+//! Tern's storage: one embedded RocksDB per node holding every partition log
+//! and the topic catalogue.
+//!
+//! Column families:
+//! - `log`: key `topic_id u32 BE | partition u32 BE | base_offset u64 BE`,
+//!   value = the record batch exactly as produced, base offset patched in.
+//! - `index`: same key, value = `record_count u32, bytes u32, max_timestamp
+//!   i64` — a few bytes per batch, so opening a partition reads only this.
+//! - `meta`: the topic catalogue and each partition's log-start marker.
+//!
+//! Big-endian keys make RocksDB's byte order equal offset order, so a
+//! partition is one contiguous key range: reads are range scans and retention
+//! is a `delete_range`.
+//!
+//! **Architecture invariant:** this crate knows nothing about the network,
+//! requests or Raft. It stores and returns batches and checks their CRC on
+//! every read: a corrupt batch becomes [`StorageError::Corrupt`], never data.
+//! A Raft log store for replication is meant to sit on the same `log` layout
+//! (the Raft log *is* the partition's data); only [`PartitionLog`] writes it.
+
+#![warn(missing_docs, unreachable_pub)]
+
+mod catalogue;
+mod log;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use thiserror::Error;
+
+pub use catalogue::TopicRecord;
+pub use log::{AppendedBatch, PartitionLog, ReadOutcome, RetentionOutcome};
+
+const CF_LOG: &str = "log";
+const CF_INDEX: &str = "index";
+const CF_META: &str = "meta";
+
+/// Storage failures.
+#[derive(Debug, Error)]
+pub enum StorageError {
+    /// RocksDB refused a read or write.
+    #[error("rocksdb {operation}: {source}")]
+    Rocks {
+        /// What was being done.
+        operation: &'static str,
+        /// The engine's error.
+        #[source]
+        source: rocksdb::Error,
+    },
+    /// The disk is full; writes fail until space returns.
+    #[error("disk full during {operation}: {message}")]
+    DiskFull {
+        /// What was being done.
+        operation: &'static str,
+        /// The engine's message.
+        message: String,
+    },
+    /// A stored batch failed its CRC or structure check.
+    #[error("corrupt batch in topic {topic_id} partition {partition} at offset {offset}: {cause}")]
+    Corrupt {
+        /// Topic id.
+        topic_id: u32,
+        /// Partition.
+        partition: u32,
+        /// Base offset of the batch.
+        offset: u64,
+        /// What failed.
+        cause: tern_protocol::BatchError,
+    },
+    /// The requested offset is outside the log.
+    #[error("offset {offset} out of range [{log_start}, {log_end}]")]
+    OffsetOutOfRange {
+        /// Requested.
+        offset: u64,
+        /// First stored offset.
+        log_start: u64,
+        /// Next offset to be written.
+        log_end: u64,
+    },
+    /// A stored catalogue entry cannot be decoded.
+    #[error("corrupt catalogue entry {key}: {detail}")]
+    CorruptCatalogue {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl StorageError {
+    pub(crate) fn rocks(operation: &'static str, source: rocksdb::Error) -> StorageError {
+        let message = source.to_string();
+        if message.contains("No space left") || message.contains("ENOSPC") {
+            StorageError::DiskFull { operation, message }
+        } else {
+            StorageError::Rocks { operation, source }
+        }
+    }
+}
+
+/// How writes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every append is acknowledged only after RocksDB's WAL is fsync'd.
+    /// Survives power loss and kernel crashes.
+    Fsync,
+    /// Appends are acknowledged once written to the WAL in the OS page cache.
+    /// Survives a crash of the broker process (SIGKILL included), but a
+    /// power loss or kernel crash can lose the most recent acknowledged writes.
+    PageCache,
+}
+
+/// One node's RocksDB.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+    durability: Durability,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("durability", &self.durability)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store under `dir`.
+    pub fn open(dir: &Path, durability: Durability) -> Result<Store, StorageError> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_bytes_per_sync(1 << 20);
+        // Logs are written once and read mostly at the tail: large memtables
+        // and no compression (payloads are usually already compact or random).
+        let cf_opts = || {
+            let mut o = Options::default();
+            o.set_compression_type(rocksdb::DBCompressionType::None);
+            o.set_write_buffer_size(64 << 20);
+            o.set_max_write_buffer_number(4);
+            o.set_target_file_size_base(64 << 20);
+            o.set_level_compaction_dynamic_level_bytes(true);
+            o
+        };
+        let cfs = [CF_LOG, CF_INDEX, CF_META]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, cf_opts()));
+        let db = DB::open_cf_descriptors(&db_opts, dir, cfs)
+            .map_err(|e| StorageError::rocks("open", e))?;
+        Ok(Store {
+            db: Arc::new(db),
+            durability,
+            path: dir.to_path_buf(),
+        })
+    }
+
+    /// The durability mode appends use.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    pub(crate) fn write_options(&self) -> rocksdb::WriteOptions {
+        let mut w = rocksdb::WriteOptions::default();
+        w.set_sync(self.durability == Durability::Fsync);
+        w
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+
+    /// Opens the log of one partition, recovering its offsets from the index.
+    pub fn partition_log(&self, topic_id: u32, partition: u32) -> Result<PartitionLog, StorageError> {
+        PartitionLog::open(self.clone(), topic_id, partition)
+    }
+
+    /// A RocksDB integer property summed over column families, e.g.
+    /// `rocksdb.total-sst-files-size`. `None` if the engine does not know it.
+    pub fn int_property(&self, name: &str) -> Option<u64> {
+        let mut total = None;
+        for cf in [CF_LOG, CF_INDEX, CF_META] {
+            if let Ok(Some(v)) = self.db.property_int_value_cf(self.cf(cf), name) {
+                total = Some(total.unwrap_or(0) + v);
+            }
+        }
+        total
+    }
+
+    /// Flushes memtables and the WAL (used at clean shutdown).
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.db
+            .flush_wal(true)
+            .map_err(|e| StorageError::rocks("flush wal", e))
+    }
+}
+
+pub(crate) fn log_key(topic_id: u32, partition: u32, offset: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..4].copy_from_slice(&topic_id.to_be_bytes());
+    k[4..8].copy_from_slice(&partition.to_be_bytes());
+    k[8..].copy_from_slice(&offset.to_be_bytes());
+    k
+}

@@ -1,0 +1,252 @@
+//! Every Prometheus metric the broker exports, defined once.
+//!
+//! Names follow Prometheus conventions: `tern_` prefix, base units in the
+//! name, `_total` for counters. Labels are bounded: API names and error
+//! codes are fixed sets; topic labels are bounded by the number of topics;
+//! per-partition series stop at [`PARTITION_SERIES_MAX`] partitions.
+//!
+//! This module never does I/O; the HTTP endpoint lives in `http`.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
+};
+
+/// Most partitions that get their own per-partition series.
+pub const PARTITION_SERIES_MAX: usize = 1_000;
+
+/// The broker's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry served on `/metrics`.
+    pub registry: Registry,
+    /// Requests received, by API.
+    pub requests: IntCounterVec,
+    /// Requests (or partitions within them) that failed, by API and error code.
+    pub request_errors: IntCounterVec,
+    /// Time from request decode to response enqueue, by API.
+    pub request_seconds: HistogramVec,
+    /// Bytes of frames read from clients.
+    pub network_in_bytes: IntCounter,
+    /// Bytes of frames written to clients.
+    pub network_out_bytes: IntCounter,
+    /// Open client connections.
+    pub connections: IntGauge,
+    /// Connections closed for a protocol violation (bad framing, oversize).
+    pub protocol_violations: IntCounter,
+    /// Records appended, by topic.
+    pub records_in: IntCounterVec,
+    /// Batch bytes appended, by topic.
+    pub bytes_in: IntCounterVec,
+    /// Batch bytes served to consumers, by topic.
+    pub bytes_out: IntCounterVec,
+    /// Batches per storage write (group commit size).
+    pub append_group_batches: Histogram,
+    /// Duration of one storage write including fsync.
+    pub append_seconds: Histogram,
+    /// First stored offset, per partition.
+    pub log_start_offset: IntGaugeVec,
+    /// Next offset to write, per partition.
+    pub log_end_offset: IntGaugeVec,
+    /// Stored batch bytes, per partition.
+    pub log_size_bytes: IntGaugeVec,
+    /// Number of topics.
+    pub topics: IntGauge,
+    /// Number of partitions on this node.
+    pub partitions: IntGauge,
+    /// Bytes removed by retention, by reason.
+    pub retention_deleted_bytes: IntCounterVec,
+    /// Batches removed by retention.
+    pub retention_deleted_batches: IntCounter,
+    /// Retention passes run.
+    pub retention_runs: IntCounter,
+    /// RocksDB live SST bytes.
+    pub rocksdb_sst_bytes: IntGauge,
+    /// RocksDB bytes pending compaction.
+    pub rocksdb_pending_compaction_bytes: IntGauge,
+    /// 1 while RocksDB stops writes.
+    pub rocksdb_write_stopped: IntGauge,
+    /// RocksDB memtable bytes.
+    pub rocksdb_memtable_bytes: IntGauge,
+    /// Storage errors, by operation.
+    pub storage_errors: IntCounterVec,
+    /// Build info.
+    pub build_info: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let latency_buckets = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0, 10.0,
+        ];
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("metric definition is valid");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric registered once");
+                m
+            }};
+        }
+        let m = Metrics {
+            requests: reg!(IntCounterVec::new(
+                Opts::new("tern_requests_total", "Requests received, by API."),
+                &["api"]
+            )),
+            request_errors: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tern_request_errors_total",
+                    "Requests or partitions within them that failed, by API and error code."
+                ),
+                &["api", "code"]
+            )),
+            request_seconds: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "tern_request_duration_seconds",
+                    "Time from request decode to response, by API (fetch includes long-poll wait)."
+                )
+                .buckets(latency_buckets.clone()),
+                &["api"]
+            )),
+            network_in_bytes: reg!(IntCounter::new(
+                "tern_network_received_bytes_total",
+                "Bytes of request frames read from clients."
+            )),
+            network_out_bytes: reg!(IntCounter::new(
+                "tern_network_sent_bytes_total",
+                "Bytes of response frames written to clients."
+            )),
+            connections: reg!(IntGauge::new(
+                "tern_connections",
+                "Open client connections."
+            )),
+            protocol_violations: reg!(IntCounter::new(
+                "tern_protocol_violations_total",
+                "Connections closed because of malformed or oversized frames."
+            )),
+            records_in: reg!(IntCounterVec::new(
+                Opts::new("tern_records_in_total", "Records appended, by topic."),
+                &["topic"]
+            )),
+            bytes_in: reg!(IntCounterVec::new(
+                Opts::new("tern_bytes_in_total", "Record batch bytes appended, by topic."),
+                &["topic"]
+            )),
+            bytes_out: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tern_bytes_out_total",
+                    "Record batch bytes served to consumers, by topic."
+                ),
+                &["topic"]
+            )),
+            append_group_batches: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "tern_storage_append_group_batches",
+                    "Batches written by one storage write (group commit size)."
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0])
+            )),
+            append_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "tern_storage_append_duration_seconds",
+                    "Duration of one storage write, fsync included."
+                )
+                .buckets(latency_buckets)
+            )),
+            log_start_offset: reg!(IntGaugeVec::new(
+                Opts::new("tern_partition_log_start_offset", "First stored offset."),
+                &["topic", "partition"]
+            )),
+            log_end_offset: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "tern_partition_log_end_offset",
+                    "Offset the next record will get (equals the high watermark on one node)."
+                ),
+                &["topic", "partition"]
+            )),
+            log_size_bytes: reg!(IntGaugeVec::new(
+                Opts::new("tern_partition_size_bytes", "Stored record batch bytes."),
+                &["topic", "partition"]
+            )),
+            topics: reg!(IntGauge::new("tern_topics", "Number of topics.")),
+            partitions: reg!(IntGauge::new(
+                "tern_partitions",
+                "Number of partitions hosted by this node."
+            )),
+            retention_deleted_bytes: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tern_retention_deleted_bytes_total",
+                    "Record batch bytes removed by retention."
+                ),
+                &["topic"]
+            )),
+            retention_deleted_batches: reg!(IntCounter::new(
+                "tern_retention_deleted_batches_total",
+                "Record batches removed by retention."
+            )),
+            retention_runs: reg!(IntCounter::new(
+                "tern_retention_runs_total",
+                "Retention passes completed."
+            )),
+            rocksdb_sst_bytes: reg!(IntGauge::new(
+                "tern_rocksdb_sst_files_bytes",
+                "Size of RocksDB's live SST files."
+            )),
+            rocksdb_pending_compaction_bytes: reg!(IntGauge::new(
+                "tern_rocksdb_pending_compaction_bytes",
+                "Estimated bytes RocksDB still has to compact."
+            )),
+            rocksdb_write_stopped: reg!(IntGauge::new(
+                "tern_rocksdb_write_stopped",
+                "1 while RocksDB stops writes (stall), else 0."
+            )),
+            rocksdb_memtable_bytes: reg!(IntGauge::new(
+                "tern_rocksdb_memtable_bytes",
+                "Bytes in RocksDB memtables."
+            )),
+            storage_errors: reg!(IntCounterVec::new(
+                Opts::new("tern_storage_errors_total", "Storage failures, by operation."),
+                &["operation"]
+            )),
+            build_info: reg!(IntGaugeVec::new(
+                Opts::new("tern_build_info", "Always 1; labels carry the version."),
+                &["version"]
+            )),
+            registry,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            m.registry
+                .register(Box::new(pc))
+                .expect("process collector registered once");
+        }
+        for api in tern_protocol::ApiKey::ALL {
+            m.requests.with_label_values(&[api.name()]);
+        }
+        m
+    }
+
+    /// Renders the registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        let encoder = prometheus::TextEncoder::new();
+        encoder
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

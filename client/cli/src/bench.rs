@@ -1,0 +1,204 @@
+//! `tern bench`: a load generator. Payloads are random (incompressible).
+//! Prints a progress bar on a terminal and ends with one summary line.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::RngCore;
+use tern_client::{
+    Acks, Admin, Client, ClientError, Consumer, ConsumerConfig, NewTopic, Offset, Producer,
+    ProducerConfig, ProducerRecord,
+};
+
+#[derive(Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Produce N random records and report throughput and ack latency.
+    Produce(BenchArgs),
+    /// Consume N records from the beginning and report throughput.
+    Consume(BenchArgs),
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct BenchArgs {
+    /// Topic (created with --partitions if missing).
+    #[arg(long)]
+    topic: String,
+    /// Records in total.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Payload bytes per record.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Records per batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Concurrent producers, each with its own connection.
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    /// Partitions when the topic is created.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// Batches in flight per partition per producer.
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
+    /// Linger in ms before a partial batch is sent.
+    #[arg(long, default_value_t = 2)]
+    linger_ms: u64,
+}
+
+pub(crate) async fn run(broker: &str, command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Produce(a) => produce(broker, a).await,
+        BenchCommand::Consume(a) => consume(broker, a).await,
+    }
+}
+
+fn bar(total: u64) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template"),
+    );
+    pb
+}
+
+async fn ensure_topic(client: &Client, a: &BenchArgs) -> anyhow::Result<()> {
+    if client.topic(&a.topic).await.is_ok() {
+        return Ok(());
+    }
+    let mut t = NewTopic::new(a.partitions);
+    t.retention_ms = Some(-1);
+    match Admin::new(client.clone()).create_topic(&a.topic, t).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some(tern_client::ErrorCode::TopicAlreadyExists) => Ok(()),
+        Err(e) => Err(e).context("create bench topic"),
+    }
+}
+
+async fn produce(broker: &str, a: BenchArgs) -> anyhow::Result<()> {
+    let client = Client::connect(broker).await?;
+    ensure_topic(&client, &a).await?;
+    let pb = Arc::new(bar(a.messages));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..a.producers.max(1) {
+        let share = a.messages / a.producers.max(1) as u64
+            + u64::from((i as u64) < a.messages % a.producers.max(1) as u64);
+        let (a, pb, broker) = (a.clone(), pb.clone(), broker.to_owned());
+        tasks.push(tokio::spawn(async move { produce_share(&broker, &a, share, &pb).await }));
+    }
+    let mut hist = Histogram::<u64>::new(3).expect("valid histogram");
+    for t in tasks {
+        hist.add(t.await.context("producer task")??)
+            .expect("same histogram bounds");
+    }
+    let elapsed = started.elapsed();
+    pb.finish_and_clear();
+    summary("produce", a.messages, a.size, elapsed, Some(&hist));
+    Ok(())
+}
+
+async fn produce_share(broker: &str, a: &BenchArgs, n: u64, pb: &ProgressBar) -> anyhow::Result<Histogram<u64>> {
+    let client = Client::connect(broker).await?;
+    let producer = Producer::new(
+        client,
+        ProducerConfig {
+            // Room for `batch` records and their framing.
+            batch_bytes_max: a.batch.max(1) * (a.size + 26) + 64,
+            linger: Duration::from_millis(a.linger_ms),
+            in_flight_per_partition_max: a.in_flight,
+            acks: Acks::All,
+            ..Default::default()
+        },
+    );
+    let mut payload = vec![0u8; a.size * 64 + 1];
+    rand::rng().fill_bytes(&mut payload);
+    let payload = Bytes::from(payload);
+    let mut hist = Histogram::<u64>::new(3).expect("valid histogram");
+    let mut pending = FuturesUnordered::new();
+    let window = (a.batch * a.in_flight.max(1) * 4).max(1000);
+    let mut acked = 0u64;
+    let mut on_ack = |r: (Instant, Result<tern_client::RecordMetadata, ClientError>),
+                      hist: &mut Histogram<u64>|
+     -> anyhow::Result<()> {
+        r.1.context("produce failed")?;
+        hist.record(r.0.elapsed().as_micros() as u64).ok();
+        acked += 1;
+        if acked % 1024 == 0 {
+            pb.inc(1024);
+        }
+        Ok(())
+    };
+    for i in 0..n {
+        let start = (i as usize * 7919) % (payload.len() - a.size);
+        let record = ProducerRecord::new(a.topic.clone(), payload.slice(start..start + a.size));
+        let sent = Instant::now();
+        let delivery = producer.enqueue(record).await?;
+        pending.push(async move { (sent, delivery.await) });
+        while pending.len() >= window {
+            if let Some(r) = pending.next().await {
+                on_ack(r, &mut hist)?;
+            }
+        }
+    }
+    producer.flush().await?;
+    while let Some(r) = pending.next().await {
+        on_ack(r, &mut hist)?;
+    }
+    pb.inc(acked % 1024);
+    Ok(hist)
+}
+
+async fn consume(broker: &str, a: BenchArgs) -> anyhow::Result<()> {
+    let client = Client::connect(broker).await?;
+    let mut consumer = Consumer::new(
+        client,
+        ConsumerConfig {
+            max_bytes: 16 * 1024 * 1024,
+            partition_max_bytes: 4 * 1024 * 1024,
+            ..Default::default()
+        },
+    );
+    consumer.assign_all(&a.topic, Offset::Earliest).await?;
+    let pb = bar(a.messages);
+    let started = Instant::now();
+    let mut hist = Histogram::<u64>::new(3).expect("valid histogram");
+    let mut got = 0u64;
+    let mut bytes = 0u64;
+    while got < a.messages {
+        let poll_started = Instant::now();
+        let records = consumer.poll().await?;
+        if records.is_empty() && started.elapsed() > Duration::from_secs(30) && got == 0 {
+            anyhow::bail!("no records in {} after 30 s", a.topic);
+        }
+        hist.record(poll_started.elapsed().as_micros() as u64).ok();
+        got += records.len() as u64;
+        bytes += records.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len()) as u64).sum::<u64>();
+        pb.inc(records.len() as u64);
+    }
+    let elapsed = started.elapsed();
+    pb.finish_and_clear();
+    let size = if got > 0 { (bytes / got) as usize } else { a.size };
+    summary("consume (latency = one fetch round)", got, size, elapsed, Some(&hist));
+    Ok(())
+}
+
+fn summary(what: &str, messages: u64, size: usize, elapsed: Duration, hist: Option<&Histogram<u64>>) {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let ms = |q: f64| hist.map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0);
+    println!(
+        "{what}: {messages} msgs of {size} B in {secs:.2} s: {:.0} msgs/s, {:.1} MB/s, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms",
+        messages as f64 / secs,
+        messages as f64 * size as f64 / secs / 1e6,
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+    );
+}

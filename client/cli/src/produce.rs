@@ -1,0 +1,68 @@
+//! `tern produce`: one record per stdin line; exits 0 only once every record
+//! is acknowledged.
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Args;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tern_client::{Client, Producer, ProducerConfig, ProducerRecord};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[derive(Args)]
+pub(crate) struct ProduceArgs {
+    /// Topic to write to.
+    topic: String,
+    /// Split each line into key and value at the first SEP.
+    #[arg(long)]
+    key_separator: Option<String>,
+    /// Write every record to this partition (default: by key, or sticky).
+    #[arg(long)]
+    partition: Option<u32>,
+}
+
+pub(crate) async fn run(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
+    // Fail fast on an unknown topic instead of per record.
+    client.topic(&args.topic).await?;
+    let producer = Producer::new(client, ProducerConfig::default());
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut pending = FuturesUnordered::new();
+    let mut acknowledged = 0u64;
+    let mut failed = 0u64;
+    let mut first_error = None;
+    let mut note = |r: Result<tern_client::RecordMetadata, tern_client::ClientError>| match r {
+        Ok(_) => acknowledged += 1,
+        Err(e) => {
+            failed += 1;
+            first_error.get_or_insert(e);
+        }
+    };
+    while let Some(line) = lines.next_line().await.context("read stdin")? {
+        let (key, value) = match &args.key_separator {
+            Some(sep) => match line.split_once(sep.as_str()) {
+                Some((k, v)) => (Some(Bytes::from(k.to_owned())), v.to_owned()),
+                None => (None, line),
+            },
+            None => (None, line),
+        };
+        let mut record = ProducerRecord::new(args.topic.clone(), value);
+        record.key = key;
+        record.partition = args.partition;
+        pending.push(producer.enqueue(record).await?);
+        // Keep the set of outstanding acknowledgements bounded.
+        while pending.len() > 100_000 {
+            if let Some(r) = pending.next().await {
+                note(r);
+            }
+        }
+    }
+    producer.flush().await?;
+    while let Some(r) = pending.next().await {
+        note(r);
+    }
+    if let Some(e) = first_error {
+        anyhow::bail!("{failed} records failed, {acknowledged} acknowledged; first error: {e}");
+    }
+    eprintln!("{acknowledged} records acknowledged");
+    Ok(())
+}

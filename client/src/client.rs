@@ -1,0 +1,217 @@
+//! The cluster handle: seed brokers, one shared connection per broker, and
+//! a metadata cache mapping each partition to its leader's address.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tern_protocol::api::{BrokerInfo, TopicInfo};
+use tern_protocol::{ErrorCode, Request, Response};
+
+use crate::connection::Connection;
+use crate::error::ClientError;
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Longest wait to open a TCP connection.
+    pub connect_timeout: Duration,
+    /// Longest wait for any answer (fetch adds its long-poll time).
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A handle on a Tern cluster. Cheap to clone; clones share connections.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tern_client::ClientError> {
+/// let client = tern_client::Client::connect("127.0.0.1:4650").await?;
+/// let topics = tern_client::Admin::new(client).list_topics().await?;
+/// println!("{} topics", topics.len());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    seeds: Vec<String>,
+    config: ClientConfig,
+    connections: tokio::sync::Mutex<HashMap<String, Connection>>,
+    brokers: RwLock<HashMap<u32, String>>,
+    topics: RwLock<HashMap<String, TopicInfo>>,
+    last_good_seed: Mutex<usize>,
+}
+
+impl Client {
+    /// Connects using a comma-separated list of seed brokers (`host:port,...`).
+    pub async fn connect(seeds: &str) -> Result<Client, ClientError> {
+        Self::connect_with(seeds, ClientConfig::default()).await
+    }
+
+    /// Like [`Client::connect`] with explicit settings.
+    pub async fn connect_with(seeds: &str, config: ClientConfig) -> Result<Client, ClientError> {
+        let seeds: Vec<String> = seeds
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if seeds.is_empty() {
+            return Err(ClientError::InvalidArgument("no seed broker given".into()));
+        }
+        let client = Client {
+            inner: Arc::new(Inner {
+                seeds,
+                config,
+                connections: tokio::sync::Mutex::new(HashMap::new()),
+                brokers: RwLock::new(HashMap::new()),
+                topics: RwLock::new(HashMap::new()),
+                last_good_seed: Mutex::new(0),
+            }),
+        };
+        client.refresh_metadata(None).await?;
+        Ok(client)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// A (possibly cached) connection to `addr`.
+    pub async fn connection(&self, addr: &str) -> Result<Connection, ClientError> {
+        let mut conns = self.inner.connections.lock().await;
+        if let Some(c) = conns.get(addr) {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        let c = Connection::connect(
+            addr,
+            self.inner.config.connect_timeout,
+            self.inner.config.request_timeout,
+        )
+        .await?;
+        conns.insert(addr.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// A connection to any live broker, trying seeds then known brokers.
+    pub async fn any_connection(&self) -> Result<Connection, ClientError> {
+        let mut candidates = self.inner.seeds.clone();
+        let start = *self.inner.last_good_seed.lock().expect("seed lock") % candidates.len();
+        candidates.rotate_left(start);
+        candidates.extend(self.inner.brokers.read().expect("brokers lock").values().cloned());
+        let mut last_error = String::new();
+        for (i, addr) in candidates.iter().enumerate() {
+            match self.connection(addr).await {
+                Ok(c) => {
+                    if i < self.inner.seeds.len() {
+                        *self.inner.last_good_seed.lock().expect("seed lock") =
+                            (start + i) % self.inner.seeds.len();
+                    }
+                    return Ok(c);
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        Err(ClientError::NoBrokerReachable {
+            seeds: self.inner.seeds.clone(),
+            last_error,
+        })
+    }
+
+    /// Sends a request to any broker (admin and metadata requests).
+    pub async fn request_any(&self, request: Request) -> Result<Response, ClientError> {
+        self.any_connection().await?.request(request).await
+    }
+
+    /// Fetches metadata for `topics` (all when `None`) and updates the cache.
+    pub async fn refresh_metadata(&self, topics: Option<Vec<String>>) -> Result<Vec<TopicInfo>, ClientError> {
+        let all = topics.is_none();
+        let response = self.request_any(Request::Metadata { topics }).await?;
+        let Response::Metadata { brokers, topics, .. } = response else {
+            return Err(ClientError::Decode("metadata answered with another type".into()));
+        };
+        self.store_brokers(&brokers);
+        let mut cache = self.inner.topics.write().expect("topics lock");
+        if all {
+            cache.clear();
+        }
+        for t in &topics {
+            if t.error == ErrorCode::None {
+                cache.insert(t.name.clone(), t.clone());
+            } else {
+                cache.remove(&t.name);
+            }
+        }
+        Ok(topics)
+    }
+
+    fn store_brokers(&self, brokers: &[BrokerInfo]) {
+        let mut map = self.inner.brokers.write().expect("brokers lock");
+        map.clear();
+        for b in brokers {
+            map.insert(b.node_id, format!("{}:{}", b.host, b.port));
+        }
+    }
+
+    /// Cached topic metadata, fetched when missing.
+    pub async fn topic(&self, name: &str) -> Result<TopicInfo, ClientError> {
+        if let Some(t) = self.inner.topics.read().expect("topics lock").get(name) {
+            return Ok(t.clone());
+        }
+        let topics = self.refresh_metadata(Some(vec![name.to_owned()])).await?;
+        match topics.into_iter().next() {
+            Some(t) if t.error == ErrorCode::None => Ok(t),
+            _ => Err(ClientError::UnknownTopic(name.to_owned())),
+        }
+    }
+
+    /// Forgets cached metadata of `topic` (after a `NotLeader` or a dead link).
+    pub fn invalidate(&self, topic: &str) {
+        self.inner.topics.write().expect("topics lock").remove(topic);
+    }
+
+    /// A connection to the leader of `topic`/`partition`.
+    pub async fn leader(&self, topic: &str, partition: u32) -> Result<Connection, ClientError> {
+        let info = self.topic(topic).await?;
+        let p = info
+            .partitions
+            .iter()
+            .find(|p| p.partition == partition)
+            .ok_or_else(|| ClientError::Partition {
+                topic: topic.to_owned(),
+                partition,
+                code: ErrorCode::UnknownTopicOrPartition,
+            })?;
+        let addr = self
+            .inner
+            .brokers
+            .read()
+            .expect("brokers lock")
+            .get(&p.leader)
+            .cloned();
+        match addr {
+            Some(addr) => match self.connection(&addr).await {
+                Ok(c) => Ok(c),
+                // An advertised address we cannot reach (e.g. behind NAT):
+                // fall back to the seeds.
+                Err(_) => self.any_connection().await,
+            },
+            None => self.any_connection().await,
+        }
+    }
+}
+

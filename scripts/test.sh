@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests, doc tests and end-to-end tests that start
+# real ternd processes. Builds the binaries first (the end-to-end tests run
+# them), in the one profile the project uses (release), so RocksDB's C++ is
+# compiled once and reused by every later run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --workspace --bins
+cargo test --release --workspace -- --test-threads 2
