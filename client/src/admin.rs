@@ -69,7 +69,9 @@ impl Admin {
                 self.client.invalidate(name);
                 Ok(())
             }
-            _ => Err(ClientError::Decode("create answered with another type".into())),
+            _ => Err(ClientError::Decode(
+                "create answered with another type".into(),
+            )),
         }
     }
 
@@ -77,12 +79,16 @@ impl Admin {
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
         let r = self
             .client
-            .request_any(Request::DeleteTopic { name: name.to_owned() })
+            .request_any(Request::DeleteTopic {
+                name: name.to_owned(),
+            })
             .await;
         self.client.invalidate(name);
         match r? {
             Response::DeleteTopic => Ok(()),
-            _ => Err(ClientError::Decode("delete answered with another type".into())),
+            _ => Err(ClientError::Decode(
+                "delete answered with another type".into(),
+            )),
         }
     }
 
@@ -98,7 +104,12 @@ impl Admin {
     }
 
     /// An offset of a partition: earliest, latest, or by timestamp.
-    pub async fn list_offset(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<u64, ClientError> {
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<u64, ClientError> {
         let conn = self.client.leader(topic, partition).await?;
         match conn
             .request(Request::ListOffsets {
@@ -109,7 +120,9 @@ impl Admin {
             .await?
         {
             Response::ListOffsets { offset } => Ok(offset),
-            _ => Err(ClientError::Decode("list offsets answered with another type".into())),
+            _ => Err(ClientError::Decode(
+                "list offsets answered with another type".into(),
+            )),
         }
     }
 }

@@ -112,7 +112,14 @@ impl Client {
         let mut candidates = self.inner.seeds.clone();
         let start = *self.inner.last_good_seed.lock().expect("seed lock") % candidates.len();
         candidates.rotate_left(start);
-        candidates.extend(self.inner.brokers.read().expect("brokers lock").values().cloned());
+        candidates.extend(
+            self.inner
+                .brokers
+                .read()
+                .expect("brokers lock")
+                .values()
+                .cloned(),
+        );
         let mut last_error = String::new();
         for (i, addr) in candidates.iter().enumerate() {
             match self.connection(addr).await {
@@ -138,11 +145,19 @@ impl Client {
     }
 
     /// Fetches metadata for `topics` (all when `None`) and updates the cache.
-    pub async fn refresh_metadata(&self, topics: Option<Vec<String>>) -> Result<Vec<TopicInfo>, ClientError> {
+    pub async fn refresh_metadata(
+        &self,
+        topics: Option<Vec<String>>,
+    ) -> Result<Vec<TopicInfo>, ClientError> {
         let all = topics.is_none();
         let response = self.request_any(Request::Metadata { topics }).await?;
-        let Response::Metadata { brokers, topics, .. } = response else {
-            return Err(ClientError::Decode("metadata answered with another type".into()));
+        let Response::Metadata {
+            brokers, topics, ..
+        } = response
+        else {
+            return Err(ClientError::Decode(
+                "metadata answered with another type".into(),
+            ));
         };
         self.store_brokers(&brokers);
         let mut cache = self.inner.topics.write().expect("topics lock");
@@ -181,7 +196,11 @@ impl Client {
 
     /// Forgets cached metadata of `topic` (after a `NotLeader` or a dead link).
     pub fn invalidate(&self, topic: &str) {
-        self.inner.topics.write().expect("topics lock").remove(topic);
+        self.inner
+            .topics
+            .write()
+            .expect("topics lock")
+            .remove(topic);
     }
 
     /// A connection to the leader of `topic`/`partition`.
@@ -214,4 +233,3 @@ impl Client {
         }
     }
 }
-

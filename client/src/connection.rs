@@ -136,7 +136,11 @@ impl Connection {
 
     /// Sends a request and waits for its answer, up to the connection's
     /// request timeout plus `extra` (for long-polling fetches).
-    pub async fn request_with(&self, request: Request, extra: Duration) -> Result<Response, ClientError> {
+    pub async fn request_with(
+        &self,
+        request: Request,
+        extra: Duration,
+    ) -> Result<Response, ClientError> {
         let answer = self.submit(request).await?;
         let limit = self.inner.timeout + extra;
         match tokio::time::timeout(limit, answer).await {
@@ -178,7 +182,11 @@ impl Connection {
             .expect("pending lock")
             .insert(correlation_id, tx);
         if self.inner.writer.send(buf.freeze()).await.is_err() {
-            self.inner.pending.lock().expect("pending lock").remove(&correlation_id);
+            self.inner
+                .pending
+                .lock()
+                .expect("pending lock")
+                .remove(&correlation_id);
             return Err(ClientError::ConnectionClosed {
                 addr: self.inner.addr.clone(),
             });

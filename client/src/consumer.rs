@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::stream::{BoxStream, StreamExt};
 use tern_protocol::api::{FetchPartition, OffsetSpec};
 use tern_protocol::record::split_batches;
 use tern_protocol::{ErrorCode, Request, Response};
@@ -119,7 +119,12 @@ impl Consumer {
     }
 
     /// Adds partitions of `topic`, each starting at `start`.
-    pub async fn assign(&mut self, topic: &str, partitions: &[u32], start: Offset) -> Result<(), ClientError> {
+    pub async fn assign(
+        &mut self,
+        topic: &str,
+        partitions: &[u32],
+        start: Offset,
+    ) -> Result<(), ClientError> {
         let info = self.client.topic(topic).await?;
         for &p in partitions {
             if p as usize >= info.partitions.len() {
@@ -142,14 +147,29 @@ impl Consumer {
     }
 
     /// Moves the position of one partition (assigning it if needed).
-    pub async fn seek(&mut self, topic: &str, partition: u32, to: Offset) -> Result<(), ClientError> {
+    pub async fn seek(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        to: Offset,
+    ) -> Result<(), ClientError> {
         let offset = match to {
             Offset::At(o) => o,
-            Offset::Earliest => self.list_offset(topic, partition, OffsetSpec::Earliest).await?,
-            Offset::Latest => self.list_offset(topic, partition, OffsetSpec::Latest).await?,
-            Offset::Timestamp(t) => self.list_offset(topic, partition, OffsetSpec::Timestamp(t)).await?,
+            Offset::Earliest => {
+                self.list_offset(topic, partition, OffsetSpec::Earliest)
+                    .await?
+            }
+            Offset::Latest => {
+                self.list_offset(topic, partition, OffsetSpec::Latest)
+                    .await?
+            }
+            Offset::Timestamp(t) => {
+                self.list_offset(topic, partition, OffsetSpec::Timestamp(t))
+                    .await?
+            }
         };
-        self.buffered.retain(|r| !(r.topic == topic && r.partition == partition));
+        self.buffered
+            .retain(|r| !(r.topic == topic && r.partition == partition));
         self.positions.insert((topic.to_owned(), partition), offset);
         Ok(())
     }
@@ -159,7 +179,12 @@ impl Consumer {
         self.positions.get(&(topic.to_owned(), partition)).copied()
     }
 
-    async fn list_offset(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<u64, ClientError> {
+    async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<u64, ClientError> {
         let conn = self.client.leader(topic, partition).await?;
         match conn
             .request(Request::ListOffsets {
@@ -170,7 +195,9 @@ impl Consumer {
             .await?
         {
             Response::ListOffsets { offset } => Ok(offset),
-            _ => Err(ClientError::Decode("list offsets answered with another type".into())),
+            _ => Err(ClientError::Decode(
+                "list offsets answered with another type".into(),
+            )),
         }
     }
 
@@ -194,11 +221,12 @@ impl Consumer {
     }
 
     /// Turns the consumer into a stream of records.
-    pub fn into_stream(self) -> impl Stream<Item = Result<ConsumerRecord, ClientError>> {
+    pub fn into_stream(self) -> BoxStream<'static, Result<ConsumerRecord, ClientError>> {
         futures::stream::unfold(self, |mut c| async move {
             let r = c.next_record().await;
             Some((r, c))
         })
+        .boxed()
     }
 
     async fn fetch_once(&mut self) -> Result<(), ClientError> {
@@ -206,7 +234,8 @@ impl Consumer {
             return Err(ClientError::InvalidArgument("no partition assigned".into()));
         }
         // Group partitions by leader connection address.
-        let mut by_leader: HashMap<String, (crate::Connection, Vec<FetchPartition>)> = HashMap::new();
+        let mut by_leader: HashMap<String, (crate::Connection, Vec<FetchPartition>)> =
+            HashMap::new();
         for ((topic, partition), offset) in &self.positions {
             let conn = self.client.leader(topic, *partition).await?;
             by_leader
@@ -234,7 +263,11 @@ impl Consumer {
         for answer in answers {
             let results = match answer {
                 Ok(Response::Fetch(results)) => results,
-                Ok(_) => return Err(ClientError::Decode("fetch answered with another type".into())),
+                Ok(_) => {
+                    return Err(ClientError::Decode(
+                        "fetch answered with another type".into(),
+                    ))
+                }
                 Err(e) => {
                     if e.is_retriable() {
                         for (topic, _) in self.positions.keys() {
@@ -246,7 +279,9 @@ impl Consumer {
             };
             for r in results {
                 let key = (r.topic.clone(), r.partition);
-                let Some(&position) = self.positions.get(&key) else { continue };
+                let Some(&position) = self.positions.get(&key) else {
+                    continue;
+                };
                 match r.error {
                     ErrorCode::None => {}
                     ErrorCode::OffsetOutOfRange => {

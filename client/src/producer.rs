@@ -209,8 +209,14 @@ struct Sealed {
     replies: Vec<Reply>,
 }
 
-async fn run_accumulator(client: Client, config: ProducerConfig, mut commands: mpsc::Receiver<Command>) {
-    let batch_bytes_max = config.batch_bytes_max.clamp(BATCH_HEADER_BYTES + 64, BATCH_BYTES_MAX);
+async fn run_accumulator(
+    client: Client,
+    config: ProducerConfig,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let batch_bytes_max = config
+        .batch_bytes_max
+        .clamp(BATCH_HEADER_BYTES + 64, BATCH_BYTES_MAX);
     let mut open: HashMap<(String, u32), Open> = HashMap::new();
     let mut senders: HashMap<(String, u32), mpsc::Sender<ToSender>> = HashMap::new();
     let mut sticky: HashMap<String, u32> = HashMap::new();
@@ -346,7 +352,9 @@ async fn seal(
         ));
         tx
     });
-    if let Err(mpsc::error::SendError(ToSender::Batch(s))) = sender.send(ToSender::Batch(sealed)).await {
+    if let Err(mpsc::error::SendError(ToSender::Batch(s))) =
+        sender.send(ToSender::Batch(sealed)).await
+    {
         for r in s.replies {
             let _ = r.send(Err(ClientError::Closed));
         }
@@ -382,7 +390,9 @@ async fn run_partition_sender(
                     tokio::time::sleep(config.retry_backoff).await;
                     client.invalidate(&topic);
                     let s = sealed.take().expect("batch present");
-                    let (s, result) = send_batch(&client, &topic, partition, &config, s).await.await;
+                    let (s, result) = send_batch(&client, &topic, partition, &config, s)
+                        .await
+                        .await;
                     match result {
                         Err(e) if e.is_retriable() && attempt < config.retries => sealed = Some(s),
                         result => {
@@ -425,7 +435,13 @@ async fn run_partition_sender(
 
 /// Writes the batch to the leader's socket now (so wire order is call
 /// order) and returns the future of its acknowledgement.
-async fn send_batch(client: &Client, topic: &str, partition: u32, config: &ProducerConfig, s: Sealed) -> InFlight {
+async fn send_batch(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    config: &ProducerConfig,
+    s: Sealed,
+) -> InFlight {
     let request = Request::Produce {
         acks: config.acks,
         timeout_ms: config.broker_timeout.as_millis().min(u32::MAX as u128) as u32,
@@ -460,7 +476,9 @@ async fn send_batch(client: &Client, topic: &str, partition: u32, config: &Produ
                 }),
                 None => Err(ClientError::Decode("empty produce response".into())),
             },
-            _ => Err(ClientError::Decode("produce answered with another type".into())),
+            _ => Err(ClientError::Decode(
+                "produce answered with another type".into(),
+            )),
         });
         if matches!(&result, Err(e) if e.is_retriable()) {
             client.invalidate(&topic);

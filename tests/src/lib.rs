@@ -90,15 +90,25 @@ impl Broker {
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_TIMEOUT;
         while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("ternd exited with {status} during start-up; log:\n{}", self.log());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "ternd exited with {status} during start-up; log:\n{}",
+                    self.log()
+                );
             }
             if http_get(&self.http_addr, "/ready").is_some_and(|(code, _)| code == 200) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("ternd not ready after {READY_TIMEOUT:?}; log:\n{}", self.log());
+        panic!(
+            "ternd not ready after {READY_TIMEOUT:?}; log:\n{}",
+            self.log()
+        );
     }
 
     /// The broker's log so far.
@@ -156,7 +166,10 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((code, body))
 }
 

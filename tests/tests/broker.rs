@@ -39,18 +39,39 @@ async fn topics_are_created_listed_described_and_deleted() {
     let broker = Broker::start(&dir.path().join("n1"), &[]);
     bounded(Duration::from_secs(60), async {
         let admin = Admin::new(Client::connect(&broker.addr).await.unwrap());
-        admin.create_topic("orders", NewTopic::new(3)).await.unwrap();
-        let err = admin.create_topic("orders", NewTopic::new(3)).await.unwrap_err();
+        admin
+            .create_topic("orders", NewTopic::new(3))
+            .await
+            .unwrap();
+        let err = admin
+            .create_topic("orders", NewTopic::new(3))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::TopicAlreadyExists));
-        let err = admin.create_topic("bad name!", NewTopic::new(1)).await.unwrap_err();
+        let err = admin
+            .create_topic("bad name!", NewTopic::new(1))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::InvalidTopicName));
-        let err = admin.create_topic("zero", NewTopic::new(0)).await.unwrap_err();
+        let err = admin
+            .create_topic("zero", NewTopic::new(0))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::InvalidPartitions));
         let t = admin.describe_topic("orders").await.unwrap();
         assert_eq!(t.partitions.len(), 3);
-        assert_eq!(t.config.replication_factor, 1, "capped by the number of brokers");
+        assert_eq!(
+            t.config.replication_factor, 1,
+            "capped by the number of brokers"
+        );
         assert_eq!(t.partitions[0].replicas, vec![1]);
-        let names: Vec<_> = admin.list_topics().await.unwrap().into_iter().map(|t| t.name).collect();
+        let names: Vec<_> = admin
+            .list_topics()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
         assert_eq!(names, vec!["orders"]);
         admin.delete_topic("orders").await.unwrap();
         assert!(matches!(
@@ -86,7 +107,8 @@ async fn a_million_records_round_trip_identical() {
         let mut acked: HashMap<(u32, u64), u64> = HashMap::with_capacity(N as usize);
         let mut pending = FuturesUnordered::new();
         for i in 0..N {
-            let record = ProducerRecord::new("million", value_of(i)).with_key(format!("key-{}", i % 1000));
+            let record =
+                ProducerRecord::new("million", value_of(i)).with_key(format!("key-{}", i % 1000));
             let d = producer.enqueue(record).await.unwrap();
             pending.push(async move { (i, d.await) });
             while pending.len() > 50_000 {
@@ -100,17 +122,33 @@ async fn a_million_records_round_trip_identical() {
             let m = r.unwrap();
             acked.insert((m.partition, m.offset), i);
         }
-        assert_eq!(acked.len() as u64, N, "every record acknowledged at a distinct offset");
+        assert_eq!(
+            acked.len() as u64,
+            N,
+            "every record acknowledged at a distinct offset"
+        );
 
         let mut consumer = Consumer::new(client, ConsumerConfig::default());
-        consumer.assign_all("million", Offset::Earliest).await.unwrap();
+        consumer
+            .assign_all("million", Offset::Earliest)
+            .await
+            .unwrap();
         let mut last: HashMap<u32, u64> = HashMap::new();
         let mut seen = 0u64;
         while seen < N {
             for r in consumer.poll().await.unwrap() {
                 let i = acked[&(r.partition, r.offset)];
-                assert_eq!(r.value.as_ref().unwrap(), &value_of(i), "value at {}/{}", r.partition, r.offset);
-                assert_eq!(r.key.as_deref(), Some(format!("key-{}", i % 1000).as_bytes()));
+                assert_eq!(
+                    r.value.as_ref().unwrap(),
+                    &value_of(i),
+                    "value at {}/{}",
+                    r.partition,
+                    r.offset
+                );
+                assert_eq!(
+                    r.key.as_deref(),
+                    Some(format!("key-{}", i % 1000).as_bytes())
+                );
                 if let Some(prev) = last.insert(r.partition, r.offset) {
                     assert_eq!(r.offset, prev + 1, "offsets contiguous and in order");
                 }
@@ -146,7 +184,10 @@ async fn sigkill_during_produce_loses_no_acknowledged_record() {
         // Keep ~5,000 records in flight, so the kill lands mid-stream.
         while acked.len() < 20_000 {
             let value = Bytes::from(format!("record-{i}-{}", "x".repeat((i % 50) as usize)));
-            let d = producer.enqueue(ProducerRecord::new("durable", value.clone())).await.unwrap();
+            let d = producer
+                .enqueue(ProducerRecord::new("durable", value.clone()))
+                .await
+                .unwrap();
             pending.push(async move { (value, d.await) });
             i += 1;
             while pending.len() > 5_000 {
@@ -170,12 +211,21 @@ async fn sigkill_during_produce_loses_no_acknowledged_record() {
     bounded(Duration::from_secs(120), async {
         let client = Client::connect(&broker.addr).await.unwrap();
         let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
-        consumer.assign_all("durable", Offset::Earliest).await.unwrap();
+        consumer
+            .assign_all("durable", Offset::Earliest)
+            .await
+            .unwrap();
         let admin = Admin::new(client);
         let mut stored: HashMap<(u32, u64), Bytes> = HashMap::new();
         let ends = [
-            admin.list_offset("durable", 0, OffsetSpec::Latest).await.unwrap(),
-            admin.list_offset("durable", 1, OffsetSpec::Latest).await.unwrap(),
+            admin
+                .list_offset("durable", 0, OffsetSpec::Latest)
+                .await
+                .unwrap(),
+            admin
+                .list_offset("durable", 1, OffsetSpec::Latest)
+                .await
+                .unwrap(),
         ];
         while (0..2).any(|p| consumer.position("durable", p).unwrap() < ends[p as usize]) {
             for r in consumer.poll().await.unwrap() {
@@ -183,7 +233,11 @@ async fn sigkill_during_produce_loses_no_acknowledged_record() {
             }
         }
         for (p, o, v) in &acked {
-            assert_eq!(stored.get(&(*p, *o)), Some(v), "acknowledged record {p}/{o} lost or changed");
+            assert_eq!(
+                stored.get(&(*p, *o)),
+                Some(v),
+                "acknowledged record {p}/{o} lost or changed"
+            );
         }
     })
     .await;
@@ -191,13 +245,19 @@ async fn sigkill_during_produce_loses_no_acknowledged_record() {
 
 fn raw_request(stream: &mut TcpStream, correlation_id: u32, request: Request) -> ResponseFrame {
     let mut body = BytesMut::new();
-    RequestFrame { correlation_id, request }.encode(&mut body);
+    RequestFrame {
+        correlation_id,
+        request,
+    }
+    .encode(&mut body);
     send_frame(stream, &body);
     read_frame(stream).expect("a response frame")
 }
 
 fn send_frame(stream: &mut TcpStream, body: &[u8]) {
-    stream.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+    stream
+        .write_all(&(body.len() as u32).to_be_bytes())
+        .unwrap();
     stream.write_all(body).unwrap();
 }
 
@@ -238,7 +298,10 @@ async fn malformed_input_is_refused_while_good_clients_keep_working() {
         // A frame longer than the limit: the connection is closed.
         let mut s = connect();
         s.write_all(&u32::MAX.to_be_bytes()).unwrap();
-        assert!(read_frame(&mut s).is_none(), "oversized frame must close the connection");
+        assert!(
+            read_frame(&mut s).is_none(),
+            "oversized frame must close the connection"
+        );
 
         // A header too short to read: closed.
         let mut s = connect();
@@ -263,35 +326,77 @@ async fn malformed_input_is_refused_while_good_clients_keep_working() {
         body.put_u32_le(10);
         body.put_u8(1);
         send_frame(&mut s, &body);
-        assert_eq!(read_frame(&mut s).unwrap().result.unwrap_err().code, ErrorCode::InvalidRequest);
+        assert_eq!(
+            read_frame(&mut s).unwrap().result.unwrap_err().code,
+            ErrorCode::InvalidRequest
+        );
 
         // A batch whose CRC is wrong, an unknown topic, a bad partition.
         let mut b = tern_protocol::BatchBuilder::with_capacity(64);
-        b.push(&tern_protocol::Record { value: Some(Bytes::from_static(b"x")), ..Default::default() });
+        b.push(&tern_protocol::Record {
+            value: Some(Bytes::from_static(b"x")),
+            ..Default::default()
+        });
         let mut corrupt = BytesMut::from(&b.finish(-1, -1)[..]);
         let last = corrupt.len() - 1;
         corrupt[last] ^= 1;
-        let r = raw_request(&mut s, 11, Request::Produce {
-            acks: tern_protocol::api::Acks::All,
-            timeout_ms: 1000,
-            partitions: vec![
-                ProducePartition { topic: "good".into(), partition: 0, batch: corrupt.freeze() },
-                ProducePartition { topic: "nope".into(), partition: 0, batch: Bytes::from_static(b"") },
-                ProducePartition { topic: "good".into(), partition: 7, batch: Bytes::from_static(b"") },
-            ],
-        });
-        let Response::Produce(results) = r.result.unwrap() else { panic!("produce response") };
+        let r = raw_request(
+            &mut s,
+            11,
+            Request::Produce {
+                acks: tern_protocol::api::Acks::All,
+                timeout_ms: 1000,
+                partitions: vec![
+                    ProducePartition {
+                        topic: "good".into(),
+                        partition: 0,
+                        batch: corrupt.freeze(),
+                    },
+                    ProducePartition {
+                        topic: "nope".into(),
+                        partition: 0,
+                        batch: Bytes::from_static(b""),
+                    },
+                    ProducePartition {
+                        topic: "good".into(),
+                        partition: 7,
+                        batch: Bytes::from_static(b""),
+                    },
+                ],
+            },
+        );
+        let Response::Produce(results) = r.result.unwrap() else {
+            panic!("produce response")
+        };
         let codes: Vec<_> = results.iter().map(|r| r.error).collect();
-        assert_eq!(codes, vec![ErrorCode::CorruptBatch, ErrorCode::UnknownTopicOrPartition, ErrorCode::UnknownTopicOrPartition]);
+        assert_eq!(
+            codes,
+            vec![
+                ErrorCode::CorruptBatch,
+                ErrorCode::UnknownTopicOrPartition,
+                ErrorCode::UnknownTopicOrPartition
+            ]
+        );
 
         // Fetch past the end: OffsetOutOfRange with the log bounds.
-        let r = raw_request(&mut s, 12, Request::Fetch {
-            max_wait_ms: 0,
-            min_bytes: 1,
-            max_bytes: 1024,
-            partitions: vec![FetchPartition { topic: "good".into(), partition: 0, offset: 1 << 40, max_bytes: 1024 }],
-        });
-        let Response::Fetch(results) = r.result.unwrap() else { panic!("fetch response") };
+        let r = raw_request(
+            &mut s,
+            12,
+            Request::Fetch {
+                max_wait_ms: 0,
+                min_bytes: 1,
+                max_bytes: 1024,
+                partitions: vec![FetchPartition {
+                    topic: "good".into(),
+                    partition: 0,
+                    offset: 1 << 40,
+                    max_bytes: 1024,
+                }],
+            },
+        );
+        let Response::Fetch(results) = r.result.unwrap() else {
+            panic!("fetch response")
+        };
         assert_eq!(results[0].error, ErrorCode::OffsetOutOfRange);
 
         // Random garbage frames never take the broker down.
@@ -312,7 +417,12 @@ async fn malformed_input_is_refused_while_good_clients_keep_working() {
     let (code, metrics) = broker.http("/metrics").unwrap();
     assert_eq!(code, 200);
     assert!(metric_sum(&metrics, "tern_protocol_violations_total") >= 2.0);
-    assert!(metric_sum(&metrics, "tern_request_errors_total{api=\"produce\",code=\"corrupt_batch\"}") >= 1.0);
+    assert!(
+        metric_sum(
+            &metrics,
+            "tern_request_errors_total{api=\"produce\",code=\"corrupt_batch\"}"
+        ) >= 1.0
+    );
     // And the broker still answers.
     let t = Admin::new(client).describe_topic("good").await.unwrap();
     assert_eq!(t.partitions[0].log_end, 2_000);
@@ -329,21 +439,33 @@ async fn a_tailing_fetch_long_polls_until_data_arrives() {
         topic(&client, "tail", 1).await;
         let mut consumer = Consumer::new(
             client.clone(),
-            ConsumerConfig { max_wait: Duration::from_secs(20), ..Default::default() },
+            ConsumerConfig {
+                max_wait: Duration::from_secs(20),
+                ..Default::default()
+            },
         );
         consumer.assign_all("tail", Offset::Latest).await.unwrap();
         let started = Instant::now();
         let producer = Producer::new(client, ProducerConfig::default());
         let sender = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            producer.send(ProducerRecord::new("tail", "hello")).await.unwrap();
+            producer
+                .send(ProducerRecord::new("tail", "hello"))
+                .await
+                .unwrap();
         });
         let records = consumer.poll().await.unwrap();
         let waited = started.elapsed();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].value.as_deref(), Some(&b"hello"[..]));
-        assert!(waited >= Duration::from_millis(250), "returned before data existed: {waited:?}");
-        assert!(waited < Duration::from_secs(15), "did not wake on data: {waited:?}");
+        assert!(
+            waited >= Duration::from_millis(250),
+            "returned before data existed: {waited:?}"
+        );
+        assert!(
+            waited < Duration::from_secs(15),
+            "did not wake on data: {waited:?}"
+        );
         sender.await.unwrap();
     })
     .await;
@@ -363,14 +485,24 @@ async fn retention_by_size_trims_old_batches_in_the_background() {
         admin.create_topic("small", t).await.unwrap();
         let producer = Producer::new(
             client.clone(),
-            ProducerConfig { batch_bytes_max: 2_000, linger: Duration::ZERO, ..Default::default() },
+            ProducerConfig {
+                batch_bytes_max: 2_000,
+                linger: Duration::ZERO,
+                ..Default::default()
+            },
         );
         for i in 0..1_000 {
-            producer.enqueue(ProducerRecord::new("small", format!("{i:0100}"))).await.unwrap();
+            producer
+                .enqueue(ProducerRecord::new("small", format!("{i:0100}")))
+                .await
+                .unwrap();
         }
         producer.flush().await.unwrap();
         loop {
-            let start = admin.list_offset("small", 0, OffsetSpec::Earliest).await.unwrap();
+            let start = admin
+                .list_offset("small", 0, OffsetSpec::Earliest)
+                .await
+                .unwrap();
             if start > 0 {
                 break;
             }
@@ -380,7 +512,10 @@ async fn retention_by_size_trims_old_batches_in_the_background() {
         assert!(metric_sum(&metrics, "tern_retention_deleted_bytes_total") > 0.0);
         let size = metric_sum(&metrics, "tern_partition_size_bytes{topic=\"small\"");
         assert!(size <= 20_000.0, "partition still {size} bytes");
-        let end = admin.list_offset("small", 0, OffsetSpec::Latest).await.unwrap();
+        let end = admin
+            .list_offset("small", 0, OffsetSpec::Latest)
+            .await
+            .unwrap();
         assert_eq!(end, 1_000, "retention never renumbers offsets");
         // A consumer at a deleted offset is moved to the log start.
         let mut consumer = Consumer::new(client, ConsumerConfig::default());
@@ -412,7 +547,11 @@ fn the_cli_round_trips_lines_from_stdin_to_stdout() {
         }
         drop(input);
         let out = child.wait_with_output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (ok, _, err) = tern(&["topic", "create", "cli", "--partitions", "1"], None);
     assert!(ok, "{err}");
@@ -426,12 +565,18 @@ fn the_cli_round_trips_lines_from_stdin_to_stdout() {
     let (ok, out, _) = tern(&["consume", "cli", "--offset", "498"], None);
     assert!(ok);
     assert_eq!(out, "value 498\nvalue 499\n");
-    let (ok, out, _) = tern(&["consume", "cli", "--from-beginning", "--count", "3"], None);
+    let (ok, out, _) = tern(
+        &["consume", "cli", "--from-beginning", "--count", "3"],
+        None,
+    );
     assert!(ok);
     assert_eq!(out.lines().count(), 3);
     let (ok, out, _) = tern(&["topic", "describe", "cli"], None);
     assert!(ok);
-    assert!(out.contains("\t500\t500"), "describe shows log end and committed offsets: {out}");
+    assert!(
+        out.contains("\t500\t500"),
+        "describe shows log end and committed offsets: {out}"
+    );
     let (ok, _, err) = tern(&["produce", "missing"], Some("x\n"));
     assert!(!ok, "producing to an unknown topic fails");
     assert!(err.contains("unknown topic"), "{err}");
@@ -451,7 +596,9 @@ fn sigterm_exits_cleanly_and_restart_keeps_topics() {
         let client = Client::connect(&broker.addr).await.unwrap();
         topic(&client, "kept", 2).await;
         let p = Producer::new(client, ProducerConfig::default());
-        p.send(ProducerRecord::new("kept", "v").with_partition(1)).await.unwrap();
+        p.send(ProducerRecord::new("kept", "v").with_partition(1))
+            .await
+            .unwrap();
     });
     assert!(broker.terminate(), "ternd exits 0 on SIGTERM");
     broker.restart();

@@ -908,7 +908,10 @@ mod tests {
         buf.put_u16_le(0);
         buf.put_u32_le(5);
         let err = RequestFrame::decode(buf.freeze()).unwrap_err();
-        assert_eq!(err.error, DecodeError::UnsupportedVersion(PROTOCOL_VERSION + 1));
+        assert_eq!(
+            err.error,
+            DecodeError::UnsupportedVersion(PROTOCOL_VERSION + 1)
+        );
     }
 
     #[test]

@@ -69,7 +69,12 @@ mod tests {
     fn frames_round_trip() {
         let mut codec = FrameCodec::default();
         let mut buf = BytesMut::new();
-        codec.encode(Bytes::from_static(b"hello"), &mut buf).unwrap();
-        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), Bytes::from_static(b"hello"));
+        codec
+            .encode(Bytes::from_static(b"hello"), &mut buf)
+            .unwrap();
+        assert_eq!(
+            codec.decode(&mut buf).unwrap().unwrap(),
+            Bytes::from_static(b"hello")
+        );
     }
 }

@@ -59,7 +59,9 @@ mod tests {
 
     #[test]
     fn growing_a_topic_moves_about_one_in_n_plus_one_keys() {
-        let keys: Vec<Vec<u8>> = (0..100_000).map(|i| format!("key-{i}").into_bytes()).collect();
+        let keys: Vec<Vec<u8>> = (0..100_000)
+            .map(|i| format!("key-{i}").into_bytes())
+            .collect();
         for n in [1u32, 3, 8, 31] {
             let moved = keys
                 .iter()

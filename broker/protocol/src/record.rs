@@ -480,10 +480,10 @@ mod tests {
 
     fn record(i: u32) -> Record {
         Record {
-            key: (i % 2 == 0).then(|| Bytes::from(format!("k{i}"))),
+            key: i.is_multiple_of(2).then(|| Bytes::from(format!("k{i}"))),
             value: Some(Bytes::from(format!("value-{i}"))),
             timestamp_ms: 1_700_000_000_000 + i as i64,
-            headers: if i % 3 == 0 {
+            headers: if i.is_multiple_of(3) {
                 vec![("h".into(), Bytes::from_static(b"v"))]
             } else {
                 vec![]

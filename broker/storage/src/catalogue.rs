@@ -46,7 +46,8 @@ impl TopicRecord {
         if v.len() != name_len + 22 {
             return Err(corrupt("length mismatch"));
         }
-        let name = String::from_utf8(v[..name_len].to_vec()).map_err(|_| corrupt("name not UTF-8"))?;
+        let name =
+            String::from_utf8(v[..name_len].to_vec()).map_err(|_| corrupt("name not UTF-8"))?;
         v.advance(name_len);
         Ok(TopicRecord {
             id,

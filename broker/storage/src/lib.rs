@@ -177,7 +177,11 @@ impl Store {
     }
 
     /// Opens the log of one partition, recovering its offsets from the index.
-    pub fn partition_log(&self, topic_id: u32, partition: u32) -> Result<PartitionLog, StorageError> {
+    pub fn partition_log(
+        &self,
+        topic_id: u32,
+        partition: u32,
+    ) -> Result<PartitionLog, StorageError> {
         PartitionLog::open(self.clone(), topic_id, partition)
     }
 

@@ -162,14 +162,13 @@ impl PartitionLog {
         let mut metas = Vec::with_capacity(batches.len());
         for mut batch in batches {
             BatchView::set_base_offset(&mut batch, next);
-            let view = BatchView::check_crc(batch.freeze()).map_err(|cause| {
-                StorageError::Corrupt {
+            let view =
+                BatchView::check_crc(batch.freeze()).map_err(|cause| StorageError::Corrupt {
                     topic_id: self.topic_id,
                     partition: self.partition,
                     offset: next,
                     cause,
-                }
-            })?;
+                })?;
             let meta = BatchMeta {
                 records: view.record_count(),
                 bytes: view.bytes().len() as u32,
@@ -434,7 +433,11 @@ mod tests {
             retention_bytes: -1,
         };
         let t = store.create_topic("a", cfg.clone()).unwrap();
-        store.partition_log(t.id, 1).unwrap().append(vec![batch(1, 1)]).unwrap();
+        store
+            .partition_log(t.id, 1)
+            .unwrap()
+            .append(vec![batch(1, 1)])
+            .unwrap();
         store.delete_topic(&t).unwrap();
         assert!(store.load_topics().unwrap().is_empty());
         let t2 = store.create_topic("a", cfg).unwrap();

@@ -125,7 +125,11 @@ pub enum PendingAppend {
 
 impl Broker {
     /// Opens every stored topic and starts its appenders.
-    pub fn open(config: Config, store: Store, metrics: Metrics) -> Result<Arc<Broker>, StorageError> {
+    pub fn open(
+        config: Config,
+        store: Store,
+        metrics: Metrics,
+    ) -> Result<Arc<Broker>, StorageError> {
         let broker = Arc::new(Broker {
             config,
             store,
@@ -253,7 +257,10 @@ impl Broker {
                 }
             };
             if p.batch.len() > BATCH_BYTES_MAX {
-                pending.push(done(Failure::new(ErrorCode::MessageTooLarge, "batch too large")));
+                pending.push(done(Failure::new(
+                    ErrorCode::MessageTooLarge,
+                    "batch too large",
+                )));
                 continue;
             }
             let view = match BatchView::validate(p.batch.clone()) {
@@ -289,7 +296,11 @@ impl Broker {
     /// Answers any request other than produce.
     pub async fn handle(&self, request: Request) -> Result<Response, Failure> {
         match request {
-            Request::Produce { partitions, timeout_ms, .. } => {
+            Request::Produce {
+                partitions,
+                timeout_ms,
+                ..
+            } => {
                 let pending = self.enqueue_produce(partitions).await;
                 Ok(finish_produce(pending, timeout_ms, &self.metrics).await)
             }
@@ -298,7 +309,9 @@ impl Broker {
                 min_bytes,
                 max_bytes,
                 partitions,
-            } => Ok(self.fetch(max_wait_ms, min_bytes, max_bytes, partitions).await),
+            } => Ok(self
+                .fetch(max_wait_ms, min_bytes, max_bytes, partitions)
+                .await),
             Request::Metadata { topics } => Ok(self.metadata(topics)),
             Request::CreateTopic { name, config } => self.create_topic(name, config).await,
             Request::DeleteTopic { name } => self.delete_topic(name).await,
@@ -325,7 +338,8 @@ impl Broker {
         max_bytes: u32,
         wanted: Vec<FetchPartition>,
     ) -> Response {
-        let deadline = Instant::now() + Duration::from_millis(max_wait_ms.min(FETCH_WAIT_MS_MAX) as u64);
+        let deadline =
+            Instant::now() + Duration::from_millis(max_wait_ms.min(FETCH_WAIT_MS_MAX) as u64);
         let max_bytes = (max_bytes as usize).clamp(1, FETCH_RESPONSE_BYTES_MAX);
         let targets: Vec<_> = wanted
             .iter()
@@ -342,7 +356,11 @@ impl Broker {
             let results = self.read_partitions(&wanted, &targets, max_bytes).await;
             let total: usize = results.iter().map(|r| r.records.len()).sum();
             let any_error = results.iter().any(|r| r.error != ErrorCode::None);
-            if total >= min_bytes as usize || any_error || Instant::now() >= deadline || watches.is_empty() {
+            if total >= min_bytes as usize
+                || any_error
+                || Instant::now() >= deadline
+                || watches.is_empty()
+            {
                 for (r, t) in results.iter().zip(&targets) {
                     if let Ok(p) = t {
                         self.metrics
@@ -354,8 +372,12 @@ impl Broker {
                 return Response::Fetch(results);
             }
             // Long poll: sleep until any partition's log end moves.
-            let changed = futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
-            if tokio::time::timeout_at(deadline.into(), changed).await.is_err() {
+            let changed =
+                futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+            if tokio::time::timeout_at(deadline.into(), changed)
+                .await
+                .is_err()
+            {
                 continue; // one last read at the deadline
             }
         }
@@ -490,7 +512,11 @@ impl Broker {
         }
     }
 
-    async fn create_topic(&self, name: String, mut config: TopicConfig) -> Result<Response, Failure> {
+    async fn create_topic(
+        &self,
+        name: String,
+        mut config: TopicConfig,
+    ) -> Result<Response, Failure> {
         validate_topic_name(&name)?;
         if config.partitions == 0 || config.partitions > PARTITIONS_PER_TOPIC_MAX {
             return Err(Failure::new(
@@ -523,9 +549,14 @@ impl Broker {
             .await
             .map_err(|e| Failure::new(ErrorCode::Unknown, e.to_string()))?
             .map_err(|e| Failure::from_storage(&e))?;
-        let topic = self.open_topic(record).map_err(|e| Failure::from_storage(&e))?;
+        let topic = self
+            .open_topic(record)
+            .map_err(|e| Failure::from_storage(&e))?;
         info!(topic = %name, partitions = topic.partitions.len(), "created topic");
-        self.topics.write().expect("topics lock").insert(name, topic);
+        self.topics
+            .write()
+            .expect("topics lock")
+            .insert(name, topic);
         self.refresh_counts();
         Ok(Response::CreateTopic)
     }
@@ -545,7 +576,10 @@ impl Broker {
             .map_err(|e| Failure::new(ErrorCode::Unknown, e.to_string()))?;
         if let Err(e) = result {
             // Keep serving the topic: its data is still there.
-            self.topics.write().expect("topics lock").insert(name, topic);
+            self.topics
+                .write()
+                .expect("topics lock")
+                .insert(name, topic);
             return Err(Failure::from_storage(&e));
         }
         for p in &topic.partitions {
@@ -580,7 +614,9 @@ impl Broker {
                 .set(p.log.size_bytes() as i64);
         }
         let prop = |name| self.store.int_property(name).unwrap_or(0) as i64;
-        self.metrics.rocksdb_sst_bytes.set(prop("rocksdb.live-sst-files-size"));
+        self.metrics
+            .rocksdb_sst_bytes
+            .set(prop("rocksdb.live-sst-files-size"));
         self.metrics
             .rocksdb_pending_compaction_bytes
             .set(prop("rocksdb.estimate-pending-compaction-bytes"));
@@ -606,7 +642,11 @@ impl Partition {
 
 /// Waits for every queued append of one produce request and builds the
 /// response, giving up on stragglers after `timeout_ms`.
-pub async fn finish_produce(pending: Vec<PendingAppend>, timeout_ms: u32, metrics: &Metrics) -> Response {
+pub async fn finish_produce(
+    pending: Vec<PendingAppend>,
+    timeout_ms: u32,
+    metrics: &Metrics,
+) -> Response {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms.max(1) as u64);
     let mut results = Vec::with_capacity(pending.len());
     for p in pending {
@@ -674,7 +714,9 @@ async fn run_appender(
         let n = batches.len();
         let writer = log.clone();
         let outcome = tokio::task::spawn_blocking(move || writer.append(batches)).await;
-        metrics.append_seconds.observe(started.elapsed().as_secs_f64());
+        metrics
+            .append_seconds
+            .observe(started.elapsed().as_secs_f64());
         metrics.append_group_batches.observe(n as f64);
         match outcome {
             Ok(Ok(appended)) => {
@@ -723,7 +765,10 @@ fn validate_topic_name(name: &str) -> Result<(), Failure> {
 
 fn split_host_port(addr: &str) -> (String, u16) {
     match addr.rsplit_once(':') {
-        Some((h, p)) => (h.trim_matches(['[', ']']).to_owned(), p.parse().unwrap_or(0)),
+        Some((h, p)) => (
+            h.trim_matches(['[', ']']).to_owned(),
+            p.parse().unwrap_or(0),
+        ),
         None => (addr.to_owned(), 0),
     }
 }

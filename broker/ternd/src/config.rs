@@ -19,7 +19,11 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:4651";
 
 /// Command-line flags of `ternd` (each also settable as `TERN_<NAME>`).
 #[derive(Debug, Parser, Default)]
-#[command(name = "ternd", version, about = "Tern broker: a partitioned-log message broker on RocksDB")]
+#[command(
+    name = "ternd",
+    version,
+    about = "Tern broker: a partitioned-log message broker on RocksDB"
+)]
 pub struct Flags {
     /// Directory holding this node's RocksDB (created if missing).
     /// Default: ./tern-data

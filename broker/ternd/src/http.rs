@@ -39,7 +39,10 @@ async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     .await
     .unwrap_or_default();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
 }

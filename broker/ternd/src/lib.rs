@@ -93,19 +93,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         path: config.data_dir.clone(),
         source,
     })?;
-    let store = tern_storage::Store::open(&config.data_dir, config.durability).map_err(|source| {
-        StartError::Storage {
-            path: config.data_dir.clone(),
-            source,
-        }
-    })?;
-    let client_listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "client",
-            addr: config.listen,
-            source,
+    let store =
+        tern_storage::Store::open(&config.data_dir, config.durability).map_err(|source| {
+            StartError::Storage {
+                path: config.data_dir.clone(),
+                source,
+            }
         })?;
+    let client_listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "client",
+                addr: config.listen,
+                source,
+            })?;
     let http_listener = TcpListener::bind(config.metrics_listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -113,17 +115,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             addr: config.metrics_listen,
             source,
         })?;
-    let client_addr = client_listener.local_addr().expect("bound listener has an address");
-    let metrics_addr = http_listener.local_addr().expect("bound listener has an address");
-    let broker = Broker::open(config.clone(), store, metrics::Metrics::new()).map_err(|source| {
-        StartError::Storage {
-            path: config.data_dir.clone(),
-            source,
-        }
-    })?;
+    let client_addr = client_listener
+        .local_addr()
+        .expect("bound listener has an address");
+    let metrics_addr = http_listener
+        .local_addr()
+        .expect("bound listener has an address");
+    let broker =
+        Broker::open(config.clone(), store, metrics::Metrics::new()).map_err(|source| {
+            StartError::Storage {
+                path: config.data_dir.clone(),
+                source,
+            }
+        })?;
     let shutdown = CancellationToken::new();
     let tasks = vec![
-        tokio::spawn(server::serve(broker.clone(), client_listener, shutdown.clone())),
+        tokio::spawn(server::serve(
+            broker.clone(),
+            client_listener,
+            shutdown.clone(),
+        )),
         tokio::spawn(http::serve(broker.clone(), http_listener, shutdown.clone())),
         tokio::spawn(retention::run(broker.clone(), shutdown.clone())),
     ];

@@ -7,7 +7,9 @@ use tracing_subscriber::EnvFilter;
 fn main() -> anyhow::Result<()> {
     let flags = ternd::Flags::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("TERN_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("TERN_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let config = ternd::Config::resolve(flags).context("resolve configuration")?;

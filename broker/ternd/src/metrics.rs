@@ -8,8 +8,8 @@
 //! This module never does I/O; the HTTP endpoint lives in `http`.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Most partitions that get their own per-partition series.
@@ -132,7 +132,10 @@ impl Metrics {
                 &["topic"]
             )),
             bytes_in: reg!(IntCounterVec::new(
-                Opts::new("tern_bytes_in_total", "Record batch bytes appended, by topic."),
+                Opts::new(
+                    "tern_bytes_in_total",
+                    "Record batch bytes appended, by topic."
+                ),
                 &["topic"]
             )),
             bytes_out: reg!(IntCounterVec::new(
@@ -208,7 +211,10 @@ impl Metrics {
                 "Bytes in RocksDB memtables."
             )),
             storage_errors: reg!(IntCounterVec::new(
-                Opts::new("tern_storage_errors_total", "Storage failures, by operation."),
+                Opts::new(
+                    "tern_storage_errors_total",
+                    "Storage failures, by operation."
+                ),
                 &["operation"]
             )),
             build_info: reg!(IntGaugeVec::new(

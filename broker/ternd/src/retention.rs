@@ -50,7 +50,11 @@ pub fn run_once(broker: &Broker) {
             }
             Ok(_) => {}
             Err(e) => {
-                broker.metrics().storage_errors.with_label_values(&["retention"]).inc();
+                broker
+                    .metrics()
+                    .storage_errors
+                    .with_label_values(&["retention"])
+                    .inc();
                 warn!(topic = %topic.name, partition = partition.index(), error = %e, "retention failed");
             }
         }

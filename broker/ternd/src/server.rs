@@ -17,7 +17,9 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
-use tern_protocol::{ApiKey, ErrorCode, ErrorReply, FrameCodec, Request, RequestFrame, ResponseFrame};
+use tern_protocol::{
+    ApiKey, ErrorCode, ErrorReply, FrameCodec, Request, RequestFrame, ResponseFrame,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -67,7 +69,12 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: Cancell
     info!("listener stopped");
 }
 
-async fn handle_connection(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+async fn handle_connection(
+    broker: &Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
     let _ = stream.set_nodelay(true);
     let (read_half, write_half) = stream.into_split();
     let mut frames = FramedRead::new(read_half, FrameCodec::default());
@@ -107,7 +114,10 @@ async fn handle_connection(broker: &Arc<Broker>, stream: TcpStream, peer: Socket
                 break;
             }
         };
-        broker.metrics().network_in_bytes.inc_by(body.len() as u64 + 4);
+        broker
+            .metrics()
+            .network_in_bytes
+            .inc_by(body.len() as u64 + 4);
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
@@ -124,7 +134,11 @@ async fn handle_connection(broker: &Arc<Broker>, stream: TcpStream, peer: Socket
                     Some(api) => (api.name(), api as u16, ErrorCode::InvalidRequest),
                     None => ("unknown", u16::MAX, ErrorCode::UnsupportedVersion),
                 };
-                broker.metrics().request_errors.with_label_values(&[api_name, code.name()]).inc();
+                broker
+                    .metrics()
+                    .request_errors
+                    .with_label_values(&[api_name, code.name()])
+                    .inc();
                 debug!(%peer, error = %bad.error, "bad request");
                 let reply = ResponseFrame {
                     correlation_id,
@@ -141,7 +155,11 @@ async fn handle_connection(broker: &Arc<Broker>, stream: TcpStream, peer: Socket
             }
         };
         let api = frame.request.api_key();
-        broker.metrics().requests.with_label_values(&[api.name()]).inc();
+        broker
+            .metrics()
+            .requests
+            .with_label_values(&[api.name()])
+            .inc();
         let correlation_id = frame.correlation_id;
         let out = out_tx.clone();
         let b = broker.clone();
@@ -151,9 +169,13 @@ async fn handle_connection(broker: &Arc<Broker>, stream: TcpStream, peer: Socket
                 timeout_ms,
                 ..
             } => {
-                let span = tracing::debug_span!("produce", correlation_id, partitions = partitions.len());
+                let span =
+                    tracing::debug_span!("produce", correlation_id, partitions = partitions.len());
                 // Enqueue now, in arrival order; wait for durability elsewhere.
-                let pending = broker.enqueue_produce(partitions).instrument(span.clone()).await;
+                let pending = broker
+                    .enqueue_produce(partitions)
+                    .instrument(span.clone())
+                    .await;
                 tokio::spawn(
                     async move {
                         let response = finish_produce(pending, timeout_ms, b.metrics()).await;
@@ -206,7 +228,12 @@ async fn respond(
             message: f.message,
         }
     });
-    let _ = out.send(encode(&ResponseFrame { correlation_id, result })).await;
+    let _ = out
+        .send(encode(&ResponseFrame {
+            correlation_id,
+            result,
+        }))
+        .await;
 }
 
 fn encode(frame: &ResponseFrame) -> Bytes {

@@ -92,7 +92,9 @@ async fn produce(broker: &str, a: BenchArgs) -> anyhow::Result<()> {
         let share = a.messages / a.producers.max(1) as u64
             + u64::from((i as u64) < a.messages % a.producers.max(1) as u64);
         let (a, pb, broker) = (a.clone(), pb.clone(), broker.to_owned());
-        tasks.push(tokio::spawn(async move { produce_share(&broker, &a, share, &pb).await }));
+        tasks.push(tokio::spawn(async move {
+            produce_share(&broker, &a, share, &pb).await
+        }));
     }
     let mut hist = Histogram::<u64>::new(3).expect("valid histogram");
     for t in tasks {
@@ -105,7 +107,12 @@ async fn produce(broker: &str, a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn produce_share(broker: &str, a: &BenchArgs, n: u64, pb: &ProgressBar) -> anyhow::Result<Histogram<u64>> {
+async fn produce_share(
+    broker: &str,
+    a: &BenchArgs,
+    n: u64,
+    pb: &ProgressBar,
+) -> anyhow::Result<Histogram<u64>> {
     let client = Client::connect(broker).await?;
     let producer = Producer::new(
         client,
@@ -131,7 +138,7 @@ async fn produce_share(broker: &str, a: &BenchArgs, n: u64, pb: &ProgressBar) ->
         r.1.context("produce failed")?;
         hist.record(r.0.elapsed().as_micros() as u64).ok();
         acked += 1;
-        if acked % 1024 == 0 {
+        if acked.is_multiple_of(1024) {
             pb.inc(1024);
         }
         Ok(())
@@ -180,17 +187,32 @@ async fn consume(broker: &str, a: BenchArgs) -> anyhow::Result<()> {
         }
         hist.record(poll_started.elapsed().as_micros() as u64).ok();
         got += records.len() as u64;
-        bytes += records.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len()) as u64).sum::<u64>();
+        bytes += records
+            .iter()
+            .map(|r| r.value.as_ref().map_or(0, |v| v.len()) as u64)
+            .sum::<u64>();
         pb.inc(records.len() as u64);
     }
     let elapsed = started.elapsed();
     pb.finish_and_clear();
-    let size = if got > 0 { (bytes / got) as usize } else { a.size };
-    summary("consume (latency = one fetch round)", got, size, elapsed, Some(&hist));
+    let size = bytes.checked_div(got).map_or(a.size, |s| s as usize);
+    summary(
+        "consume (latency = one fetch round)",
+        got,
+        size,
+        elapsed,
+        Some(&hist),
+    );
     Ok(())
 }
 
-fn summary(what: &str, messages: u64, size: usize, elapsed: Duration, hist: Option<&Histogram<u64>>) {
+fn summary(
+    what: &str,
+    messages: u64,
+    size: usize,
+    elapsed: Duration,
+    hist: Option<&Histogram<u64>>,
+) {
     let secs = elapsed.as_secs_f64().max(1e-9);
     let ms = |q: f64| hist.map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0);
     println!(

@@ -49,7 +49,12 @@ pub(crate) async fn run(client: Client, args: ConsumeArgs) -> anyhow::Result<()>
     let mut ends = HashMap::new();
     if !args.follow {
         for &p in &partitions {
-            ends.insert(p, admin.list_offset(&args.topic, p, OffsetSpec::Latest).await?);
+            ends.insert(
+                p,
+                admin
+                    .list_offset(&args.topic, p, OffsetSpec::Latest)
+                    .await?,
+            );
         }
     }
     let mut consumer = Consumer::new(client, ConsumerConfig::default());

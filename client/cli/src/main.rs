@@ -10,10 +10,19 @@ use clap::{Parser, Subcommand};
 use tern_client::Client;
 
 #[derive(Parser)]
-#[command(name = "tern", version, about = "Command-line client for the Tern broker")]
+#[command(
+    name = "tern",
+    version,
+    about = "Command-line client for the Tern broker"
+)]
 struct Cli {
     /// Seed brokers, comma-separated HOST:PORT list.
-    #[arg(long, global = true, env = "TERN_BROKER", default_value = "127.0.0.1:4650")]
+    #[arg(
+        long,
+        global = true,
+        env = "TERN_BROKER",
+        default_value = "127.0.0.1:4650"
+    )]
     broker: String,
     #[command(subcommand)]
     command: Command,
