@@ -5,5 +5,5 @@
 # compiled once and reused by every later run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --workspace --bins
+cargo build --release --workspace
 cargo test --release --workspace -- --test-threads 2
