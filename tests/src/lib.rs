@@ -181,3 +181,32 @@ pub fn metric_sum(text: &str, prefix: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Runs `ternd` with `args` to completion (it must exit by itself within
+/// `limit`, e.g. a refused start or a subcommand): (success, stdout, stderr).
+pub fn run_ternd(args: &[&str], limit: Duration) -> (bool, String, String) {
+    let mut child = Command::new(bin("ternd"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ternd");
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().expect("poll ternd").is_some() {
+            let out = child.wait_with_output().expect("ternd output");
+            return (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ternd {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -33,12 +33,14 @@ struct LogState {
 }
 
 /// Result of one appended batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendedBatch {
     /// Offset of its first record.
     pub base_offset: u64,
     /// Records in it.
     pub records: u32,
+    /// The stored bytes (base offset patched), for a read cache.
+    pub bytes: Bytes,
 }
 
 /// Batches read from a partition.
@@ -184,6 +186,7 @@ impl PartitionLog {
             appended.push(AppendedBatch {
                 base_offset: next,
                 records: meta.records,
+                bytes: view.bytes().clone(),
             });
             metas.push((next, meta));
             next += meta.records as u64;
@@ -269,6 +272,84 @@ impl PartitionLog {
         }
         out.data = buf.freeze();
         Ok(out)
+    }
+
+    /// The batches a read from `offset` of up to `max_bytes` needs, as
+    /// `(base_offset, bytes)`, from the in-memory index (at least one when
+    /// any exists), plus the log start and end at that moment. Lets a caller
+    /// serve some batches from a cache and [`Self::read_batch`] the rest.
+    #[allow(clippy::type_complexity)]
+    pub fn plan_read(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<(u64, u32)>, u64, u64), StorageError> {
+        let state = self.state.read().expect("log state lock");
+        if offset < state.log_start || offset > state.log_end {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start: state.log_start,
+                log_end: state.log_end,
+            });
+        }
+        let mut plan = Vec::new();
+        if offset < state.log_end {
+            let first = state
+                .index
+                .range(..=offset)
+                .next_back()
+                .map_or(offset, |(b, _)| *b);
+            let mut total = 0usize;
+            for (base, meta) in state.index.range(first..) {
+                if !plan.is_empty() && total + meta.bytes as usize > max_bytes {
+                    break;
+                }
+                plan.push((*base, meta.bytes));
+                total += meta.bytes as usize;
+                if total >= max_bytes {
+                    break;
+                }
+            }
+        }
+        Ok((plan, state.log_start, state.log_end))
+    }
+
+    /// Reads one batch by its base offset, CRC-checked.
+    pub fn read_batch(&self, base_offset: u64) -> Result<Bytes, StorageError> {
+        let key = log_key(self.topic_id, self.partition, base_offset);
+        let corrupt = |cause| StorageError::Corrupt {
+            topic_id: self.topic_id,
+            partition: self.partition,
+            offset: base_offset,
+            cause,
+        };
+        let value = self
+            .store
+            .db
+            .get_cf(self.store.cf(CF_LOG), key)
+            .map_err(|e| StorageError::rocks("read batch", e))?
+            .ok_or_else(|| {
+                // Retention removed it between planning and reading.
+                let state = self.state.read().expect("log state lock");
+                StorageError::OffsetOutOfRange {
+                    offset: base_offset,
+                    log_start: state.log_start,
+                    log_end: state.log_end,
+                }
+            })?;
+        let view = BatchView::check_crc(Bytes::from(value)).map_err(corrupt)?;
+        if view.base_offset() != base_offset {
+            return Err(corrupt(tern_protocol::BatchError::Malformed(format!(
+                "stored base offset {} under key {base_offset}",
+                view.base_offset()
+            ))));
+        }
+        Ok(view.into_bytes())
+    }
+
+    /// Topic id and partition of this log (the read cache keys on them).
+    pub fn id(&self) -> (u32, u32) {
+        (self.topic_id, self.partition)
     }
 
     /// The first offset of the first batch whose newest record is at or after

@@ -29,6 +29,8 @@ use tracing::{info, warn, Instrument};
 
 use crate::config::Config;
 use crate::metrics::{Metrics, PARTITION_SERIES_MAX};
+use crate::plugins::Plugins;
+use crate::read_cache::ReadCache;
 
 /// Most partitions one topic may have.
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
@@ -105,6 +107,8 @@ pub struct Broker {
     /// Serialises topic creation and deletion.
     admin: tokio::sync::Mutex<()>,
     ready: AtomicBool,
+    plugins: Plugins,
+    cache: Option<Arc<ReadCache>>,
 }
 
 /// A produce partition after enqueueing: either already answered or waiting
@@ -129,6 +133,8 @@ impl Broker {
         config: Config,
         store: Store,
         metrics: Metrics,
+        plugins: Plugins,
+        cache: Option<ReadCache>,
     ) -> Result<Arc<Broker>, StorageError> {
         let broker = Arc::new(Broker {
             config,
@@ -137,6 +143,8 @@ impl Broker {
             topics: RwLock::new(HashMap::new()),
             admin: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
+            plugins,
+            cache: cache.map(Arc::new),
         });
         for record in broker.store.load_topics()? {
             let topic = broker.open_topic(record)?;
@@ -158,6 +166,11 @@ impl Broker {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The loaded strategy plugins.
+    pub fn plugins(&self) -> &Plugins {
+        &self.plugins
     }
 
     /// The storage.
@@ -184,8 +197,15 @@ impl Broker {
             let (end_tx, end_rx) = watch::channel(log.log_end());
             let span = tracing::info_span!("appender", topic = %name, partition = index);
             tokio::spawn(
-                run_appender(log.clone(), rx, end_tx, self.metrics.clone(), name.clone())
-                    .instrument(span),
+                run_appender(
+                    log.clone(),
+                    rx,
+                    end_tx,
+                    self.metrics.clone(),
+                    name.clone(),
+                    self.cache.clone(),
+                )
+                .instrument(span),
             );
             partitions.push(Arc::new(Partition {
                 topic: name.clone(),
@@ -395,6 +415,7 @@ impl Broker {
             .map(|(w, t)| (w.clone(), t.clone()))
             .collect();
         let metrics = self.metrics.clone();
+        let cache = self.cache.clone();
         let reads = tokio::task::spawn_blocking(move || {
             let mut budget = max_bytes;
             jobs.into_iter()
@@ -415,12 +436,12 @@ impl Broker {
                         }
                     };
                     let limit = (w.max_bytes as usize).clamp(1, budget.max(1));
-                    match p.log.read(w.offset, limit) {
-                        Ok(read) => {
-                            budget = budget.saturating_sub(read.data.len());
-                            result.high_watermark = read.log_end;
-                            result.log_start = read.log_start;
-                            result.records = read.data;
+                    match read_through_cache(cache.as_deref(), &p.log, w.offset, limit) {
+                        Ok((data, log_start, log_end)) => {
+                            budget = budget.saturating_sub(data.len());
+                            result.high_watermark = log_end;
+                            result.log_start = log_start;
+                            result.records = data;
                         }
                         Err(e) => {
                             if !matches!(e, StorageError::OffsetOutOfRange { .. }) {
@@ -691,6 +712,7 @@ async fn run_appender(
     log_end: watch::Sender<u64>,
     metrics: Metrics,
     topic: Arc<str>,
+    cache: Option<Arc<ReadCache>>,
 ) {
     let records_in = metrics.records_in.with_label_values(&[&topic]);
     let bytes_in = metrics.bytes_in.with_label_values(&[&topic]);
@@ -720,9 +742,14 @@ async fn run_appender(
         metrics.append_group_batches.observe(n as f64);
         match outcome {
             Ok(Ok(appended)) => {
+                let (topic_id, partition) = log.id();
                 for ((reply, records), a) in replies.into_iter().zip(appended) {
                     records_in.inc_by(records as u64);
                     let _ = reply.send(Ok(a.base_offset));
+                    // Tailing consumers read what was just written.
+                    if let Some(cache) = &cache {
+                        cache.insert((topic_id, partition, a.base_offset), a.bytes);
+                    }
                 }
                 bytes_in.inc_by(group_bytes as u64);
                 log_end.send_replace(log.log_end());
@@ -743,6 +770,51 @@ async fn run_appender(
             }
         }
     }
+}
+
+/// Reads whole batches from `offset`, each from the read cache when it holds
+/// it, else from RocksDB (then offered to the cache). Returns the
+/// concatenated batches and the log start and end.
+fn read_through_cache(
+    cache: Option<&ReadCache>,
+    log: &PartitionLog,
+    offset: u64,
+    max_bytes: usize,
+) -> Result<(Bytes, u64, u64), StorageError> {
+    let Some(cache) = cache else {
+        let read = log.read(offset, max_bytes)?;
+        return Ok((read.data, read.log_start, read.log_end));
+    };
+    let (plan, log_start, log_end) = log.plan_read(offset, max_bytes)?;
+    let (topic_id, partition) = log.id();
+    if let [(base, _)] = plan[..] {
+        // One batch: hand out the cached or stored bytes without copying.
+        let key = (topic_id, partition, base);
+        if let Some(b) = cache.get(key) {
+            return Ok((b, log_start, log_end));
+        }
+        let b = log.read_batch(base)?;
+        cache.insert(key, b.clone());
+        return Ok((b, log_start, log_end));
+    }
+    let mut out = BytesMut::with_capacity(plan.iter().map(|(_, n)| *n as usize).sum());
+    for (base, _) in plan {
+        let key = (topic_id, partition, base);
+        let batch = match cache.get(key) {
+            Some(b) => b,
+            None => match log.read_batch(base) {
+                Ok(b) => {
+                    cache.insert(key, b.clone());
+                    b
+                }
+                // Retention removed the rest meanwhile: serve what we have.
+                Err(StorageError::OffsetOutOfRange { .. }) if !out.is_empty() => break,
+                Err(e) => return Err(e),
+            },
+        };
+        out.extend_from_slice(&batch);
+    }
+    Ok((out.freeze(), log_start, log_end))
 }
 
 fn validate_topic_name(name: &str) -> Result<(), Failure> {

@@ -66,6 +66,47 @@ pub struct Flags {
     /// Node id reported in metadata. Default: 1
     #[arg(long, env = "TERN_NODE_ID")]
     pub node_id: Option<u32>,
+
+    /// Bytes of record batches kept in memory in front of RocksDB on the
+    /// fetch path; 0 disables the read cache. Default: 67108864 (64 MiB)
+    #[arg(long, env = "TERN_READ_CACHE_BYTES")]
+    pub read_cache_bytes: Option<u64>,
+
+    /// Lock plugin: a name found in --plugin-dir, or a path. Default: exclusive
+    #[arg(long, env = "TERN_LOCK_PLUGIN")]
+    pub lock_plugin: Option<String>,
+
+    /// Balancer plugin: a name found in --plugin-dir, or a path. Default: sticky
+    #[arg(long, env = "TERN_BALANCER_PLUGIN")]
+    pub balancer_plugin: Option<String>,
+
+    /// Cache plugin: a name found in --plugin-dir, or a path. Default: lru
+    #[arg(long, env = "TERN_CACHE_PLUGIN")]
+    pub cache_plugin: Option<String>,
+
+    /// Directory searched for plugins given by name. Default: the directory
+    /// of the ternd executable if it holds plugins, else /usr/lib/tern/plugins
+    #[arg(long, env = "TERN_PLUGIN_DIR", global = true)]
+    pub plugin_dir: Option<PathBuf>,
+
+    /// Run a maintenance subcommand instead of the broker.
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
+}
+
+/// `ternd` subcommands (without one, `ternd` runs the broker).
+#[derive(Debug, clap::Subcommand)]
+pub enum Subcommand {
+    /// Inspect plugins.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+}
+
+/// `ternd plugins ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum PluginsCommand {
+    /// Show every plugin in the plugin directory: file, kind, name, version, ABI.
+    List,
 }
 
 /// Values accepted by `--durability`.
@@ -90,6 +131,17 @@ struct FileConfig {
     retention_check_ms: Option<u64>,
     default_retention_ms: Option<i64>,
     node_id: Option<u32>,
+    read_cache_bytes: Option<u64>,
+}
+
+/// The `[plugins]` table of the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginsFile {
+    lock: Option<String>,
+    balancer: Option<String>,
+    cache: Option<String>,
+    dir: Option<PathBuf>,
 }
 
 /// Errors in configuration.
@@ -142,14 +194,24 @@ pub struct Config {
     pub default_retention_ms: i64,
     /// This node's id.
     pub node_id: u32,
+    /// Read-cache bound in bytes (0 = off).
+    pub read_cache_bytes: u64,
+    /// Plugin directory.
+    pub plugin_dir: PathBuf,
+    /// Lock plugin name or path.
+    pub lock_plugin: String,
+    /// Balancer plugin name or path.
+    pub balancer_plugin: String,
+    /// Cache plugin name or path.
+    pub cache_plugin: String,
 }
 
 impl Config {
     /// Resolves flags (already merged with the environment by clap) over the file.
     pub fn resolve(flags: Flags) -> Result<Config, ConfigError> {
-        let file = match &flags.config {
+        let (file, plugins) = match &flags.config {
             Some(path) => load_file(path)?,
-            None => FileConfig::default(),
+            None => (FileConfig::default(), PluginsFile::default()),
         };
         let listen = flags
             .listen
@@ -197,11 +259,31 @@ impl Config {
             retention_check_ms,
             default_retention_ms,
             node_id: flags.node_id.or(file.node_id).unwrap_or(1),
+            read_cache_bytes: flags
+                .read_cache_bytes
+                .or(file.read_cache_bytes)
+                .unwrap_or(64 << 20),
+            plugin_dir: flags
+                .plugin_dir
+                .or(plugins.dir)
+                .unwrap_or_else(crate::plugins::default_plugin_dir),
+            lock_plugin: flags
+                .lock_plugin
+                .or(plugins.lock)
+                .unwrap_or_else(|| crate::plugins::DEFAULT_LOCK_PLUGIN.into()),
+            balancer_plugin: flags
+                .balancer_plugin
+                .or(plugins.balancer)
+                .unwrap_or_else(|| crate::plugins::DEFAULT_BALANCER_PLUGIN.into()),
+            cache_plugin: flags
+                .cache_plugin
+                .or(plugins.cache)
+                .unwrap_or_else(|| crate::plugins::DEFAULT_CACHE_PLUGIN.into()),
         })
     }
 }
 
-fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+fn load_file(path: &Path) -> Result<(FileConfig, PluginsFile), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -210,12 +292,16 @@ fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
     #[serde(deny_unknown_fields)]
     struct Root {
         broker: Option<FileConfig>,
+        plugins: Option<PluginsFile>,
     }
     let root: Root = toml::from_str(&text).map_err(|source| ConfigError::Parse {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(root.broker.unwrap_or_default())
+    Ok((
+        root.broker.unwrap_or_default(),
+        root.plugins.unwrap_or_default(),
+    ))
 }
 
 #[cfg(test)]
@@ -228,7 +314,7 @@ mod tests {
         let path = dir.path().join("tern.toml");
         std::fs::write(
             &path,
-            "[broker]\nlisten = \"127.0.0.1:5000\"\nnode_id = 7\ndurability = \"page-cache\"\n",
+            "[broker]\nlisten = \"127.0.0.1:5000\"\nnode_id = 7\ndurability = \"page-cache\"\n\n[plugins]\ncache = \"s3-fifo\"\nlock = \"read-write\"\n",
         )
         .unwrap();
         let cfg = Config::resolve(Flags {
@@ -241,6 +327,9 @@ mod tests {
         assert_eq!(cfg.node_id, 7);
         assert_eq!(cfg.durability, Durability::PageCache);
         assert_eq!(cfg.metrics_listen.port(), 4651);
+        assert_eq!(cfg.cache_plugin, "s3-fifo");
+        assert_eq!(cfg.lock_plugin, "read-write");
+        assert_eq!(cfg.balancer_plugin, "sticky");
     }
 
     #[test]

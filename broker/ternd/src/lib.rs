@@ -13,6 +13,8 @@ pub mod broker;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod plugins;
+pub mod read_cache;
 pub mod retention;
 pub mod server;
 
@@ -47,6 +49,9 @@ pub enum StartError {
         #[source]
         source: tern_storage::StorageError,
     },
+    /// A plugin was refused.
+    #[error("load plugins: {0}")]
+    Plugin(#[from] tern_plugin_host::PluginError),
     /// A listener could not bind.
     #[error("bind {what} listener on {addr}: {source}")]
     Bind {
@@ -89,6 +94,23 @@ impl Running {
 
 /// Opens storage, binds the listeners and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    // Plugins first: a refused plugin stops start-up before anything opens.
+    let metrics = metrics::Metrics::new();
+    let plugins = plugins::load(
+        &config.plugin_dir,
+        &config.lock_plugin,
+        &config.balancer_plugin,
+        &config.cache_plugin,
+        &metrics,
+    )?;
+    let cache = match config.read_cache_bytes {
+        0 => None,
+        bytes => Some(read_cache::ReadCache::new(
+            &plugins.cache,
+            bytes,
+            metrics.clone(),
+        )?),
+    };
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -122,7 +144,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .local_addr()
         .expect("bound listener has an address");
     let broker =
-        Broker::open(config.clone(), store, metrics::Metrics::new()).map_err(|source| {
+        Broker::open(config.clone(), store, metrics, plugins, cache).map_err(|source| {
             StartError::Storage {
                 path: config.data_dir.clone(),
                 source,

@@ -5,14 +5,18 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    let flags = ternd::Flags::parse();
+    let mut flags = ternd::Flags::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("TERN_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
+    let command = flags.command.take();
     let config = ternd::Config::resolve(flags).context("resolve configuration")?;
+    if let Some(ternd::config::Subcommand::Plugins(ternd::config::PluginsCommand::List)) = command {
+        return list_plugins(&config.plugin_dir);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ternd")
@@ -42,4 +46,34 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// `ternd plugins list`: every plugin file in the directory, or why it is refused.
+fn list_plugins(dir: &std::path::Path) -> anyhow::Result<()> {
+    println!("plugin directory: {}", dir.display());
+    println!(
+        "{:<10} {:<14} {:<8} {:<4} file",
+        "kind", "name", "version", "abi"
+    );
+    let mut refused = 0;
+    for entry in tern_plugin_host::scan(dir) {
+        match entry {
+            Ok(i) => println!(
+                "{:<10} {:<14} {:<8} {:<4} {}",
+                i.kind.name(),
+                i.name,
+                i.version,
+                i.abi_version,
+                i.path.display()
+            ),
+            Err(e) => {
+                refused += 1;
+                println!("{:<10} {e}", "REFUSED");
+            }
+        }
+    }
+    if refused > 0 {
+        println!("{refused} file(s) refused");
+    }
+    Ok(())
 }

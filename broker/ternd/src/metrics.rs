@@ -72,6 +72,20 @@ pub struct Metrics {
     pub storage_errors: IntCounterVec,
     /// Build info.
     pub build_info: IntGaugeVec,
+    /// Loaded plugins (always 1), by kind, name, version and ABI.
+    pub plugin_info: IntGaugeVec,
+    /// Failed plugin calls, by kind.
+    pub plugin_errors: IntCounterVec,
+    /// Read-cache hits, by strategy.
+    pub cache_hits: IntCounterVec,
+    /// Read-cache misses, by strategy.
+    pub cache_misses: IntCounterVec,
+    /// Batches evicted from the read cache, by strategy.
+    pub cache_evictions: IntCounterVec,
+    /// Bytes held by the read cache, by strategy.
+    pub cache_bytes: IntGaugeVec,
+    /// Configured read-cache bound, by strategy.
+    pub cache_capacity_bytes: IntGaugeVec,
 }
 
 impl Metrics {
@@ -221,6 +235,49 @@ impl Metrics {
                 Opts::new("tern_build_info", "Always 1; labels carry the version."),
                 &["version"]
             )),
+            plugin_info: reg!(IntGaugeVec::new(
+                Opts::new("tern_plugin_info", "Loaded plugins (always 1)."),
+                &["kind", "name", "version", "abi"]
+            )),
+            plugin_errors: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tern_plugin_errors_total",
+                    "Plugin calls that failed or panicked, by kind."
+                ),
+                &["kind"]
+            )),
+            cache_hits: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tern_read_cache_hits_total",
+                    "Batches served from the read cache."
+                ),
+                &["strategy"]
+            )),
+            cache_misses: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tern_read_cache_misses_total",
+                    "Batches the read cache did not hold (read from RocksDB)."
+                ),
+                &["strategy"]
+            )),
+            cache_evictions: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tern_read_cache_evictions_total",
+                    "Batches evicted from the read cache."
+                ),
+                &["strategy"]
+            )),
+            cache_bytes: reg!(IntGaugeVec::new(
+                Opts::new("tern_read_cache_bytes", "Bytes held by the read cache."),
+                &["strategy"]
+            )),
+            cache_capacity_bytes: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "tern_read_cache_capacity_bytes",
+                    "Configured read-cache bound."
+                ),
+                &["strategy"]
+            )),
             registry,
         };
         m.build_info
@@ -235,6 +292,9 @@ impl Metrics {
         }
         for api in tern_protocol::ApiKey::ALL {
             m.requests.with_label_values(&[api.name()]);
+        }
+        for kind in ["lock", "balancer", "cache"] {
+            m.plugin_errors.with_label_values(&[kind]);
         }
         m
     }
