@@ -220,6 +220,8 @@ async fn run_accumulator(
     let mut open: HashMap<(String, u32), Open> = HashMap::new();
     let mut senders: HashMap<(String, u32), mpsc::Sender<ToSender>> = HashMap::new();
     let mut sticky: HashMap<String, u32> = HashMap::new();
+    // Partition counts by topic: looked up once, not per record.
+    let mut partition_counts: HashMap<String, u32> = HashMap::new();
     loop {
         let next_deadline = open.values().map(|o| o.deadline).min();
         let command = tokio::select! {
@@ -261,12 +263,19 @@ async fn run_accumulator(
                 });
             }
             Some(Command::Record(record, reply)) => {
-                let partitions = match client.topic(&record.topic).await {
-                    Ok(t) => t.partitions.len() as u32,
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        continue;
-                    }
+                let partitions = match partition_counts.get(&record.topic) {
+                    Some(n) => *n,
+                    None => match client.topic(&record.topic).await {
+                        Ok(t) => {
+                            let n = t.partitions.len() as u32;
+                            partition_counts.insert(record.topic.clone(), n);
+                            n
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            continue;
+                        }
+                    },
                 };
                 let partition = match (record.partition, &record.key) {
                     (Some(p), _) if p < partitions => p,

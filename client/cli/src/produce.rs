@@ -4,8 +4,8 @@
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
-use futures::stream::FuturesUnordered;
-use futures::StreamExt;
+use std::collections::VecDeque;
+
 use tern_client::{Client, Producer, ProducerConfig, ProducerRecord};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -26,7 +26,8 @@ pub(crate) async fn run(client: Client, args: ProduceArgs) -> anyhow::Result<()>
     client.topic(&args.topic).await?;
     let producer = Producer::new(client, ProducerConfig::default());
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut pending = FuturesUnordered::new();
+    // Oldest first: acknowledgements of a partition arrive in order.
+    let mut pending = VecDeque::new();
     let mut acknowledged = 0u64;
     let mut failed = 0u64;
     let mut first_error = None;
@@ -48,17 +49,16 @@ pub(crate) async fn run(client: Client, args: ProduceArgs) -> anyhow::Result<()>
         let mut record = ProducerRecord::new(args.topic.clone(), value);
         record.key = key;
         record.partition = args.partition;
-        pending.push(producer.enqueue(record).await?);
+        pending.push_back(producer.enqueue(record).await?);
         // Keep the set of outstanding acknowledgements bounded.
         while pending.len() > 100_000 {
-            if let Some(r) = pending.next().await {
-                note(r);
-            }
+            let d = pending.pop_front().expect("non-empty");
+            note(d.await);
         }
     }
     producer.flush().await?;
-    while let Some(r) = pending.next().await {
-        note(r);
+    while let Some(d) = pending.pop_front() {
+        note(d.await);
     }
     if let Some(e) = first_error {
         anyhow::bail!("{failed} records failed, {acknowledged} acknowledged; first error: {e}");

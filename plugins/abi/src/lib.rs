@@ -422,9 +422,14 @@ macro_rules! export_cache_plugin {
                 if state.is_null() || evicted_len.is_null() {
                     return $crate::STATUS_INVALID;
                 }
-                $crate::guard(|| {
+                ::std::thread_local! {
+                    // Reused between calls: no allocation per batch.
+                    static SCRATCH: ::std::cell::RefCell<Vec<u64>> = const { ::std::cell::RefCell::new(Vec::new()) };
+                }
+                $crate::guard(|| SCRATCH.with(|scratch| {
                     let s = unsafe { &mut *(state as *mut $ty) };
-                    let mut out = Vec::new();
+                    let mut out = scratch.borrow_mut();
+                    out.clear();
                     let verdict = s.admit(key, size, &mut out, cap);
                     out.truncate(cap);
                     let w = unsafe { $crate::write_out(&out, evicted, cap, evicted_len) };
@@ -436,7 +441,7 @@ macro_rules! export_cache_plugin {
                         $crate::Admission::Rejected => 0,
                         $crate::Admission::Pending => $crate::STATUS_BUFFER_FULL,
                     }
-                })
+                }))
             }
             extern "C" fn remove(state: *mut c_void, key: u64) -> i32 {
                 if state.is_null() {

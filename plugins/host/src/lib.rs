@@ -332,8 +332,9 @@ pub fn scan(dir: &Path) -> Vec<Result<PluginInfo, PluginError>> {
         .collect()
 }
 
-/// Most keys evicted per `admit` call before the host drains the buffer.
-const EVICT_BUFFER_KEYS: usize = 256;
+/// Most keys evicted per `admit` call before the host drains the buffer
+/// (small: a batch-sized admission rarely evicts more than a few).
+const EVICT_BATCH_KEYS: usize = 16;
 
 /// A cache policy instance from a cache plugin. Not `Sync`: callers hold it
 /// behind a mutex.
@@ -377,7 +378,19 @@ impl CachePolicy {
     /// Offers a key; returns whether it was admitted and the keys to evict.
     pub fn admit(&mut self, key: u64, size: u64) -> Result<(bool, Vec<u64>), PluginError> {
         let mut evicted = Vec::new();
-        let mut buf = [0u64; EVICT_BUFFER_KEYS];
+        let admitted = self.admit_into(key, size, &mut evicted)?;
+        Ok((admitted, evicted))
+    }
+
+    /// Like [`Self::admit`], appending the keys to evict to `evicted` (a
+    /// buffer the caller reuses, so the hot path does not allocate).
+    pub fn admit_into(
+        &mut self,
+        key: u64,
+        size: u64,
+        evicted: &mut Vec<u64>,
+    ) -> Result<bool, PluginError> {
+        let mut buf = [0u64; EVICT_BATCH_KEYS];
         loop {
             let mut n = 0usize;
             let status =
@@ -386,7 +399,7 @@ impl CachePolicy {
             evicted.extend_from_slice(&buf[..n.min(buf.len())]);
             match status {
                 abi::STATUS_BUFFER_FULL => continue,
-                s => return Ok((s == 1, evicted)),
+                s => return Ok(s == 1),
             }
         }
     }
