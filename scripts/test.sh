@@ -7,3 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace
 cargo test --release --workspace -- --test-threads 2
+# Every panel query of every Grafana dashboard against a real Prometheus
+# scraping a live broker (says loudly if Prometheus is not installed).
+scripts/check-dashboards.sh

@@ -293,6 +293,9 @@ impl Metrics {
         for api in tern_protocol::ApiKey::ALL {
             m.requests.with_label_values(&[api.name()]);
         }
+        for operation in ["append", "read", "retention"] {
+            m.storage_errors.with_label_values(&[operation]);
+        }
         for kind in ["lock", "balancer", "cache"] {
             m.plugin_errors.with_label_values(&[kind]);
         }

@@ -48,6 +48,11 @@ impl ReadCache {
             .cache_capacity_bytes
             .with_label_values(&[&strategy])
             .set(capacity_bytes as i64);
+        // Counters exist (at 0) from the start, so dashboards show 0, not "no data".
+        metrics.cache_hits.with_label_values(&[&strategy]);
+        metrics.cache_misses.with_label_values(&[&strategy]);
+        metrics.cache_evictions.with_label_values(&[&strategy]);
+        metrics.cache_bytes.with_label_values(&[&strategy]);
         Ok(ReadCache {
             inner: Mutex::new(Inner {
                 policy: CachePolicy::new(plugin, capacity_bytes)?,
