@@ -10,3 +10,5 @@ cargo test --release --workspace -- --test-threads 2
 # Every panel query of every Grafana dashboard against a real Prometheus
 # scraping a live broker (says loudly if Prometheus is not installed).
 scripts/check-dashboards.sh
+# A broker container SIGKILLed and paused under load (says loudly if no Docker).
+scripts/test-docker.sh

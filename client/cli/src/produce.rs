@@ -6,6 +6,8 @@ use bytes::Bytes;
 use clap::Args;
 use std::collections::VecDeque;
 
+use futures::FutureExt;
+
 use tern_client::{Client, Producer, ProducerConfig, ProducerRecord};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -28,16 +30,7 @@ pub(crate) async fn run(client: Client, args: ProduceArgs) -> anyhow::Result<()>
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     // Oldest first: acknowledgements of a partition arrive in order.
     let mut pending = VecDeque::new();
-    let mut acknowledged = 0u64;
-    let mut failed = 0u64;
-    let mut first_error = None;
-    let mut note = |r: Result<tern_client::RecordMetadata, tern_client::ClientError>| match r {
-        Ok(_) => acknowledged += 1,
-        Err(e) => {
-            failed += 1;
-            first_error.get_or_insert(e);
-        }
-    };
+    let mut tally = Tally::default();
     while let Some(line) = lines.next_line().await.context("read stdin")? {
         let (key, value) = match &args.key_separator {
             Some(sep) => match line.split_once(sep.as_str()) {
@@ -50,19 +43,56 @@ pub(crate) async fn run(client: Client, args: ProduceArgs) -> anyhow::Result<()>
         record.key = key;
         record.partition = args.partition;
         pending.push_back(producer.enqueue(record).await?);
-        // Keep the set of outstanding acknowledgements bounded.
+        // Note what is already acknowledged; keep the backlog bounded.
+        while let Some(front) = pending.front_mut() {
+            let Some(result) = front.now_or_never() else {
+                break;
+            };
+            pending.pop_front();
+            tally.note(result);
+        }
         while pending.len() > 100_000 {
             let d = pending.pop_front().expect("non-empty");
-            note(d.await);
+            tally.note(d.await);
+        }
+        // A failed record already exhausted its retries: stop reading input
+        // rather than fail every following line the same way.
+        if tally.first_error.is_some() {
+            break;
         }
     }
-    producer.flush().await?;
-    while let Some(d) = pending.pop_front() {
-        note(d.await);
+    if tally.first_error.is_none() {
+        producer.flush().await?;
     }
-    if let Some(e) = first_error {
-        anyhow::bail!("{failed} records failed, {acknowledged} acknowledged; first error: {e}");
+    while let Some(d) = pending.pop_front() {
+        tally.note(d.await);
+    }
+    let acknowledged = tally.acknowledged;
+    if let Some(e) = tally.first_error {
+        anyhow::bail!(
+            "{} records failed, {acknowledged} acknowledged; first error: {e}",
+            tally.failed
+        );
     }
     eprintln!("{acknowledged} records acknowledged");
     Ok(())
+}
+
+#[derive(Default)]
+struct Tally {
+    acknowledged: u64,
+    failed: u64,
+    first_error: Option<tern_client::ClientError>,
+}
+
+impl Tally {
+    fn note(&mut self, r: Result<tern_client::RecordMetadata, tern_client::ClientError>) {
+        match r {
+            Ok(_) => self.acknowledged += 1,
+            Err(e) => {
+                self.failed += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
 }

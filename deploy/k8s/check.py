@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Structural check of deploy/k8s/*.yaml (no cluster or kubeconform here):
+every document parses, has apiVersion/kind/metadata.name, selectors match
+pod labels, probes point at real endpoints and ports, the StatefulSet has a
+headless Service and volume claims, and the embedded config is valid TOML
+with the keys ternd accepts."""
+import pathlib, sys, tomllib
+import yaml
+
+docs = []
+for f in sorted(pathlib.Path(__file__).parent.glob("*.yaml")):
+    docs += [d for d in yaml.safe_load_all(f.read_text()) if d]
+kinds = {d["kind"]: d for d in docs}
+errors = []
+for d in docs:
+    for key in ("apiVersion", "kind", "metadata"):
+        if key not in d:
+            errors.append(f"{d.get('kind')}: missing {key}")
+need = {"ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget", "ServiceMonitor"}
+errors += [f"missing {k}" for k in need - kinds.keys()]
+sts = kinds["StatefulSet"]["spec"]
+labels = sts["template"]["metadata"]["labels"]
+if sts["selector"]["matchLabels"].items() - labels.items():
+    errors.append("StatefulSet selector does not match its pod labels")
+headless = [d for d in docs if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"]
+if not headless or headless[0]["metadata"]["name"] != sts["serviceName"]:
+    errors.append("StatefulSet serviceName must name a headless Service")
+if not sts.get("volumeClaimTemplates"):
+    errors.append("StatefulSet needs volumeClaimTemplates")
+c = sts["template"]["spec"]["containers"][0]
+ports = {p["name"] for p in c["ports"]}
+for probe, path in (("readinessProbe", "/ready"), ("livenessProbe", "/health")):
+    g = c[probe]["httpGet"]
+    if g["path"] != path or g["port"] not in ports:
+        errors.append(f"{probe} must GET {path} on a declared port")
+if "memory" not in c["resources"].get("requests", {}):
+    errors.append("resource requests missing")
+cfg = tomllib.loads(kinds["ConfigMap"]["data"]["tern.toml"])
+allowed = {"broker": {"data_dir", "listen", "metrics_listen", "advertise", "durability",
+                      "retention_check_ms", "default_retention_ms", "node_id", "read_cache_bytes"},
+           "plugins": {"lock", "balancer", "cache", "dir"}}
+for table, keys in cfg.items():
+    if table not in allowed or set(keys) - allowed[table]:
+        errors.append(f"config: unknown keys in [{table}]: {set(keys) - allowed.get(table, set())}")
+if errors:
+    sys.exit("\n".join(errors))
+print(f"k8s manifests: {len(docs)} objects check out")
