@@ -15,6 +15,8 @@ export RUST_BACKTRACE=0
 # Deployment files: Kubernetes manifests (structure, and ternd must accept
 # the ConfigMap's config file) and the compose file.
 python3 deploy/k8s/check.py
+# Against the Kubernetes OpenAPI schemas (the ServiceMonitor CRD has none: warned, not failed).
+python3 -m kubernetes_validate --strict --quiet deploy/k8s/tern.yaml
 cfg=$(mktemp /tmp/tern-k8s-config.XXXXXX.toml)
 python3 -c 'import sys, yaml; [print(d["data"]["tern.toml"]) for d in yaml.safe_load_all(open("deploy/k8s/tern.yaml")) if d and d["kind"] == "ConfigMap"]' >"$cfg"
 "$T/ternd" --config "$cfg" plugins list >/dev/null
