@@ -471,6 +471,36 @@ mod tests {
     }
 
     #[test]
+    fn a_planned_read_names_the_batches_and_each_reads_back_crc_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+        let log = store.partition_log(4, 0).unwrap();
+        let appended = log
+            .append(vec![batch(2, 1), batch(3, 1), batch(4, 1)])
+            .unwrap();
+        // From offset 3 (inside the second batch), room for exactly two batches.
+        let room = appended[1].bytes.len() + appended[2].bytes.len();
+        let (plan, start, end) = log.plan_read(3, room).unwrap();
+        assert_eq!((start, end), (0, 9));
+        assert_eq!(plan.iter().map(|(b, _)| *b).collect::<Vec<_>>(), vec![2, 5]);
+        for ((base, len), a) in plan.iter().zip(&appended[1..]) {
+            let bytes = log.read_batch(*base).unwrap();
+            assert_eq!(bytes.len(), *len as usize);
+            assert_eq!(bytes, a.bytes, "stored bytes are the appended bytes");
+        }
+        let (only_one, _, _) = log.plan_read(3, 1).unwrap();
+        assert_eq!(only_one.len(), 1, "at least one batch, whatever max_bytes");
+        assert!(
+            log.plan_read(9, 100).unwrap().0.is_empty(),
+            "at the end: nothing yet"
+        );
+        assert!(matches!(
+            log.read_batch(1),
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+    }
+
+    #[test]
     fn retention_drops_old_batches_and_keeps_offsets_monotonic() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Durability::PageCache).unwrap();
