@@ -21,7 +21,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,7 +32,7 @@ use tern_protocol::api::{Acks, ProducePartition};
 use tern_protocol::partitioner::partition_for_key;
 use tern_protocol::record::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES};
 use tern_protocol::{BatchBuilder, ErrorCode, Record, Request, Response};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::client::Client;
@@ -128,74 +129,132 @@ pub struct RecordMetadata {
     pub offset: u64,
 }
 
-type Reply = oneshot::Sender<Result<RecordMetadata, ClientError>>;
+/// The outcome of one sealed batch, shared by the deliveries of its records.
+struct BatchOutcome {
+    result: OnceLock<Result<u64, ClientError>>,
+    wakers: Mutex<Vec<Waker>>,
+}
 
-enum Command {
-    Record(ProducerRecord, Reply),
-    Flush(oneshot::Sender<()>),
+impl BatchOutcome {
+    fn new() -> Arc<BatchOutcome> {
+        Arc::new(BatchOutcome {
+            result: OnceLock::new(),
+            wakers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn complete(&self, result: Result<u64, ClientError>) {
+        let _ = self.result.set(result);
+        let wakers = std::mem::take(&mut *self.wakers.lock().expect("wakers lock"));
+        for w in wakers {
+            w.wake();
+        }
+    }
 }
 
 /// An acknowledgement to come; resolves once the record is durable.
-pub struct Delivery(oneshot::Receiver<Result<RecordMetadata, ClientError>>);
+/// Deliveries of one batch share one outcome: no allocation per record.
+pub struct Delivery {
+    state: DeliveryState,
+}
+
+enum DeliveryState {
+    Done(Option<Result<RecordMetadata, ClientError>>),
+    Waiting {
+        batch: Arc<BatchOutcome>,
+        topic: Arc<str>,
+        partition: u32,
+        index: u32,
+    },
+}
+
+impl Delivery {
+    fn failed(e: ClientError) -> Delivery {
+        Delivery {
+            state: DeliveryState::Done(Some(Err(e))),
+        }
+    }
+}
 
 impl Future for Delivery {
     type Output = Result<RecordMetadata, ClientError>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+        let outcome = match &mut self.state {
+            DeliveryState::Done(r) => {
+                return Poll::Ready(r.take().unwrap_or(Err(ClientError::Closed)))
+            }
+            DeliveryState::Waiting {
+                batch,
+                topic,
+                partition,
+                index,
+            } => {
+                let ready = |r: &Result<u64, ClientError>| {
+                    r.clone().map(|base| RecordMetadata {
+                        topic: topic.to_string(),
+                        partition: *partition,
+                        offset: base + *index as u64,
+                    })
+                };
+                if let Some(r) = batch.result.get() {
+                    Some(ready(r))
+                } else {
+                    let mut wakers = batch.wakers.lock().expect("wakers lock");
+                    // Re-check under the lock: completion takes it to wake.
+                    match batch.result.get() {
+                        Some(r) => Some(ready(r)),
+                        None => {
+                            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                                wakers.push(cx.waker().clone());
+                            }
+                            None
+                        }
+                    }
+                }
+            }
+        };
+        match outcome {
+            Some(r) => {
+                self.state = DeliveryState::Done(None);
+                Poll::Ready(r)
+            }
+            None => Poll::Pending,
+        }
     }
 }
 
 /// An asynchronous, batching producer. Cloning shares it.
+///
+/// Records are appended to their partition's open batch by the caller of
+/// [`Producer::enqueue`] itself (under a short lock): no task hop and no
+/// allocation per record. Sealed batches go to one sender task per partition.
 #[derive(Clone)]
 pub struct Producer {
-    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
 }
 
-impl Producer {
-    /// Starts a producer on `client`.
-    pub fn new(client: Client, config: ProducerConfig) -> Producer {
-        let (tx, rx) = mpsc::channel(config.queue_records_max.max(1));
-        tokio::spawn(run_accumulator(client, config, rx));
-        Producer { commands: tx }
-    }
+struct Shared {
+    client: Client,
+    config: ProducerConfig,
+    batch_bytes_max: usize,
+    state: Mutex<Accumulator>,
+    /// One permit per record accepted and not yet acknowledged.
+    space: Arc<Semaphore>,
+    /// Wakes the linger task when a batch opens.
+    linger_wake: Arc<Notify>,
+}
 
-    /// Queues a record; waits only if the producer's queue is full. Await
-    /// the returned [`Delivery`] for the offset.
-    pub async fn enqueue(&self, record: ProducerRecord) -> Result<Delivery, ClientError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Record(record, tx))
-            .await
-            .map_err(|_| ClientError::Closed)?;
-        Ok(Delivery(rx))
-    }
-
-    /// Sends a record and waits until it is acknowledged.
-    pub async fn send(&self, record: ProducerRecord) -> Result<RecordMetadata, ClientError> {
-        self.enqueue(record).await?.await
-    }
-
-    /// Sends every queued record now and waits for all acknowledgements.
-    pub async fn flush(&self) -> Result<(), ClientError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Flush(tx))
-            .await
-            .map_err(|_| ClientError::Closed)?;
-        rx.await.map_err(|_| ClientError::Closed)
-    }
-
-    /// Flushes and stops this handle.
-    pub async fn close(self) -> Result<(), ClientError> {
-        self.flush().await
-    }
+#[derive(Default)]
+struct Accumulator {
+    open: HashMap<(Arc<str>, u32), Open>,
+    senders: HashMap<(Arc<str>, u32), mpsc::UnboundedSender<ToSender>>,
+    sticky: HashMap<Arc<str>, u32>,
+    partition_counts: HashMap<String, (Arc<str>, u32)>,
 }
 
 struct Open {
     builder: BatchBuilder,
-    replies: Vec<Reply>,
+    outcome: Arc<BatchOutcome>,
     deadline: Instant,
 }
 
@@ -206,166 +265,248 @@ enum ToSender {
 
 struct Sealed {
     batch: Bytes,
-    replies: Vec<Reply>,
+    outcome: Arc<BatchOutcome>,
+    records: u32,
 }
 
-async fn run_accumulator(
-    client: Client,
-    config: ProducerConfig,
-    mut commands: mpsc::Receiver<Command>,
-) {
-    let batch_bytes_max = config
-        .batch_bytes_max
-        .clamp(BATCH_HEADER_BYTES + 64, BATCH_BYTES_MAX);
-    let mut open: HashMap<(String, u32), Open> = HashMap::new();
-    let mut senders: HashMap<(String, u32), mpsc::Sender<ToSender>> = HashMap::new();
-    let mut sticky: HashMap<String, u32> = HashMap::new();
-    // Partition counts by topic: looked up once, not per record.
-    let mut partition_counts: HashMap<String, u32> = HashMap::new();
-    loop {
-        let next_deadline = open.values().map(|o| o.deadline).min();
-        let command = tokio::select! {
-            c = commands.recv() => c,
-            _ = sleep_until_opt(next_deadline) => {
-                let now = Instant::now();
-                let due: Vec<_> = open.iter().filter(|(_, o)| o.deadline <= now).map(|(k, _)| k.clone()).collect();
-                for key in due {
-                    seal(&key, &mut open, &mut senders, &mut sticky, &client, &config).await;
+impl Producer {
+    /// Starts a producer on `client`.
+    pub fn new(client: Client, config: ProducerConfig) -> Producer {
+        let linger_wake = Arc::new(Notify::new());
+        let shared = Arc::new(Shared {
+            batch_bytes_max: config
+                .batch_bytes_max
+                .clamp(BATCH_HEADER_BYTES + 64, BATCH_BYTES_MAX),
+            space: Arc::new(Semaphore::new(config.queue_records_max.max(1))),
+            client,
+            config,
+            state: Mutex::new(Accumulator::default()),
+            linger_wake: linger_wake.clone(),
+        });
+        tokio::spawn(run_linger(Arc::downgrade(&shared), linger_wake));
+        Producer { shared }
+    }
+
+    /// Queues a record; waits only if `queue_records_max` records are
+    /// already waiting for acknowledgement. Await the returned [`Delivery`]
+    /// for the offset.
+    pub async fn enqueue(&self, record: ProducerRecord) -> Result<Delivery, ClientError> {
+        let sh = &self.shared;
+        match sh.space.try_acquire() {
+            Ok(p) => p.forget(),
+            Err(_) => sh
+                .space
+                .acquire()
+                .await
+                .map_err(|_| ClientError::Closed)?
+                .forget(),
+        }
+        let known = sh
+            .state
+            .lock()
+            .expect("producer lock")
+            .partition_counts
+            .get(&record.topic)
+            .cloned();
+        let (topic, partitions) = match known {
+            Some(k) => k,
+            None => match sh.client.topic(&record.topic).await {
+                Ok(t) => {
+                    let entry = (
+                        Arc::<str>::from(record.topic.as_str()),
+                        t.partitions.len() as u32,
+                    );
+                    let mut st = sh.state.lock().expect("producer lock");
+                    st.partition_counts
+                        .insert(record.topic.clone(), entry.clone());
+                    entry
                 }
-                continue;
-            }
+                Err(e) => {
+                    sh.space.add_permits(1);
+                    return Ok(Delivery::failed(e));
+                }
+            },
         };
-        match command {
-            None => {
-                let keys: Vec<_> = open.keys().cloned().collect();
-                for key in keys {
-                    seal(&key, &mut open, &mut senders, &mut sticky, &client, &config).await;
-                }
-                return;
+        let rec = Record {
+            key: record.key,
+            value: record.value,
+            timestamp_ms: record.timestamp_ms.unwrap_or_else(now_ms),
+            headers: record.headers,
+        };
+        let invalid = |e: ClientError| {
+            sh.space.add_permits(1);
+            Ok(Delivery::failed(e))
+        };
+        if rec.encoded_len() + BATCH_HEADER_BYTES > BATCH_BYTES_MAX {
+            return invalid(ClientError::InvalidArgument(format!(
+                "record of {} bytes exceeds the batch limit of {BATCH_BYTES_MAX}",
+                rec.encoded_len()
+            )));
+        }
+        let mut st = sh.state.lock().expect("producer lock");
+        let partition = match (record.partition, &rec.key) {
+            (Some(p), _) if p < partitions => p,
+            (Some(p), _) => {
+                drop(st);
+                return invalid(ClientError::Partition {
+                    topic: record.topic,
+                    partition: p,
+                    code: ErrorCode::UnknownTopicOrPartition,
+                });
             }
-            Some(Command::Flush(done)) => {
-                let keys: Vec<_> = open.keys().cloned().collect();
-                for key in keys {
-                    seal(&key, &mut open, &mut senders, &mut sticky, &client, &config).await;
-                }
-                let mut barriers = Vec::new();
-                for s in senders.values() {
+            (None, Some(k)) => partition_for_key(k, partitions),
+            (None, None) => *st.sticky.entry(topic.clone()).or_insert(0) % partitions,
+        };
+        let key = (topic.clone(), partition);
+        if let Some(o) = st.open.get(&key) {
+            if o.builder.len() + rec.encoded_len() > sh.batch_bytes_max {
+                sh.seal(&mut st, &key);
+            }
+        }
+        let opened = !st.open.contains_key(&key);
+        let o = st.open.entry(key.clone()).or_insert_with(|| Open {
+            builder: BatchBuilder::with_capacity(sh.batch_bytes_max.min(256 * 1024)),
+            outcome: BatchOutcome::new(),
+            deadline: Instant::now() + sh.config.linger,
+        });
+        let index = o.builder.record_count();
+        o.builder.push(&rec);
+        let delivery = Delivery {
+            state: DeliveryState::Waiting {
+                batch: o.outcome.clone(),
+                topic,
+                partition,
+                index,
+            },
+        };
+        if o.builder.len() >= sh.batch_bytes_max {
+            sh.seal(&mut st, &key);
+        } else if opened {
+            sh.linger_wake.notify_one();
+        }
+        Ok(delivery)
+    }
+
+    /// Sends a record and waits until it is acknowledged.
+    pub async fn send(&self, record: ProducerRecord) -> Result<RecordMetadata, ClientError> {
+        self.enqueue(record).await?.await
+    }
+
+    /// Sends every queued record now and waits for all acknowledgements.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        let barriers = {
+            let mut st = self.shared.state.lock().expect("producer lock");
+            self.shared.seal_all(&mut st);
+            st.senders
+                .values()
+                .filter_map(|s| {
                     let (tx, rx) = oneshot::channel();
-                    if s.send(ToSender::Barrier(tx)).await.is_ok() {
-                        barriers.push(rx);
-                    }
-                }
-                tokio::spawn(async move {
-                    for b in barriers {
-                        let _ = b.await;
-                    }
-                    let _ = done.send(());
-                });
+                    s.send(ToSender::Barrier(tx)).ok().map(|_| rx)
+                })
+                .collect::<Vec<_>>()
+        };
+        for b in barriers {
+            let _ = b.await;
+        }
+        Ok(())
+    }
+
+    /// Flushes and stops this handle.
+    pub async fn close(self) -> Result<(), ClientError> {
+        self.flush().await
+    }
+}
+
+impl Shared {
+    /// Seals the open batch of `key` and hands it to the partition's sender.
+    fn seal(&self, st: &mut Accumulator, key: &(Arc<str>, u32)) {
+        let Some(o) = st.open.remove(key) else { return };
+        // Keyless records stick to one partition per batch; move on once sealed.
+        if let Some(s) = st.sticky.get_mut(&key.0) {
+            if *s == key.1 {
+                *s = s.wrapping_add(1);
             }
-            Some(Command::Record(record, reply)) => {
-                let partitions = match partition_counts.get(&record.topic) {
-                    Some(n) => *n,
-                    None => match client.topic(&record.topic).await {
-                        Ok(t) => {
-                            let n = t.partitions.len() as u32;
-                            partition_counts.insert(record.topic.clone(), n);
-                            n
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                            continue;
-                        }
-                    },
-                };
-                let partition = match (record.partition, &record.key) {
-                    (Some(p), _) if p < partitions => p,
-                    (Some(p), _) => {
-                        let _ = reply.send(Err(ClientError::Partition {
-                            topic: record.topic.clone(),
-                            partition: p,
-                            code: ErrorCode::UnknownTopicOrPartition,
-                        }));
-                        continue;
-                    }
-                    (None, Some(k)) => partition_for_key(k, partitions),
-                    (None, None) => *sticky.entry(record.topic.clone()).or_insert(0) % partitions,
-                };
-                let rec = Record {
-                    key: record.key,
-                    value: record.value,
-                    timestamp_ms: record.timestamp_ms.unwrap_or_else(now_ms),
-                    headers: record.headers,
-                };
-                if rec.encoded_len() + BATCH_HEADER_BYTES > BATCH_BYTES_MAX {
-                    let _ = reply.send(Err(ClientError::InvalidArgument(format!(
-                        "record of {} bytes exceeds the batch limit of {BATCH_BYTES_MAX}",
-                        rec.encoded_len()
-                    ))));
-                    continue;
-                }
-                let key = (record.topic, partition);
-                if let Some(o) = open.get(&key) {
-                    if o.builder.len() + rec.encoded_len() > batch_bytes_max {
-                        seal(&key, &mut open, &mut senders, &mut sticky, &client, &config).await;
-                    }
-                }
-                let o = open.entry(key.clone()).or_insert_with(|| Open {
-                    builder: BatchBuilder::with_capacity(batch_bytes_max.min(64 * 1024)),
-                    replies: Vec::new(),
-                    deadline: Instant::now() + config.linger,
-                });
-                o.builder.push(&rec);
-                o.replies.push(reply);
-                if o.builder.len() >= batch_bytes_max {
-                    seal(&key, &mut open, &mut senders, &mut sticky, &client, &config).await;
-                }
-            }
+        }
+        let sealed = Sealed {
+            records: o.builder.record_count(),
+            batch: o.builder.finish(-1, -1),
+            outcome: o.outcome,
+        };
+        if !st.senders.contains_key(key) {
+            // A producer dropped outside any runtime cannot start a sender.
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                sealed.outcome.complete(Err(ClientError::Closed));
+                self.space.add_permits(sealed.records as usize);
+                return;
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            runtime.spawn(run_partition_sender(
+                self.client.clone(),
+                key.0.to_string(),
+                key.1,
+                self.config.clone(),
+                self.space.clone(),
+                rx,
+            ));
+            st.senders.insert(key.clone(), tx);
+        }
+        let sender = &st.senders[key];
+        if let Err(mpsc::error::SendError(ToSender::Batch(s))) =
+            sender.send(ToSender::Batch(sealed))
+        {
+            s.outcome.complete(Err(ClientError::Closed));
+            self.space.add_permits(s.records as usize);
+        }
+    }
+
+    fn seal_all(&self, st: &mut Accumulator) {
+        let keys: Vec<_> = st.open.keys().cloned().collect();
+        for key in keys {
+            self.seal(st, &key);
         }
     }
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => futures::future::pending().await,
+impl Drop for Shared {
+    /// Records enqueued but not flushed are still sent when the last handle goes.
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.state.lock() {
+            let keys: Vec<_> = st.open.keys().cloned().collect();
+            for key in keys {
+                self.seal(&mut st, &key);
+            }
+        }
+        self.linger_wake.notify_one();
     }
 }
 
-async fn seal(
-    key: &(String, u32),
-    open: &mut HashMap<(String, u32), Open>,
-    senders: &mut HashMap<(String, u32), mpsc::Sender<ToSender>>,
-    sticky: &mut HashMap<String, u32>,
-    client: &Client,
-    config: &ProducerConfig,
-) {
-    let Some(o) = open.remove(key) else { return };
-    // Keyless records stick to one partition per batch; move on once sealed.
-    if let Some(s) = sticky.get_mut(&key.0) {
-        if *s == key.1 {
-            *s = s.wrapping_add(1);
-        }
-    }
-    let sealed = Sealed {
-        batch: o.builder.finish(-1, -1),
-        replies: o.replies,
-    };
-    let sender = senders.entry(key.clone()).or_insert_with(|| {
-        let (tx, rx) = mpsc::channel(config.in_flight_per_partition_max.max(1) * 2);
-        tokio::spawn(run_partition_sender(
-            client.clone(),
-            key.0.clone(),
-            key.1,
-            config.clone(),
-            rx,
-        ));
-        tx
-    });
-    if let Err(mpsc::error::SendError(ToSender::Batch(s))) =
-        sender.send(ToSender::Batch(sealed)).await
-    {
-        for r in s.replies {
-            let _ = r.send(Err(ClientError::Closed));
+/// Seals batches whose linger time has passed. Holds only a weak reference,
+/// so dropping the last `Producer` ends it.
+async fn run_linger(shared: std::sync::Weak<Shared>, wake: Arc<Notify>) {
+    loop {
+        let next = {
+            let Some(sh) = shared.upgrade() else { return };
+            let mut st = sh.state.lock().expect("producer lock");
+            let now = Instant::now();
+            let due: Vec<_> = st
+                .open
+                .iter()
+                .filter(|(_, o)| o.deadline <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in due {
+                sh.seal(&mut st, &key);
+            }
+            st.open.values().map(|o| o.deadline).min()
+        };
+        match next {
+            Some(deadline) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
         }
     }
 }
@@ -381,8 +522,13 @@ async fn run_partition_sender(
     topic: String,
     partition: u32,
     config: ProducerConfig,
-    mut queue: mpsc::Receiver<ToSender>,
+    space: Arc<Semaphore>,
+    mut queue: mpsc::UnboundedReceiver<ToSender>,
 ) {
+    let complete = |s: Sealed, result: Result<u64, ClientError>| {
+        s.outcome.complete(result);
+        space.add_permits(s.records as usize);
+    };
     let window_max = config.in_flight_per_partition_max.max(1);
     let mut window: FuturesOrdered<InFlight> = FuturesOrdered::new();
     let mut retry: VecDeque<Sealed> = VecDeque::new();
@@ -405,7 +551,7 @@ async fn run_partition_sender(
                     match result {
                         Err(e) if e.is_retriable() && attempt < config.retries => sealed = Some(s),
                         result => {
-                            complete(&topic, partition, s, result);
+                            complete(s, result);
                             break;
                         }
                     }
@@ -435,7 +581,7 @@ async fn run_partition_sender(
                         tracing::debug!(%topic, partition, error = %e, "batch failed; will retry in order");
                         retry.push_back(s);
                     }
-                    result => complete(&topic, partition, s, result),
+                    result => complete(s, result),
                 }
             }
         }
@@ -494,25 +640,6 @@ async fn send_batch(
         }
         (s, result)
     })
-}
-
-fn complete(topic: &str, partition: u32, s: Sealed, result: Result<u64, ClientError>) {
-    match result {
-        Ok(base) => {
-            for (i, r) in s.replies.into_iter().enumerate() {
-                let _ = r.send(Ok(RecordMetadata {
-                    topic: topic.to_owned(),
-                    partition,
-                    offset: base + i as u64,
-                }));
-            }
-        }
-        Err(e) => {
-            for r in s.replies {
-                let _ = r.send(Err(e.clone()));
-            }
-        }
-    }
 }
 
 fn now_ms() -> i64 {
