@@ -64,7 +64,7 @@ echo "tern write amplification 100 B (disk bytes / payload bytes, incl. flush so
 tern bench produce --topic b100p --messages "$N" --size 100 --batch 1000 --producers 2
 tern bench produce --topic b1k --messages $((N / 5)) --size 1000 --batch 1000
 tern bench consume --topic b100 --messages "$N"
-echo "-- latency at about half the peak rate (4 producers x small windows)"
+echo "-- latency at a moderate rate (1 producer, batches of 100, one in flight)"
 tern bench produce --topic b100h --messages $((N / 4)) --size 100 --batch 100 --in-flight 1 --linger-ms 1
 stop_tern
 
