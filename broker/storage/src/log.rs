@@ -32,6 +32,19 @@ struct LogState {
     index: BTreeMap<u64, BatchMeta>,
 }
 
+impl LogState {
+    fn check_offset(&self, offset: u64) -> Result<(), StorageError> {
+        if offset < self.log_start || offset > self.log_end {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start: self.log_start,
+                log_end: self.log_end,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Result of one appended batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendedBatch {
@@ -210,13 +223,7 @@ impl PartitionLog {
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadOutcome, StorageError> {
         let (first_base, log_start, log_end) = {
             let state = self.state.read().expect("log state lock");
-            if offset < state.log_start || offset > state.log_end {
-                return Err(StorageError::OffsetOutOfRange {
-                    offset,
-                    log_start: state.log_start,
-                    log_end: state.log_end,
-                });
-            }
+            state.check_offset(offset)?;
             let first = state.index.range(..=offset).next_back().map(|(b, _)| *b);
             (first, state.log_start, state.log_end)
         };
@@ -242,25 +249,7 @@ impl PartitionLog {
         for item in iter {
             let (k, v) = item.map_err(|e| StorageError::rocks("read log", e))?;
             let base = u64::from_be_bytes(k[8..16].try_into().expect("16-byte key"));
-            let view = BatchView::check_crc(Bytes::from(v.into_vec())).map_err(|cause| {
-                StorageError::Corrupt {
-                    topic_id: self.topic_id,
-                    partition: self.partition,
-                    offset: base,
-                    cause,
-                }
-            })?;
-            if view.base_offset() != base {
-                return Err(StorageError::Corrupt {
-                    topic_id: self.topic_id,
-                    partition: self.partition,
-                    offset: base,
-                    cause: tern_protocol::BatchError::Malformed(format!(
-                        "stored base offset {} under key {base}",
-                        view.base_offset()
-                    )),
-                });
-            }
+            let view = self.verify_stored(base, Bytes::from(v.into_vec()))?;
             if out.batches > 0 && buf.len() + view.bytes().len() > max_bytes {
                 break;
             }
@@ -285,13 +274,7 @@ impl PartitionLog {
         max_bytes: usize,
     ) -> Result<(Vec<(u64, u32)>, u64, u64), StorageError> {
         let state = self.state.read().expect("log state lock");
-        if offset < state.log_start || offset > state.log_end {
-            return Err(StorageError::OffsetOutOfRange {
-                offset,
-                log_start: state.log_start,
-                log_end: state.log_end,
-            });
-        }
+        state.check_offset(offset)?;
         let mut plan = Vec::new();
         if offset < state.log_end {
             let first = state
@@ -317,12 +300,6 @@ impl PartitionLog {
     /// Reads one batch by its base offset, CRC-checked.
     pub fn read_batch(&self, base_offset: u64) -> Result<Bytes, StorageError> {
         let key = log_key(self.topic_id, self.partition, base_offset);
-        let corrupt = |cause| StorageError::Corrupt {
-            topic_id: self.topic_id,
-            partition: self.partition,
-            offset: base_offset,
-            cause,
-        };
         let value = self
             .store
             .db
@@ -337,14 +314,28 @@ impl PartitionLog {
                     log_end: state.log_end,
                 }
             })?;
-        let view = BatchView::check_crc(Bytes::from(value)).map_err(corrupt)?;
+        Ok(self
+            .verify_stored(base_offset, Bytes::from(value))?
+            .into_bytes())
+    }
+
+    /// Checks a batch read from storage: CRC, format, and that it sits under
+    /// the key of its own base offset. Corruption is an error, never data.
+    fn verify_stored(&self, base_offset: u64, bytes: Bytes) -> Result<BatchView, StorageError> {
+        let corrupt = |cause| StorageError::Corrupt {
+            topic_id: self.topic_id,
+            partition: self.partition,
+            offset: base_offset,
+            cause,
+        };
+        let view = BatchView::check_crc(bytes).map_err(corrupt)?;
         if view.base_offset() != base_offset {
             return Err(corrupt(tern_protocol::BatchError::Malformed(format!(
                 "stored base offset {} under key {base_offset}",
                 view.base_offset()
             ))));
         }
-        Ok(view.into_bytes())
+        Ok(view)
     }
 
     /// Topic id and partition of this log (the read cache keys on them).
@@ -498,6 +489,27 @@ mod tests {
             log.read_batch(1),
             Err(StorageError::OffsetOutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn a_corrupted_stored_batch_is_an_error_never_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+        let log = store.partition_log(5, 0).unwrap();
+        let appended = log.append(vec![batch(3, 1)]).unwrap();
+        let mut bad = appended[0].bytes.to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x01; // one flipped bit in the last record
+        store
+            .db
+            .put_cf(store.cf(CF_LOG), log_key(5, 0, 0), &bad)
+            .unwrap();
+        for result in [log.read(0, 1 << 20).map(|r| r.data), log.read_batch(0)] {
+            assert!(
+                matches!(result, Err(StorageError::Corrupt { offset: 0, .. })),
+                "{result:?}"
+            );
+        }
     }
 
     #[test]
