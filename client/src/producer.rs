@@ -29,6 +29,8 @@ use bytes::Bytes;
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use tern_protocol::api::{Acks, ProducePartition};
+
+use crate::Connection;
 use tern_protocol::partitioner::partition_for_key;
 use tern_protocol::record::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES};
 use tern_protocol::{BatchBuilder, ErrorCode, Record, Request, Response};
@@ -67,7 +69,9 @@ impl Default for ProducerConfig {
             in_flight_per_partition_max: 8,
             queue_records_max: 100_000,
             acks: Acks::All,
-            retries: 10,
+            // With the backoff: ~5 s of retrying, enough to ride out a
+            // leader election.
+            retries: 50,
             retry_backoff: Duration::from_millis(100),
             broker_timeout: Duration::from_secs(30),
         }
@@ -242,6 +246,8 @@ struct Shared {
     space: Arc<Semaphore>,
     /// Wakes the linger task when a batch opens.
     linger_wake: Arc<Notify>,
+    /// This producer's id for the brokers' de-duplication: random, positive.
+    producer_id: i64,
 }
 
 #[derive(Default)]
@@ -250,6 +256,8 @@ struct Accumulator {
     senders: HashMap<(Arc<str>, u32), mpsc::UnboundedSender<ToSender>>,
     sticky: HashMap<Arc<str>, u32>,
     partition_counts: HashMap<String, (Arc<str>, u32)>,
+    /// Next batch sequence number per partition.
+    sequences: HashMap<(Arc<str>, u32), i32>,
 }
 
 struct Open {
@@ -282,6 +290,7 @@ impl Producer {
             config,
             state: Mutex::new(Accumulator::default()),
             linger_wake: linger_wake.clone(),
+            producer_id: random_producer_id(),
         });
         tokio::spawn(run_linger(Arc::downgrade(&shared), linger_wake));
         Producer { shared }
@@ -427,9 +436,14 @@ impl Shared {
                 *s = s.wrapping_add(1);
             }
         }
+        // Each batch of a partition gets the next sequence number; a retry
+        // resends the same bytes, so the broker recognises it.
+        let next = st.sequences.entry(key.clone()).or_insert(0);
+        let sequence = *next;
+        *next = next.wrapping_add(1) & i32::MAX;
         let sealed = Sealed {
             records: o.builder.record_count(),
-            batch: o.builder.finish(-1, -1),
+            batch: o.builder.finish(self.producer_id, sequence),
             outcome: o.outcome,
         };
         if !st.senders.contains_key(key) {
@@ -534,6 +548,10 @@ async fn run_partition_sender(
     let mut retry: VecDeque<Sealed> = VecDeque::new();
     let mut barriers: Vec<oneshot::Sender<()>> = Vec::new();
     let mut open = true;
+    // Every batch of one window goes to the same broker: a failure seen on
+    // one batch must not send the next to another leader before the failed
+    // one is retried (that could reorder them).
+    let mut leader: Option<Connection> = None;
     loop {
         if window.is_empty() {
             // Failed batches go first, one at a time, in order.
@@ -544,10 +562,12 @@ async fn run_partition_sender(
                     attempt += 1;
                     tokio::time::sleep(config.retry_backoff).await;
                     client.invalidate(&topic);
+                    leader = None;
                     let s = sealed.take().expect("batch present");
-                    let (s, result) = send_batch(&client, &topic, partition, &config, s)
-                        .await
-                        .await;
+                    let (s, result) =
+                        send_batch(&client, &mut leader, &topic, partition, &config, s)
+                            .await
+                            .await;
                     match result {
                         Err(e) if e.is_retriable() && attempt < config.retries => sealed = Some(s),
                         result => {
@@ -572,13 +592,17 @@ async fn run_partition_sender(
                     if window.is_empty() { let _ = b.send(()); } else { barriers.push(b); }
                 }
                 Some(ToSender::Batch(s)) => {
-                    window.push_back(send_batch(&client, &topic, partition, &config, s).await);
+                    window.push_back(
+                        send_batch(&client, &mut leader, &topic, partition, &config, s).await,
+                    );
                 }
             },
             Some((s, result)) = window.next(), if !window.is_empty() => {
                 match result {
                     Err(e) if e.is_retriable() && config.retries > 0 => {
                         tracing::debug!(%topic, partition, error = %e, "batch failed; will retry in order");
+                        client.invalidate(&topic);
+                        leader = None;
                         retry.push_back(s);
                     }
                     result => complete(s, result),
@@ -592,6 +616,7 @@ async fn run_partition_sender(
 /// order) and returns the future of its acknowledgement.
 async fn send_batch(
     client: &Client,
+    leader: &mut Option<Connection>,
     topic: &str,
     partition: u32,
     config: &ProducerConfig,
@@ -606,8 +631,18 @@ async fn send_batch(
             batch: s.batch.clone(),
         }],
     };
-    let submitted = match client.leader(topic, partition).await {
-        Ok(conn) => conn.submit(request).await,
+    let conn = match leader.take() {
+        Some(c) => Ok(c),
+        None => client.leader(topic, partition).await,
+    };
+    let submitted = match conn {
+        Ok(c) => {
+            let submitted = c.submit(request).await;
+            if submitted.is_ok() {
+                *leader = Some(c);
+            }
+            submitted
+        }
         Err(e) => Err(e),
     };
     let wait = client.config().request_timeout + config.broker_timeout;
@@ -640,6 +675,20 @@ async fn send_batch(
         }
         (s, result)
     })
+}
+
+/// A random positive producer id (collisions between producers of one
+/// partition are what matters; 63 random bits make them negligible).
+fn random_producer_id() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (h.finish() & i64::MAX as u64) as i64
 }
 
 fn now_ms() -> i64 {

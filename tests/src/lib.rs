@@ -46,6 +46,8 @@ pub struct Broker {
     pub addr: String,
     /// HTTP address.
     pub http_addr: String,
+    /// Raft (peer) address.
+    pub peer_addr: String,
     /// Data directory.
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
@@ -54,18 +56,42 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker on fresh ports with `data_dir` and extra flags.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> Broker {
-        let mut b = Broker {
-            child: None,
-            addr: format!("127.0.0.1:{}", free_port()),
-            http_addr: format!("127.0.0.1:{}", free_port()),
-            data_dir: data_dir.to_path_buf(),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-        };
+        let mut b = Broker::configure(data_dir, extra_args);
         b.spawn();
         b
     }
 
-    fn spawn(&mut self) {
+    /// A broker on fresh ports, not started yet.
+    pub fn configure(data_dir: &Path, extra_args: &[&str]) -> Broker {
+        Broker {
+            child: None,
+            addr: format!("127.0.0.1:{}", free_port()),
+            http_addr: format!("127.0.0.1:{}", free_port()),
+            peer_addr: format!("127.0.0.1:{}", free_port()),
+            data_dir: data_dir.to_path_buf(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts the process and waits until it is ready.
+    pub fn spawn(&mut self) {
+        self.spawn_no_wait();
+        self.wait_ready();
+    }
+
+    /// Starts the process without waiting (a cluster member cannot be ready
+    /// before a majority of its peers runs).
+    pub fn spawn_no_wait(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -75,6 +101,7 @@ impl Broker {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen", &self.addr, "--metrics-listen", &self.http_addr])
+            .args(["--peer-listen", &self.peer_addr])
             .args(&self.extra_args)
             .env("TERN_LOG", "info")
             .stdin(Stdio::null())
@@ -83,7 +110,6 @@ impl Broker {
             .spawn()
             .expect("spawn ternd");
         self.child = Some(child);
-        self.wait_ready();
     }
 
     /// Blocks until `/ready` answers 200, or panics with the broker's log.
@@ -124,10 +150,24 @@ impl Broker {
         }
     }
 
+    /// SIGSTOP: the process freezes (a pause, a GC stall, a hung VM).
+    pub fn pause(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, libc::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, libc::SIGCONT);
+        }
+    }
+
     /// SIGTERM and wait for a clean exit; returns whether it exited 0.
     pub fn terminate(&mut self) -> bool {
         if let Some(mut c) = self.child.take() {
-            unsafe_sigterm(c.id());
+            signal(c.id(), libc::SIGTERM);
             return c.wait().map(|s| s.success()).unwrap_or(false);
         }
         false
@@ -139,6 +179,12 @@ impl Broker {
         self.spawn();
     }
 
+    /// Restarts without waiting for readiness (a cluster member).
+    pub fn restart_no_wait(&mut self) {
+        self.kill9();
+        self.spawn_no_wait();
+    }
+
     /// GET a path on the HTTP endpoint: (status, body).
     pub fn http(&self, path: &str) -> Option<(u16, String)> {
         http_get(&self.http_addr, path)
@@ -147,14 +193,69 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        // A paused process must be resumed to die promptly and be reaped.
+        self.resume();
         self.kill9();
     }
 }
 
-fn unsafe_sigterm(pid: u32) {
+fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) with a PID we spawned and still own (not yet reaped).
     unsafe {
-        libc::kill(pid as i32, libc::SIGTERM);
+        libc::kill(pid as i32, sig);
+    }
+}
+
+/// Several `ternd` processes forming one cluster on loopback, each with its
+/// own data directory under `dir`. Dropping it kills them all.
+pub struct Cluster {
+    /// The brokers; `brokers[i]` has node id `i + 1`.
+    pub brokers: Vec<Broker>,
+}
+
+impl Cluster {
+    /// Starts `n` brokers with `extra_args` and waits until all are ready.
+    pub fn start(dir: &Path, n: usize, extra_args: &[&str]) -> Cluster {
+        let mut brokers: Vec<Broker> = (0..n)
+            .map(|i| Broker::configure(&dir.join(format!("node{}", i + 1)), extra_args))
+            .collect();
+        let initial = brokers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("{}@{}", i + 1, b.peer_addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (i, b) in brokers.iter_mut().enumerate() {
+            b.extra_args.extend([
+                "--node-id".to_owned(),
+                (i + 1).to_string(),
+                "--initial-cluster".to_owned(),
+                initial.clone(),
+            ]);
+            b.spawn_no_wait();
+        }
+        for b in &mut brokers {
+            b.wait_ready();
+        }
+        Cluster { brokers }
+    }
+
+    /// Client seed list: every broker's client address.
+    pub fn seeds(&self) -> String {
+        self.brokers
+            .iter()
+            .map(|b| b.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Every broker's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.brokers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("==== node {} ====\n{}", i + 1, b.log()))
+            .collect()
     }
 }
 

@@ -43,6 +43,11 @@ pub enum ErrorCode {
     DiskFull = 15,
     /// The topic name is empty, too long or has characters outside `[A-Za-z0-9._-]`.
     InvalidTopicName = 16,
+    /// A producer retried a batch older than the broker's de-duplication
+    /// window: it may or may not be in the log; it was not appended again.
+    DuplicateSequence = 17,
+    /// No leader is known (an election is under way); retry after a backoff.
+    LeaderNotAvailable = 18,
 }
 
 impl ErrorCode {
@@ -66,6 +71,8 @@ impl ErrorCode {
             14 => Busy,
             15 => DiskFull,
             16 => InvalidTopicName,
+            17 => DuplicateSequence,
+            18 => LeaderNotAvailable,
             _ => Unknown,
         }
     }
@@ -79,7 +86,10 @@ impl ErrorCode {
     pub fn is_retriable(self) -> bool {
         matches!(
             self,
-            ErrorCode::NotLeader | ErrorCode::Busy | ErrorCode::RequestTimedOut
+            ErrorCode::NotLeader
+                | ErrorCode::Busy
+                | ErrorCode::RequestTimedOut
+                | ErrorCode::LeaderNotAvailable
         )
     }
 
@@ -104,6 +114,8 @@ impl ErrorCode {
             Busy => "busy",
             DiskFull => "disk_full",
             InvalidTopicName => "invalid_topic_name",
+            DuplicateSequence => "duplicate_sequence",
+            LeaderNotAvailable => "leader_not_available",
         }
     }
 }

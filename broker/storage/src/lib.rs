@@ -1,27 +1,35 @@
-//! Tern's storage: one embedded RocksDB per node holding every partition log
-//! and the topic catalogue.
+//! Tern's storage: one embedded RocksDB per node holding every Raft log (the
+//! partitions' data) and every replicated state machine's state.
 //!
 //! Column families:
-//! - `log`: key `topic_id u32 BE | partition u32 BE | base_offset u64 BE`,
-//!   value = the record batch exactly as produced, base offset patched in.
-//! - `index`: same key, value = `record_count u32, bytes u32, max_timestamp
-//!   i64` — a few bytes per batch, so opening a partition reads only this.
-//! - `meta`: the topic catalogue and each partition's log-start marker.
+//! - `log`: the Raft log of every group. Key `group u64 BE | raft index u64
+//!   BE`; a partition's group id is `topic_id << 32 | partition`, the
+//!   metadata group is 0. Value: `header_len u32 LE | header | payload`,
+//!   where the header is opaque here (the Raft layer's entry metadata) and
+//!   the payload of a data entry is the record batch exactly as produced.
+//!   **A record is stored once:** the Raft log *is* the partition's data.
+//! - `index`: per partition, key `group | base_offset u64 BE`, value =
+//!   `record_count u32, bytes u32, max_timestamp i64, raft_index u64` — a
+//!   few bytes per applied batch, so opening a partition reads only this and
+//!   a fetch finds a batch's Raft entry without scanning.
+//! - `meta`: small keyed values: Raft votes, purge points, state-machine
+//!   snapshots of each group, log-start markers.
 //!
-//! Big-endian keys make RocksDB's byte order equal offset order, so a
-//! partition is one contiguous key range: reads are range scans and retention
-//! is a `delete_range`.
+//! Big-endian keys make RocksDB's byte order equal index order, so a group is
+//! one contiguous key range: reads are range scans, truncation and retention
+//! are `delete_range`s.
 //!
 //! **Architecture invariant:** this crate knows nothing about the network,
-//! requests or Raft. It stores and returns batches and checks their CRC on
-//! every read: a corrupt batch becomes [`StorageError::Corrupt`], never data.
-//! A Raft log store for replication is meant to sit on the same `log` layout
-//! (the Raft log *is* the partition's data); only [`PartitionLog`] writes it.
+//! requests or Raft's rules. It stores bytes where it is told and checks a
+//! batch's CRC on every read: a corrupt batch becomes
+//! [`StorageError::Corrupt`], never data. Offsets are assigned only in
+//! [`PartitionLog::apply`], in Raft log order, so every replica assigns the
+//! same ones.
 
 #![warn(missing_docs, unreachable_pub)]
 
-mod catalogue;
 mod log;
+mod raft;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,8 +37,8 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 use thiserror::Error;
 
-pub use catalogue::TopicRecord;
-pub use log::{AppendedBatch, PartitionLog, ReadOutcome, RetentionOutcome};
+pub use log::{AppendedBatch, ApplyBatch, PartitionLog, ReadOutcome, RetentionOutcome};
+pub use raft::{join_raft_value, partition_group, split_raft_value, META_GROUP};
 
 const CF_LOG: &str = "log";
 const CF_INDEX: &str = "index";
@@ -185,6 +193,11 @@ impl Store {
         PartitionLog::open(self.clone(), topic_id, partition)
     }
 
+    /// The directory of this store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// A RocksDB integer property summed over column families, e.g.
     /// `rocksdb.total-sst-files-size`. `None` if the engine does not know it.
     pub fn int_property(&self, name: &str) -> Option<u64> {
@@ -205,10 +218,11 @@ impl Store {
     }
 }
 
-pub(crate) fn log_key(topic_id: u32, partition: u32, offset: u64) -> [u8; 16] {
+/// `group | index`, big-endian: the key of a Raft entry in `log` and of a
+/// batch (by base offset) in `index`.
+pub(crate) fn group_key(group: u64, index: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
-    k[..4].copy_from_slice(&topic_id.to_be_bytes());
-    k[4..8].copy_from_slice(&partition.to_be_bytes());
-    k[8..].copy_from_slice(&offset.to_be_bytes());
+    k[..8].copy_from_slice(&group.to_be_bytes());
+    k[8..].copy_from_slice(&index.to_be_bytes());
     k
 }

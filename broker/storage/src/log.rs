@@ -1,10 +1,11 @@
-//! One partition's append-only log.
+//! One partition's log: the index of its applied batches over its Raft log.
 //!
-//! Offsets are assigned here and nowhere else: an append takes the next
-//! offsets after `log_end`, writes the batches and their index entries in one
-//! RocksDB `WriteBatch` (atomic, and one WAL sync for the whole group), and
-//! only then publishes the new `log_end`. Readers never see an offset that is
-//! not yet written.
+//! The batches themselves are the payloads of the partition's Raft entries
+//! (written by the Raft log store, never copied). [`PartitionLog::apply`] is
+//! called by the partition's state machine with committed entries, in Raft
+//! order: it assigns offsets — here and nowhere else — and records, per
+//! batch, its base offset, size, newest timestamp and Raft index. Readers
+//! only ever see applied (committed) batches.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, RwLock};
@@ -12,15 +13,40 @@ use std::sync::{Mutex, RwLock};
 use bytes::{Bytes, BytesMut};
 use tern_protocol::BatchView;
 
-use crate::{log_key, StorageError, Store, CF_INDEX, CF_LOG, CF_META};
+use crate::raft::{partition_group, split_raft_value};
+use crate::{group_key, StorageError, Store, CF_INDEX, CF_LOG, CF_META};
 
-const INDEX_VALUE_BYTES: usize = 16;
+const INDEX_VALUE_BYTES: usize = 24;
 
 #[derive(Debug, Clone, Copy)]
 struct BatchMeta {
     records: u32,
     bytes: u32,
     max_timestamp: i64,
+    raft_index: u64,
+}
+
+impl BatchMeta {
+    fn encode(&self) -> [u8; INDEX_VALUE_BYTES] {
+        let mut v = [0u8; INDEX_VALUE_BYTES];
+        v[0..4].copy_from_slice(&self.records.to_le_bytes());
+        v[4..8].copy_from_slice(&self.bytes.to_le_bytes());
+        v[8..16].copy_from_slice(&self.max_timestamp.to_le_bytes());
+        v[16..24].copy_from_slice(&self.raft_index.to_le_bytes());
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<BatchMeta> {
+        if v.len() != INDEX_VALUE_BYTES {
+            return None;
+        }
+        Some(BatchMeta {
+            records: u32::from_le_bytes(v[0..4].try_into().ok()?),
+            bytes: u32::from_le_bytes(v[4..8].try_into().ok()?),
+            max_timestamp: i64::from_le_bytes(v[8..16].try_into().ok()?),
+            raft_index: u64::from_le_bytes(v[16..24].try_into().ok()?),
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -28,7 +54,7 @@ struct LogState {
     log_start: u64,
     log_end: u64,
     bytes: u64,
-    /// base offset → batch summary, for every stored batch.
+    /// base offset → batch summary, for every applied batch.
     index: BTreeMap<u64, BatchMeta>,
 }
 
@@ -45,14 +71,23 @@ impl LogState {
     }
 }
 
-/// Result of one appended batch.
+/// A committed batch handed to [`PartitionLog::apply`].
+#[derive(Debug, Clone)]
+pub struct ApplyBatch {
+    /// Index of the Raft entry whose payload is the batch.
+    pub raft_index: u64,
+    /// The batch as stored in that entry (CRC-valid, any base offset).
+    pub bytes: Bytes,
+}
+
+/// Result of one applied batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendedBatch {
     /// Offset of its first record.
     pub base_offset: u64,
     /// Records in it.
     pub records: u32,
-    /// The stored bytes (base offset patched), for a read cache.
+    /// The batch with its base offset patched in, for a read cache.
     pub bytes: Bytes,
 }
 
@@ -86,33 +121,37 @@ pub struct PartitionLog {
     store: Store,
     topic_id: u32,
     partition: u32,
-    /// Serialises appends and truncations; readers only take `state`.
+    group: u64,
+    /// Serialises applies and truncations; readers only take `state`.
     write_lock: Mutex<()>,
     state: RwLock<LogState>,
 }
 
-pub(crate) fn start_marker_key(topic_id: u32, partition: u32) -> Vec<u8> {
+fn start_marker_key(group: u64) -> Vec<u8> {
     let mut k = b"log_start/".to_vec();
-    k.extend_from_slice(&log_key(topic_id, partition, 0)[..8]);
+    k.extend_from_slice(&group.to_be_bytes());
+    k
+}
+
+/// The `meta` key of a partition state machine's persisted state.
+pub(crate) fn sm_state_key(group: u64) -> Vec<u8> {
+    let mut k = b"sm/".to_vec();
+    k.extend_from_slice(&group.to_be_bytes());
     k
 }
 
 impl PartitionLog {
     pub(crate) fn open(store: Store, topic_id: u32, partition: u32) -> Result<Self, StorageError> {
+        let group = partition_group(topic_id, partition);
         let mut state = LogState::default();
-        let marker = store
-            .db
-            .get_cf(store.cf(CF_META), start_marker_key(topic_id, partition))
-            .map_err(|e| StorageError::rocks("read log start", e))?;
-        if let Some(v) = marker {
+        if let Some(v) = store.meta_get(&start_marker_key(group))? {
             if v.len() == 8 {
                 state.log_start = u64::from_le_bytes(v[..8].try_into().expect("8 bytes"));
             }
         }
-        let from = log_key(topic_id, partition, 0);
-        let to = log_key(topic_id, partition, u64::MAX);
+        let from = group_key(group, 0);
         let mut ro = rocksdb::ReadOptions::default();
-        ro.set_iterate_upper_bound(to.to_vec());
+        ro.set_iterate_upper_bound(group_key(group, u64::MAX).to_vec());
         let iter = store.db.iterator_cf_opt(
             store.cf(CF_INDEX),
             ro,
@@ -120,18 +159,13 @@ impl PartitionLog {
         );
         for item in iter {
             let (k, v) = item.map_err(|e| StorageError::rocks("scan index", e))?;
-            if v.len() != INDEX_VALUE_BYTES || k.len() != 16 {
-                return Err(StorageError::CorruptCatalogue {
+            let meta = BatchMeta::decode(&v)
+                .filter(|_| k.len() == 16)
+                .ok_or_else(|| StorageError::CorruptCatalogue {
                     key: format!("index {topic_id}/{partition}"),
                     detail: "bad index entry size".into(),
-                });
-            }
+                })?;
             let base = u64::from_be_bytes(k[8..16].try_into().expect("8 bytes"));
-            let meta = BatchMeta {
-                records: u32::from_le_bytes(v[0..4].try_into().expect("4 bytes")),
-                bytes: u32::from_le_bytes(v[4..8].try_into().expect("4 bytes")),
-                max_timestamp: i64::from_le_bytes(v[8..16].try_into().expect("8 bytes")),
-            };
             if state.index.is_empty() {
                 state.log_start = state.log_start.max(base);
             }
@@ -140,15 +174,21 @@ impl PartitionLog {
             state.index.insert(base, meta);
         }
         if state.index.is_empty() {
-            state.log_end = state.log_start;
+            state.log_end = state.log_end.max(state.log_start);
         }
         Ok(PartitionLog {
             store,
             topic_id,
             partition,
+            group,
             write_lock: Mutex::new(()),
             state: RwLock::new(state),
         })
+    }
+
+    /// The Raft group id of this partition.
+    pub fn group(&self) -> u64 {
+        self.group
     }
 
     /// First stored offset.
@@ -166,19 +206,31 @@ impl PartitionLog {
         self.state.read().expect("log state lock").bytes
     }
 
-    /// Appends validated batches as one atomic, durable write, assigning
-    /// contiguous offsets. Returns where each batch landed, in order.
-    /// On error nothing was appended and offsets are unchanged.
-    pub fn append(&self, batches: Vec<BytesMut>) -> Result<Vec<AppendedBatch>, StorageError> {
+    /// The state machine's persisted state, as last given to [`Self::apply`].
+    pub fn sm_state(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        self.store.meta_get(&sm_state_key(self.group))
+    }
+
+    /// Records committed batches in Raft order, assigning contiguous offsets,
+    /// and stores `sm_state` (the caller's applied position and producer
+    /// state) in the same atomic write. The write is not synced on its own:
+    /// the Raft entries it indexes are already durable, so a crash merely
+    /// makes the state machine apply them again from the stored state.
+    pub fn apply(
+        &self,
+        batches: Vec<ApplyBatch>,
+        sm_state: &[u8],
+    ) -> Result<Vec<AppendedBatch>, StorageError> {
         let _writer = self.write_lock.lock().expect("log write lock");
         let mut next = self.log_end();
         let mut wb = rocksdb::WriteBatch::default();
         let mut appended = Vec::with_capacity(batches.len());
         let mut metas = Vec::with_capacity(batches.len());
-        for mut batch in batches {
-            BatchView::set_base_offset(&mut batch, next);
+        for batch in batches {
+            let mut patched = BytesMut::from(&batch.bytes[..]);
+            BatchView::set_base_offset(&mut patched, next);
             let view =
-                BatchView::check_crc(batch.freeze()).map_err(|cause| StorageError::Corrupt {
+                BatchView::check_crc(patched.freeze()).map_err(|cause| StorageError::Corrupt {
                     topic_id: self.topic_id,
                     partition: self.partition,
                     offset: next,
@@ -188,26 +240,28 @@ impl PartitionLog {
                 records: view.record_count(),
                 bytes: view.bytes().len() as u32,
                 max_timestamp: view.max_timestamp(),
+                raft_index: batch.raft_index,
             };
-            let key = log_key(self.topic_id, self.partition, next);
-            let mut index_value = [0u8; INDEX_VALUE_BYTES];
-            index_value[0..4].copy_from_slice(&meta.records.to_le_bytes());
-            index_value[4..8].copy_from_slice(&meta.bytes.to_le_bytes());
-            index_value[8..16].copy_from_slice(&meta.max_timestamp.to_le_bytes());
-            wb.put_cf(self.store.cf(CF_LOG), key, view.bytes());
-            wb.put_cf(self.store.cf(CF_INDEX), key, index_value);
+            wb.put_cf(
+                self.store.cf(CF_INDEX),
+                group_key(self.group, next),
+                meta.encode(),
+            );
             appended.push(AppendedBatch {
                 base_offset: next,
                 records: meta.records,
-                bytes: view.bytes().clone(),
+                bytes: view.into_bytes(),
             });
             metas.push((next, meta));
             next += meta.records as u64;
         }
+        wb.put_cf(self.store.cf(CF_META), sm_state_key(self.group), sm_state);
+        let mut w = rocksdb::WriteOptions::default();
+        w.set_sync(false);
         self.store
             .db
-            .write_opt(wb, &self.store.write_options())
-            .map_err(|e| StorageError::rocks("append", e))?;
+            .write_opt(wb, &w)
+            .map_err(|e| StorageError::rocks("apply", e))?;
         let mut state = self.state.write().expect("log state lock");
         for (base, meta) in metas {
             state.bytes += meta.bytes as u64;
@@ -217,50 +271,59 @@ impl PartitionLog {
         Ok(appended)
     }
 
+    /// Replaces the whole partition by an empty log spanning
+    /// `[log_start, log_start)` (a state machine installing a snapshot).
+    pub fn reset(&self, log_start: u64, sm_state: &[u8]) -> Result<(), StorageError> {
+        let _writer = self.write_lock.lock().expect("log write lock");
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.delete_range_cf(
+            self.store.cf(CF_INDEX),
+            group_key(self.group, 0),
+            group_key(self.group, u64::MAX),
+        );
+        wb.put_cf(
+            self.store.cf(CF_META),
+            start_marker_key(self.group),
+            log_start.to_le_bytes(),
+        );
+        wb.put_cf(self.store.cf(CF_META), sm_state_key(self.group), sm_state);
+        let mut w = rocksdb::WriteOptions::default();
+        w.set_sync(true);
+        self.store
+            .db
+            .write_opt(wb, &w)
+            .map_err(|e| StorageError::rocks("reset", e))?;
+        let mut state = self.state.write().expect("log state lock");
+        *state = LogState {
+            log_start,
+            log_end: log_start,
+            ..Default::default()
+        };
+        Ok(())
+    }
+
     /// Reads whole batches starting with the one that contains `offset`,
     /// until `max_bytes` is reached (at least one batch is always returned
     /// when any exists, so a large batch can never stall a consumer).
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadOutcome, StorageError> {
-        let (first_base, log_start, log_end) = {
-            let state = self.state.read().expect("log state lock");
-            state.check_offset(offset)?;
-            let first = state.index.range(..=offset).next_back().map(|(b, _)| *b);
-            (first, state.log_start, state.log_end)
-        };
-        let mut out = ReadOutcome {
-            data: Bytes::new(),
-            batches: 0,
+        let (plan, log_start, log_end) = self.plan_read(offset, max_bytes)?;
+        let mut buf = BytesMut::with_capacity(plan.iter().map(|(_, n)| *n as usize).sum());
+        let mut batches = 0;
+        for (base, _) in plan {
+            match self.read_batch(base) {
+                Ok(b) => buf.extend_from_slice(&b),
+                // Retention removed the rest meanwhile: serve what we have.
+                Err(StorageError::OffsetOutOfRange { .. }) if batches > 0 => break,
+                Err(e) => return Err(e),
+            }
+            batches += 1;
+        }
+        Ok(ReadOutcome {
+            data: buf.freeze(),
+            batches,
             log_start,
             log_end,
-        };
-        let Some(first_base) = first_base.filter(|_| offset < log_end) else {
-            return Ok(out);
-        };
-        let from = log_key(self.topic_id, self.partition, first_base);
-        let to = log_key(self.topic_id, self.partition, log_end);
-        let mut ro = rocksdb::ReadOptions::default();
-        ro.set_iterate_upper_bound(to.to_vec());
-        let iter = self.store.db.iterator_cf_opt(
-            self.store.cf(CF_LOG),
-            ro,
-            rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),
-        );
-        let mut buf = BytesMut::new();
-        for item in iter {
-            let (k, v) = item.map_err(|e| StorageError::rocks("read log", e))?;
-            let base = u64::from_be_bytes(k[8..16].try_into().expect("16-byte key"));
-            let view = self.verify_stored(base, Bytes::from(v.into_vec()))?;
-            if out.batches > 0 && buf.len() + view.bytes().len() > max_bytes {
-                break;
-            }
-            buf.extend_from_slice(view.bytes());
-            out.batches += 1;
-            if buf.len() >= max_bytes {
-                break;
-            }
-        }
-        out.data = buf.freeze();
-        Ok(out)
+        })
     }
 
     /// The batches a read from `offset` of up to `max_bytes` needs, as
@@ -297,45 +360,49 @@ impl PartitionLog {
         Ok((plan, state.log_start, state.log_end))
     }
 
-    /// Reads one batch by its base offset, CRC-checked.
+    /// Reads one batch by its base offset from its Raft entry, base offset
+    /// patched in, CRC-checked.
     pub fn read_batch(&self, base_offset: u64) -> Result<Bytes, StorageError> {
-        let key = log_key(self.topic_id, self.partition, base_offset);
-        let value = self
-            .store
-            .db
-            .get_cf(self.store.cf(CF_LOG), key)
-            .map_err(|e| StorageError::rocks("read batch", e))?
-            .ok_or_else(|| {
-                // Retention removed it between planning and reading.
-                let state = self.state.read().expect("log state lock");
-                StorageError::OffsetOutOfRange {
-                    offset: base_offset,
-                    log_start: state.log_start,
-                    log_end: state.log_end,
-                }
-            })?;
-        Ok(self
-            .verify_stored(base_offset, Bytes::from(value))?
-            .into_bytes())
-    }
-
-    /// Checks a batch read from storage: CRC, format, and that it sits under
-    /// the key of its own base offset. Corruption is an error, never data.
-    fn verify_stored(&self, base_offset: u64, bytes: Bytes) -> Result<BatchView, StorageError> {
-        let corrupt = |cause| StorageError::Corrupt {
+        let out_of_range = |state: &LogState| StorageError::OffsetOutOfRange {
+            offset: base_offset,
+            log_start: state.log_start,
+            log_end: state.log_end,
+        };
+        let meta = {
+            let state = self.state.read().expect("log state lock");
+            match state.index.get(&base_offset) {
+                Some(m) => *m,
+                None => return Err(out_of_range(&state)),
+            }
+        };
+        let corrupt = |detail: &str| StorageError::Corrupt {
             topic_id: self.topic_id,
             partition: self.partition,
             offset: base_offset,
-            cause,
+            cause: tern_protocol::BatchError::Malformed(detail.to_owned()),
         };
-        let view = BatchView::check_crc(bytes).map_err(corrupt)?;
-        if view.base_offset() != base_offset {
-            return Err(corrupt(tern_protocol::BatchError::Malformed(format!(
-                "stored base offset {} under key {base_offset}",
-                view.base_offset()
-            ))));
+        let value = self
+            .store
+            .raft_entry(self.group, meta.raft_index)?
+            // Retention removed it between planning and reading.
+            .ok_or_else(|| out_of_range(&self.state.read().expect("log state lock")))?;
+        let (_, payload) = split_raft_value(&value).ok_or_else(|| corrupt("bad entry framing"))?;
+        let mut patched = BytesMut::from(payload);
+        if patched.len() != meta.bytes as usize {
+            return Err(corrupt("entry size differs from the index"));
         }
-        Ok(view)
+        BatchView::set_base_offset(&mut patched, base_offset);
+        let view =
+            BatchView::check_crc(patched.freeze()).map_err(|cause| StorageError::Corrupt {
+                topic_id: self.topic_id,
+                partition: self.partition,
+                offset: base_offset,
+                cause,
+            })?;
+        if view.record_count() != meta.records {
+            return Err(corrupt("record count differs from the index"));
+        }
+        Ok(view.into_bytes())
     }
 
     /// Topic id and partition of this log (the read cache keys on them).
@@ -354,18 +421,21 @@ impl PartitionLog {
             .map_or(state.log_end, |(b, _)| *b)
     }
 
-    /// Deletes the oldest batches while they are older than `retention_ms`
-    /// (relative to `now_ms`) or the partition is over `retention_bytes`.
-    /// Negative limits are disabled. Offsets never move backwards: an emptied
-    /// partition keeps its log end, persisted as the new log start.
+    /// Deletes the oldest batches (index entries and their Raft entries)
+    /// while they are older than `retention_ms` (relative to `now_ms`) or the
+    /// partition is over `retention_bytes`. Negative limits are disabled.
+    /// Offsets never move backwards: an emptied partition keeps its log end,
+    /// persisted as the new log start. Entries at or after `raft_keep_from`
+    /// are never deleted (the Raft layer may still need to send them).
     pub fn apply_retention(
         &self,
         now_ms: i64,
         retention_ms: i64,
         retention_bytes: i64,
+        raft_keep_from: u64,
     ) -> Result<RetentionOutcome, StorageError> {
         let _writer = self.write_lock.lock().expect("log write lock");
-        let (cut, outcome) = {
+        let (cut, raft_cut, outcome) = {
             let state = self.state.read().expect("log state lock");
             let mut outcome = RetentionOutcome {
                 log_start: state.log_start,
@@ -373,10 +443,14 @@ impl PartitionLog {
             };
             let mut remaining = state.bytes;
             let mut cut = None;
-            for (base, meta) in &state.index {
+            let mut raft_cut = 0;
+            let mut entries = state.index.iter().peekable();
+            while let Some((base, meta)) = entries.next() {
                 let too_old = retention_ms >= 0 && meta.max_timestamp < now_ms - retention_ms;
                 let too_big = retention_bytes >= 0 && remaining > retention_bytes as u64;
-                if !(too_old || too_big) {
+                // Delete Raft entries only below the next kept batch's entry.
+                let next_raft = entries.peek().map_or(u64::MAX, |(_, m)| m.raft_index);
+                if !(too_old || too_big) || meta.raft_index >= raft_keep_from {
                     break;
                 }
                 remaining -= meta.bytes as u64;
@@ -384,21 +458,28 @@ impl PartitionLog {
                 outcome.bytes += meta.bytes as u64;
                 let next = base + meta.records as u64;
                 cut = Some(next);
+                raft_cut = next_raft.min(raft_keep_from).min(meta.raft_index + 1);
                 outcome.log_start = next;
             }
-            (cut, outcome)
+            (cut, raft_cut, outcome)
         };
         let Some(new_start) = cut else {
             return Ok(outcome);
         };
-        let from = log_key(self.topic_id, self.partition, 0);
-        let to = log_key(self.topic_id, self.partition, new_start);
         let mut wb = rocksdb::WriteBatch::default();
-        wb.delete_range_cf(self.store.cf(CF_LOG), from, to);
-        wb.delete_range_cf(self.store.cf(CF_INDEX), from, to);
+        wb.delete_range_cf(
+            self.store.cf(CF_LOG),
+            group_key(self.group, 0),
+            group_key(self.group, raft_cut),
+        );
+        wb.delete_range_cf(
+            self.store.cf(CF_INDEX),
+            group_key(self.group, 0),
+            group_key(self.group, new_start),
+        );
         wb.put_cf(
             self.store.cf(CF_META),
-            start_marker_key(self.topic_id, self.partition),
+            start_marker_key(self.group),
             new_start.to_le_bytes(),
         );
         self.store
@@ -412,15 +493,21 @@ impl PartitionLog {
         state.log_start = new_start;
         Ok(outcome)
     }
+
+    /// The `meta` keys this partition owns (for dropping the partition).
+    pub fn meta_keys(&self) -> Vec<Vec<u8>> {
+        vec![start_marker_key(self.group), sm_state_key(self.group)]
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::join_raft_value;
     use crate::Durability;
     use tern_protocol::{BatchBuilder, Record};
 
-    fn batch(n: u32, ts: i64) -> BytesMut {
+    fn batch(n: u32, ts: i64) -> Bytes {
         let mut b = BatchBuilder::with_capacity(256);
         for i in 0..n {
             b.push(&Record {
@@ -430,7 +517,27 @@ mod tests {
                 headers: vec![],
             });
         }
-        BytesMut::from(&b.finish(-1, -1)[..])
+        b.finish(-1, -1)
+    }
+
+    /// Stores batches as Raft entries from `first_index` on and applies them,
+    /// the way the Raft layer does.
+    fn commit(log: &PartitionLog, first_index: u64, batches: Vec<Bytes>) -> Vec<AppendedBatch> {
+        let entries: Vec<_> = batches
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (first_index + i as u64, join_raft_value(b"hdr", b)))
+            .collect();
+        log.store.raft_append(log.group(), &entries).unwrap();
+        let apply = batches
+            .into_iter()
+            .enumerate()
+            .map(|(i, bytes)| ApplyBatch {
+                raft_index: first_index + i as u64,
+                bytes,
+            })
+            .collect();
+        log.apply(apply, b"state").unwrap()
     }
 
     #[test]
@@ -439,7 +546,7 @@ mod tests {
         {
             let store = Store::open(dir.path(), Durability::Fsync).unwrap();
             let log = store.partition_log(1, 0).unwrap();
-            let a = log.append(vec![batch(3, 1), batch(2, 2)]).unwrap();
+            let a = commit(&log, 1, vec![batch(3, 1), batch(2, 2)]);
             assert_eq!(a[0].base_offset, 0);
             assert_eq!(a[1].base_offset, 3);
             assert_eq!(log.log_end(), 5);
@@ -447,6 +554,7 @@ mod tests {
         let store = Store::open(dir.path(), Durability::Fsync).unwrap();
         let log = store.partition_log(1, 0).unwrap();
         assert_eq!(log.log_end(), 5);
+        assert_eq!(log.sm_state().unwrap().unwrap(), b"state");
         let read = log.read(4, 1 << 20).unwrap();
         assert_eq!(read.batches, 1, "the batch containing offset 4 only");
         let views: Vec<_> = tern_protocol::record::split_batches(read.data)
@@ -466,9 +574,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Durability::Fsync).unwrap();
         let log = store.partition_log(4, 0).unwrap();
-        let appended = log
-            .append(vec![batch(2, 1), batch(3, 1), batch(4, 1)])
-            .unwrap();
+        let appended = commit(&log, 10, vec![batch(2, 1), batch(3, 1), batch(4, 1)]);
         // From offset 3 (inside the second batch), room for exactly two batches.
         let room = appended[1].bytes.len() + appended[2].bytes.len();
         let (plan, start, end) = log.plan_read(3, room).unwrap();
@@ -496,13 +602,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Durability::Fsync).unwrap();
         let log = store.partition_log(5, 0).unwrap();
-        let appended = log.append(vec![batch(3, 1)]).unwrap();
+        let appended = commit(&log, 1, vec![batch(3, 1)]);
         let mut bad = appended[0].bytes.to_vec();
         let last = bad.len() - 1;
         bad[last] ^= 0x01; // one flipped bit in the last record
         store
-            .db
-            .put_cf(store.cf(CF_LOG), log_key(5, 0, 0), &bad)
+            .raft_append(log.group(), &[(1, join_raft_value(b"hdr", &bad))])
             .unwrap();
         for result in [log.read(0, 1 << 20).map(|r| r.data), log.read_batch(0)] {
             assert!(
@@ -517,18 +622,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Durability::PageCache).unwrap();
         let log = store.partition_log(2, 0).unwrap();
-        log.append(vec![batch(10, 1_000), batch(10, 2_000), batch(10, 3_000)])
-            .unwrap();
-        let out = log.apply_retention(3_500, 1_000, -1).unwrap();
+        commit(
+            &log,
+            1,
+            vec![batch(10, 1_000), batch(10, 2_000), batch(10, 3_000)],
+        );
+        let out = log.apply_retention(3_500, 1_000, -1, u64::MAX).unwrap();
         assert_eq!(out.batches, 2);
         assert_eq!(log.log_start(), 20);
-        let out = log.apply_retention(10_000, 1_000, -1).unwrap();
+        assert_eq!(store.raft_entries(log.group(), 0, 10).unwrap().len(), 1);
+        let out = log.apply_retention(10_000, 1_000, -1, u64::MAX).unwrap();
         assert_eq!(out.log_start, 30);
         drop(log);
         let log = store.partition_log(2, 0).unwrap();
         assert_eq!((log.log_start(), log.log_end()), (30, 30));
-        let a = log.append(vec![batch(1, 20_000)]).unwrap();
+        let a = commit(&log, 4, vec![batch(1, 20_000)]);
         assert_eq!(a[0].base_offset, 30);
+    }
+
+    #[test]
+    fn retention_never_deletes_entries_raft_still_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::PageCache).unwrap();
+        let log = store.partition_log(3, 1).unwrap();
+        commit(&log, 1, vec![batch(1, 1), batch(1, 1), batch(1, 1)]);
+        let out = log.apply_retention(100, 1, -1, 2).unwrap();
+        assert_eq!((out.batches, out.log_start), (1, 1));
+        assert_eq!(
+            log.read_batch(1).unwrap().len(),
+            log.size_bytes() as usize / 2
+        );
     }
 
     #[test]
@@ -536,36 +659,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Durability::PageCache).unwrap();
         let log = store.partition_log(3, 0).unwrap();
-        for _ in 0..10 {
-            log.append(vec![batch(5, 1)]).unwrap();
+        for i in 0..10 {
+            commit(&log, 1 + i, vec![batch(5, 1)]);
         }
         let one = log.size_bytes() / 10;
-        log.apply_retention(0, -1, (one * 3) as i64).unwrap();
+        log.apply_retention(0, -1, (one * 3) as i64, u64::MAX)
+            .unwrap();
         assert_eq!(log.size_bytes(), one * 3);
         assert_eq!(log.log_start(), 35);
     }
 
     #[test]
-    fn deleting_a_topic_removes_its_data_and_ids_are_not_reused() {
+    fn reset_empties_the_log_at_a_new_start() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Durability::Fsync).unwrap();
-        let cfg = tern_protocol::api::TopicConfig {
-            partitions: 2,
-            replication_factor: 1,
-            retention_ms: -1,
-            retention_bytes: -1,
-        };
-        let t = store.create_topic("a", cfg.clone()).unwrap();
-        store
-            .partition_log(t.id, 1)
-            .unwrap()
-            .append(vec![batch(1, 1)])
-            .unwrap();
-        store.delete_topic(&t).unwrap();
-        assert!(store.load_topics().unwrap().is_empty());
-        let t2 = store.create_topic("a", cfg).unwrap();
-        assert_ne!(t.id, t2.id);
-        assert_eq!(store.partition_log(t.id, 1).unwrap().log_end(), 0);
-        assert_eq!(store.load_topics().unwrap(), vec![t2]);
+        let store = Store::open(dir.path(), Durability::PageCache).unwrap();
+        let log = store.partition_log(6, 0).unwrap();
+        commit(&log, 1, vec![batch(4, 1)]);
+        log.reset(100, b"snap").unwrap();
+        assert_eq!((log.log_start(), log.log_end()), (100, 100));
+        drop(log);
+        let log = store.partition_log(6, 0).unwrap();
+        assert_eq!((log.log_start(), log.log_end()), (100, 100));
+        assert_eq!(log.sm_state().unwrap().unwrap(), b"snap");
     }
 }

@@ -1,15 +1,16 @@
-//! The broker's request handling, independent of sockets: the topic
-//! catalogue in memory, one appender task per partition, and the logic of
-//! every request type.
+//! The broker's request handling, independent of sockets: the topics this
+//! node hosts (following the replicated catalogue), and the logic of every
+//! request type.
 //!
 //! Produce is split in two so the connection can keep per-partition order
 //! while pipelining: [`Broker::enqueue_produce`] validates the batches and
-//! queues them on their partitions' appenders *in the order the requests
-//! arrived*; [`finish_produce`] then waits for the acknowledgements.
+//! hands them to their partitions' Raft groups *in the order the requests
+//! arrived*; [`finish_produce`] then waits for the commits.
 //!
-//! **Invariant:** a produce is acknowledged only after its batch is written
-//! by [`PartitionLog::append`] with the node's durability setting; a batch is
-//! appended by exactly one appender task, so offsets come from one place.
+//! **Invariant:** a produce is acknowledged only after its batch is
+//! committed by the partition's Raft group — stored by a majority of its
+//! replicas per their durability setting — and applied, which is where its
+//! offset is assigned. Fetches return only applied (committed) batches.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,14 +18,20 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use openraft::error::ClientWriteError;
+use openraft::raft::ClientWriteResponse;
 use tern_protocol::api::{
     BrokerInfo, FetchPartition, FetchResult, OffsetSpec, PartitionInfo, ProducePartition,
     ProduceResult, TopicConfig, TopicInfo, RETENTION_BROKER_DEFAULT,
 };
 use tern_protocol::record::BATCH_BYTES_MAX;
 use tern_protocol::{BatchView, ErrorCode, Request, Response};
-use tern_storage::{PartitionLog, StorageError, Store, TopicRecord};
-use tokio::sync::{mpsc, oneshot, watch};
+use tern_raft::{
+    place_replicas, Catalogue, Command, CommandResponse, NodeId, Raft, RaftNode, TernRaft,
+    TopicEntry, TopicSettings,
+};
+use tern_storage::{PartitionLog, StorageError, Store};
+use tokio::sync::{oneshot, watch};
 use tracing::{info, warn, Instrument};
 
 use crate::config::Config;
@@ -36,16 +43,15 @@ use crate::read_cache::ReadCache;
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
 /// Longest topic name.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
-/// Appends queued per partition before producers are slowed (backpressure).
-pub const APPEND_QUEUE_DEPTH: usize = 1024;
-/// Most batches one storage write groups together.
-pub const APPEND_GROUP_BATCHES_MAX: usize = 256;
-/// Most bytes one storage write groups together.
-pub const APPEND_GROUP_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Longest long-poll a fetch may ask for.
 pub const FETCH_WAIT_MS_MAX: u32 = 60_000;
 /// Most bytes one fetch response carries.
 pub const FETCH_RESPONSE_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// How long a catalogue change (create/delete topic) may take.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// A follower whose log is more than this many entries behind the leader's
+/// is reported out of sync.
+pub const IN_SYNC_LAG_ENTRIES_MAX: u64 = 1_000;
 
 /// A failed request or partition: a wire code and a message for humans.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,27 +81,20 @@ impl Failure {
     }
 }
 
-type AppendReply = oneshot::Sender<Result<u64, Failure>>;
-
-struct AppendJob {
-    batch: BytesMut,
-    records: u32,
-    reply: AppendReply,
-}
-
-/// One partition hosted by this node.
+/// This node's replica of one partition.
 pub struct Partition {
     topic: Arc<str>,
     index: u32,
     log: Arc<PartitionLog>,
-    appender: mpsc::Sender<AppendJob>,
+    raft: Raft,
     log_end: watch::Receiver<u64>,
 }
 
-/// A topic and its partitions.
+/// A topic of the catalogue and the partitions this node hosts.
 pub struct Topic {
-    record: TopicRecord,
-    partitions: Vec<Arc<Partition>>,
+    entry: TopicEntry,
+    /// `None` where another broker holds the replicas.
+    partitions: Vec<Option<Arc<Partition>>>,
 }
 
 /// The broker's state, shared by every connection.
@@ -104,58 +103,62 @@ pub struct Broker {
     store: Store,
     metrics: Metrics,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
-    /// Serialises topic creation and deletion.
-    admin: tokio::sync::Mutex<()>,
+    /// Serialises reconciliations with the catalogue.
+    reconcile_lock: tokio::sync::Mutex<()>,
     ready: AtomicBool,
     plugins: Plugins,
     cache: Option<Arc<ReadCache>>,
+    raft: Arc<RaftNode>,
 }
 
+type CommitReceiver = oneshot::Receiver<
+    Result<ClientWriteResponse<TernRaft>, ClientWriteError<NodeId, openraft::BasicNode>>,
+>;
+
 /// A produce partition after enqueueing: either already answered or waiting
-/// for its appender.
+/// for its Raft commit.
 pub enum PendingAppend {
     /// Answered without touching storage (unknown topic, bad batch...).
     Done(ProduceResult),
-    /// Queued; the receiver yields the base offset.
+    /// Proposed; the receiver yields the commit.
     Queued {
         /// Topic.
         topic: String,
         /// Partition.
         partition: u32,
-        /// The appender's answer.
-        reply: oneshot::Receiver<Result<u64, Failure>>,
+        /// Records in the batch.
+        records: u32,
+        /// Bytes in the batch.
+        bytes: usize,
+        /// The group's answer.
+        reply: CommitReceiver,
     },
 }
 
 impl Broker {
-    /// Opens every stored topic and starts its appenders.
-    pub fn open(
+    /// Builds the broker over a started replication node and opens the
+    /// replicas the catalogue assigns to this node.
+    pub async fn open(
         config: Config,
         store: Store,
         metrics: Metrics,
         plugins: Plugins,
         cache: Option<ReadCache>,
-    ) -> Result<Arc<Broker>, StorageError> {
+        raft: Arc<RaftNode>,
+    ) -> Arc<Broker> {
         let broker = Arc::new(Broker {
             config,
             store,
             metrics,
             topics: RwLock::new(HashMap::new()),
-            admin: tokio::sync::Mutex::new(()),
+            reconcile_lock: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
             plugins,
             cache: cache.map(Arc::new),
+            raft,
         });
-        for record in broker.store.load_topics()? {
-            let topic = broker.open_topic(record)?;
-            broker
-                .topics
-                .write()
-                .expect("topics lock")
-                .insert(topic.record.name.clone(), topic);
-        }
-        broker.refresh_counts();
-        Ok(broker)
+        broker.reconcile().await;
+        broker
     }
 
     /// The resolved configuration.
@@ -178,44 +181,135 @@ impl Broker {
         &self.store
     }
 
+    /// The replication node.
+    pub fn raft(&self) -> &Arc<RaftNode> {
+        &self.raft
+    }
+
     /// Marks the broker as serving (listeners bound, topics opened).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
 
-    /// Whether the broker is serving.
+    /// Whether the broker is serving: listeners bound and the metadata
+    /// group has a leader this node hears from.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+            && self.raft.meta().metrics().borrow().current_leader.is_some()
     }
 
-    fn open_topic(&self, record: TopicRecord) -> Result<Arc<Topic>, StorageError> {
-        let name: Arc<str> = Arc::from(record.name.as_str());
-        let mut partitions = Vec::with_capacity(record.config.partitions as usize);
-        for index in 0..record.config.partitions {
-            let log = Arc::new(self.store.partition_log(record.id, index)?);
-            let (tx, rx) = mpsc::channel(APPEND_QUEUE_DEPTH);
-            let (end_tx, end_rx) = watch::channel(log.log_end());
-            let span = tracing::info_span!("appender", topic = %name, partition = index);
-            tokio::spawn(
-                run_appender(
-                    log.clone(),
-                    rx,
-                    end_tx,
-                    self.metrics.clone(),
-                    name.clone(),
-                    self.cache.clone(),
-                )
-                .instrument(span),
-            );
-            partitions.push(Arc::new(Partition {
-                topic: name.clone(),
-                index,
-                log,
-                appender: tx,
-                log_end: end_rx,
-            }));
+    /// Follows the catalogue until `shutdown`, opening and closing replicas.
+    pub async fn follow_catalogue(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut catalogue = self.raft.catalogue();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = catalogue.changed() => if changed.is_err() { return },
+            }
+            self.reconcile().await;
         }
-        Ok(Arc::new(Topic { record, partitions }))
+    }
+
+    /// Makes the hosted topics match the catalogue.
+    async fn reconcile(&self) {
+        let _one_at_a_time = self.reconcile_lock.lock().await;
+        let catalogue: Arc<Catalogue> = self.raft.catalogue().borrow().clone();
+        let me = self.raft.node_id();
+        let current: Vec<(String, Arc<Topic>)> = self
+            .topics
+            .read()
+            .expect("topics lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, topic) in current {
+            let still = catalogue.topics.get(&name).map(|e| e.id) == Some(topic.entry.id);
+            if still {
+                continue;
+            }
+            self.topics.write().expect("topics lock").remove(&name);
+            for p in topic.partitions.iter().flatten() {
+                self.raft.close_partition(&p.log, true).await;
+                let labels = [name.as_str(), &p.index.to_string()];
+                let _ = self.metrics.log_start_offset.remove_label_values(&labels);
+                let _ = self.metrics.log_end_offset.remove_label_values(&labels);
+                let _ = self.metrics.log_size_bytes.remove_label_values(&labels);
+            }
+            info!(topic = %name, "deleted topic");
+        }
+        for (name, entry) in &catalogue.topics {
+            if self.topic(name).is_some() {
+                continue;
+            }
+            let mut partitions = Vec::with_capacity(entry.settings.partitions as usize);
+            for index in 0..entry.settings.partitions {
+                let hosted = entry
+                    .replicas
+                    .get(index as usize)
+                    .is_some_and(|r| r.contains(&me));
+                if !hosted {
+                    partitions.push(None);
+                    continue;
+                }
+                match self.open_partition(entry, index).await {
+                    Ok(p) => partitions.push(Some(p)),
+                    Err(e) => {
+                        warn!(topic = %name, partition = index, error = %e, "cannot open replica");
+                        partitions.push(None);
+                    }
+                }
+            }
+            info!(topic = %name, partitions = partitions.len(),
+                  hosted = partitions.iter().flatten().count(), "opened topic");
+            self.topics.write().expect("topics lock").insert(
+                name.clone(),
+                Arc::new(Topic {
+                    entry: entry.clone(),
+                    partitions,
+                }),
+            );
+        }
+        let topics = self.topics.read().expect("topics lock");
+        self.metrics.topics.set(topics.len() as i64);
+        self.metrics.partitions.set(
+            topics
+                .values()
+                .map(|t| t.partitions.iter().flatten().count() as i64)
+                .sum(),
+        );
+    }
+
+    async fn open_partition(
+        &self,
+        entry: &TopicEntry,
+        index: u32,
+    ) -> Result<Arc<Partition>, tern_raft::RaftStartError> {
+        let (end_tx, end_rx) = watch::channel(0u64);
+        let cache = self.cache.clone();
+        let topic_id = entry.id;
+        let on_apply: tern_raft::OnApply = Arc::new(move |appended, log_end| {
+            // Tailing consumers read what was just committed.
+            if let Some(cache) = &cache {
+                for a in appended {
+                    cache.insert((topic_id, index, a.base_offset), a.bytes.clone());
+                }
+            }
+            end_tx.send_replace(log_end);
+        });
+        let span = tracing::info_span!("replica", topic = %entry.name, partition = index);
+        let (raft, log) = self
+            .raft
+            .open_partition(entry, index, on_apply.clone())
+            .instrument(span)
+            .await?;
+        on_apply(&[], log.log_end());
+        Ok(Arc::new(Partition {
+            topic: Arc::from(entry.name.as_str()),
+            index,
+            log,
+            raft,
+            log_end: end_rx,
+        }))
     }
 
     fn topic(&self, name: &str) -> Option<Arc<Topic>> {
@@ -223,37 +317,46 @@ impl Broker {
     }
 
     fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, Failure> {
-        self.topic(topic)
-            .and_then(|t| t.partitions.get(partition as usize).cloned())
-            .ok_or_else(|| {
-                Failure::new(
-                    ErrorCode::UnknownTopicOrPartition,
-                    format!("no partition {partition} of topic {topic:?}"),
-                )
-            })
+        let t = self.topic(topic).ok_or_else(|| {
+            Failure::new(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("no topic {topic:?}"),
+            )
+        })?;
+        match t.partitions.get(partition as usize) {
+            None => Err(Failure::new(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("no partition {partition} of topic {topic:?}"),
+            )),
+            Some(None) => Err(Failure::new(
+                ErrorCode::NotLeader,
+                format!(
+                    "broker {} holds no replica of {topic}/{partition}",
+                    self.raft.node_id()
+                ),
+            )),
+            Some(Some(p)) => Ok(p.clone()),
+        }
     }
 
     /// Every hosted partition (for retention and metrics).
-    pub fn all_partitions(&self) -> Vec<(TopicRecord, Arc<Partition>)> {
+    pub fn all_partitions(&self) -> Vec<(TopicEntry, Arc<Partition>)> {
         self.topics
             .read()
             .expect("topics lock")
             .values()
-            .flat_map(|t| t.partitions.iter().map(|p| (t.record.clone(), p.clone())))
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .flatten()
+                    .map(|p| (t.entry.clone(), p.clone()))
+            })
             .collect()
     }
 
-    fn refresh_counts(&self) {
-        let topics = self.topics.read().expect("topics lock");
-        self.metrics.topics.set(topics.len() as i64);
-        self.metrics
-            .partitions
-            .set(topics.values().map(|t| t.partitions.len() as i64).sum());
-    }
-
-    /// Validates each batch and queues it on its partition's appender.
-    /// Awaiting here (a full queue) is the backpressure that stops the
-    /// connection from reading more.
+    /// Validates each batch and proposes it to its partition's Raft group.
+    /// Awaiting here (the group's queue is full) is the backpressure that
+    /// stops the connection from reading more.
     pub async fn enqueue_produce(&self, partitions: Vec<ProducePartition>) -> Vec<PendingAppend> {
         let mut pending = Vec::with_capacity(partitions.len());
         for p in partitions {
@@ -276,6 +379,10 @@ impl Broker {
                     continue;
                 }
             };
+            if let Err(f) = target.check_leader(self.raft.node_id()) {
+                pending.push(done(f));
+                continue;
+            }
             if p.batch.len() > BATCH_BYTES_MAX {
                 pending.push(done(Failure::new(
                     ErrorCode::MessageTooLarge,
@@ -291,24 +398,25 @@ impl Broker {
                     continue;
                 }
             };
-            let (tx, rx) = oneshot::channel();
-            let job = AppendJob {
-                records: view.record_count(),
-                batch: BytesMut::from(&view.bytes()[..]),
-                reply: tx,
-            };
-            if target.appender.send(job).await.is_err() {
-                pending.push(done(Failure::new(
-                    ErrorCode::UnknownTopicOrPartition,
-                    "topic was deleted",
-                )));
-                continue;
+            let records = view.record_count();
+            let bytes = view.bytes().len();
+            match target
+                .raft
+                .client_write_ff(Command::Append(view.into_bytes()))
+                .await
+            {
+                Ok(reply) => pending.push(PendingAppend::Queued {
+                    topic: p.topic,
+                    partition: p.partition,
+                    records,
+                    bytes,
+                    reply,
+                }),
+                Err(e) => pending.push(done(Failure::new(
+                    ErrorCode::NotLeader,
+                    format!("replica stopped: {e}"),
+                ))),
             }
-            pending.push(PendingAppend::Queued {
-                topic: p.topic,
-                partition: p.partition,
-                reply: rx,
-            });
         }
         pending
     }
@@ -478,24 +586,41 @@ impl Broker {
     }
 
     fn metadata(&self, wanted: Option<Vec<String>>) -> Response {
+        let me = self.raft.node_id();
         let topics = self.topics.read().expect("topics lock");
         let describe = |t: &Topic| TopicInfo {
             error: ErrorCode::None,
-            name: t.record.name.clone(),
-            config: t.record.config.clone(),
+            name: t.entry.name.clone(),
+            config: TopicConfig {
+                partitions: t.entry.settings.partitions,
+                replication_factor: t.entry.settings.replication_factor,
+                retention_ms: t.entry.settings.retention_ms,
+                retention_bytes: t.entry.settings.retention_bytes,
+            },
             partitions: t
                 .partitions
                 .iter()
-                .map(|p| {
-                    let end = p.log.log_end();
-                    PartitionInfo {
-                        partition: p.index,
-                        leader: self.config.node_id,
-                        replicas: vec![self.config.node_id],
-                        in_sync: vec![self.config.node_id],
-                        log_start: p.log.log_start(),
-                        log_end: end,
-                        high_watermark: end,
+                .enumerate()
+                .map(|(i, p)| {
+                    let replicas: Vec<u32> = t
+                        .entry
+                        .replicas
+                        .get(i)
+                        .map(|r| r.iter().map(|n| *n as u32).collect())
+                        .unwrap_or_default();
+                    match p {
+                        Some(p) => p.describe(me, replicas),
+                        // Hosted elsewhere: the first replica is a hint; the
+                        // client is redirected if it is not the leader.
+                        None => PartitionInfo {
+                            partition: i as u32,
+                            leader: replicas.first().copied().unwrap_or(0),
+                            in_sync: replicas.clone(),
+                            replicas,
+                            log_start: 0,
+                            log_end: 0,
+                            high_watermark: 0,
+                        },
                     }
                 })
                 .collect(),
@@ -521,14 +646,37 @@ impl Broker {
                 .collect(),
         };
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        let (host, port) = split_host_port(&self.config.advertise);
-        Response::Metadata {
-            brokers: vec![BrokerInfo {
-                node_id: self.config.node_id,
+        let catalogue = self.raft.catalogue().borrow().clone();
+        let mut brokers: Vec<BrokerInfo> = catalogue
+            .brokers
+            .iter()
+            .map(|(id, b)| {
+                let (host, port) = split_host_port(&b.client_addr);
+                BrokerInfo {
+                    node_id: *id as u32,
+                    host,
+                    port,
+                }
+            })
+            .collect();
+        if !catalogue.brokers.contains_key(&me) {
+            // Not registered yet: still tell clients how to reach this node.
+            let (host, port) = split_host_port(&self.config.advertise);
+            brokers.push(BrokerInfo {
+                node_id: me as u32,
                 host,
                 port,
-            }],
-            controller: self.config.node_id,
+            });
+        }
+        Response::Metadata {
+            brokers,
+            controller: self
+                .raft
+                .meta()
+                .metrics()
+                .borrow()
+                .current_leader
+                .unwrap_or(0) as u32,
             topics: out,
         }
     }
@@ -554,73 +702,88 @@ impl Broker {
                 "retention must be -1 (unlimited) or positive",
             ));
         }
-        // One node: every partition has exactly one replica. The replication
-        // layer raises this cap to the number of brokers.
-        config.replication_factor = 1;
-        let _admin = self.admin.lock().await;
         if self.topic(&name).is_some() {
             return Err(Failure::new(
                 ErrorCode::TopicAlreadyExists,
                 format!("topic {name:?} already exists"),
             ));
         }
-        let store = self.store.clone();
-        let n = name.clone();
-        let record = tokio::task::spawn_blocking(move || store.create_topic(&n, config))
-            .await
-            .map_err(|e| Failure::new(ErrorCode::Unknown, e.to_string()))?
-            .map_err(|e| Failure::from_storage(&e))?;
-        let topic = self
-            .open_topic(record)
-            .map_err(|e| Failure::from_storage(&e))?;
-        info!(topic = %name, partitions = topic.partitions.len(), "created topic");
-        self.topics
-            .write()
-            .expect("topics lock")
-            .insert(name, topic);
-        self.refresh_counts();
-        Ok(Response::CreateTopic)
+        // The replication factor is capped by the number of brokers.
+        let brokers = self.raft.voters();
+        let rf = (config.replication_factor.max(1) as usize).min(brokers.len());
+        let seed = xxhash_rust::xxh3::xxh3_64(name.as_bytes()) as u32;
+        let replicas = (0..config.partitions)
+            .map(|p| place_replicas(seed, p, &brokers, rf))
+            .collect();
+        let command = Command::CreateTopic {
+            name: name.clone(),
+            settings: TopicSettings {
+                partitions: config.partitions,
+                replication_factor: rf as u16,
+                retention_ms: config.retention_ms,
+                retention_bytes: config.retention_bytes,
+            },
+            replicas,
+        };
+        self.catalogue_write(command).await?;
+        // Answer once this node serves the topic and its local replicas know
+        // their leaders, so the creator can produce right away.
+        let deadline = Instant::now() + ADMIN_TIMEOUT;
+        while Instant::now() < deadline {
+            self.reconcile().await;
+            if let Some(t) = self.topic(&name) {
+                let elected = t
+                    .partitions
+                    .iter()
+                    .flatten()
+                    .all(|p| p.raft.metrics().borrow().current_leader.is_some());
+                if elected {
+                    info!(topic = %name, partitions = config.partitions, replication_factor = rf, "created topic");
+                    return Ok(Response::CreateTopic);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(Failure::new(
+            ErrorCode::RequestTimedOut,
+            "topic created but its partitions have not elected leaders yet",
+        ))
     }
 
     async fn delete_topic(&self, name: String) -> Result<Response, Failure> {
-        let _admin = self.admin.lock().await;
-        let Some(topic) = self.topics.write().expect("topics lock").remove(&name) else {
+        if self.topic(&name).is_none() {
             return Err(Failure::new(
                 ErrorCode::UnknownTopicOrPartition,
                 format!("no topic {name:?}"),
             ));
-        };
-        let store = self.store.clone();
-        let record = topic.record.clone();
-        let result = tokio::task::spawn_blocking(move || store.delete_topic(&record))
-            .await
-            .map_err(|e| Failure::new(ErrorCode::Unknown, e.to_string()))?;
-        if let Err(e) = result {
-            // Keep serving the topic: its data is still there.
-            self.topics
-                .write()
-                .expect("topics lock")
-                .insert(name, topic);
-            return Err(Failure::from_storage(&e));
         }
-        for p in &topic.partitions {
-            let labels = [name.as_str(), &p.index.to_string()];
-            let _ = self.metrics.log_start_offset.remove_label_values(&labels);
-            let _ = self.metrics.log_end_offset.remove_label_values(&labels);
-            let _ = self.metrics.log_size_bytes.remove_label_values(&labels);
+        self.catalogue_write(Command::DeleteTopic { name: name.clone() })
+            .await?;
+        let deadline = Instant::now() + ADMIN_TIMEOUT;
+        while self.topic(&name).is_some() && Instant::now() < deadline {
+            self.reconcile().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        info!(topic = %name, "deleted topic");
-        self.refresh_counts();
         Ok(Response::DeleteTopic)
+    }
+
+    async fn catalogue_write(&self, command: Command) -> Result<(), Failure> {
+        match self.raft.meta_write(command, ADMIN_TIMEOUT).await {
+            Ok(CommandResponse::Rejected { code, message }) => {
+                Err(Failure::new(ErrorCode::from_u16(code), message))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(Failure::new(ErrorCode::LeaderNotAvailable, e.to_string())),
+        }
     }
 
     /// Refreshes per-partition and RocksDB gauges (called on each scrape).
     pub fn update_gauges(&self) {
-        for (i, (record, p)) in self.all_partitions().into_iter().enumerate() {
+        for (i, (entry, p)) in self.all_partitions().into_iter().enumerate() {
             if i >= PARTITION_SERIES_MAX {
                 break;
             }
-            let labels = [record.name.as_str(), &p.index.to_string()];
+            let labels = [entry.name.as_str(), &p.index.to_string()];
             self.metrics
                 .log_start_offset
                 .with_label_values(&labels)
@@ -655,14 +818,78 @@ impl Partition {
     pub fn log(&self) -> &PartitionLog {
         &self.log
     }
+
     /// The partition index.
     pub fn index(&self) -> u32 {
         self.index
     }
+
+    /// The partition's Raft group.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    fn check_leader(&self, me: NodeId) -> Result<(), Failure> {
+        match self.raft.metrics().borrow().current_leader {
+            Some(l) if l == me => Ok(()),
+            Some(l) => Err(Failure::new(
+                ErrorCode::NotLeader,
+                format!("broker {l} leads {}/{}", self.topic, self.index),
+            )),
+            None => Err(Failure::new(
+                ErrorCode::LeaderNotAvailable,
+                format!("{}/{} is electing a leader", self.topic, self.index),
+            )),
+        }
+    }
+
+    /// Raft entries below this index may be deleted by retention: every
+    /// replica this node knows of has them (on a follower: what it applied).
+    pub fn retention_keep_from(&self) -> u64 {
+        let m = self.raft.metrics().borrow().clone();
+        match &m.replication {
+            Some(followers) => followers
+                .values()
+                .map(|matched| matched.map_or(0, |l| l.index + 1))
+                .min()
+                .unwrap_or(u64::MAX)
+                .min(m.last_applied.map_or(0, |l| l.index + 1)),
+            None => m.last_applied.map_or(0, |l| l.index + 1),
+        }
+    }
+
+    fn describe(&self, me: NodeId, replicas: Vec<u32>) -> PartitionInfo {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader.unwrap_or(0) as u32;
+        let last = m.last_log_index.unwrap_or(0);
+        let in_sync = match (&m.replication, m.current_leader == Some(me)) {
+            (Some(followers), true) => followers
+                .iter()
+                .filter(|(_, matched)| {
+                    last.saturating_sub(matched.map_or(0, |l| l.index)) <= IN_SYNC_LAG_ENTRIES_MAX
+                })
+                .map(|(id, _)| *id as u32)
+                .collect(),
+            // Only the leader knows who is in sync.
+            _ => vec![],
+        };
+        let end = self.log.log_end();
+        PartitionInfo {
+            partition: self.index,
+            leader,
+            replicas,
+            in_sync,
+            log_start: self.log.log_start(),
+            log_end: end,
+            high_watermark: end,
+        }
+    }
 }
 
-/// Waits for every queued append of one produce request and builds the
-/// response, giving up on stragglers after `timeout_ms`.
+/// Waits for every proposed batch of one produce request and builds the
+/// response, giving up on stragglers after `timeout_ms` (a timed-out batch
+/// may still commit: an idempotent producer's retry is then answered with
+/// its original offset).
 pub async fn finish_produce(
     pending: Vec<PendingAppend>,
     timeout_ms: u32,
@@ -676,12 +903,30 @@ pub async fn finish_produce(
             PendingAppend::Queued {
                 topic,
                 partition,
+                records,
+                bytes,
                 reply,
             } => {
                 let (error, base_offset) = match tokio::time::timeout_at(deadline, reply).await {
-                    Ok(Ok(Ok(offset))) => (ErrorCode::None, offset),
-                    Ok(Ok(Err(f))) => (f.code, 0),
-                    Ok(Err(_)) => (ErrorCode::UnknownTopicOrPartition, 0),
+                    Ok(Ok(Ok(committed))) => match committed.data {
+                        CommandResponse::Appended { base_offset, .. } => {
+                            metrics
+                                .records_in
+                                .with_label_values(&[&topic])
+                                .inc_by(records as u64);
+                            metrics
+                                .bytes_in
+                                .with_label_values(&[&topic])
+                                .inc_by(bytes as u64);
+                            (ErrorCode::None, base_offset)
+                        }
+                        CommandResponse::Rejected { code, .. } => (ErrorCode::from_u16(code), 0),
+                        CommandResponse::Done => (ErrorCode::Unknown, 0),
+                    },
+                    Ok(Ok(Err(ClientWriteError::ForwardToLeader(_)))) => (ErrorCode::NotLeader, 0),
+                    Ok(Ok(Err(_))) => (ErrorCode::Unknown, 0),
+                    // The group dropped the proposal (leadership lost).
+                    Ok(Err(_)) => (ErrorCode::NotLeader, 0),
                     Err(_) => (ErrorCode::RequestTimedOut, 0),
                 };
                 if error != ErrorCode::None {
@@ -701,75 +946,6 @@ pub async fn finish_produce(
         results.push(result);
     }
     Response::Produce(results)
-}
-
-/// Owns all writes to one partition: drains its queue, writes each group of
-/// batches with one storage write (one fsync), then answers the producers
-/// and wakes long-polling fetches.
-async fn run_appender(
-    log: Arc<PartitionLog>,
-    mut queue: mpsc::Receiver<AppendJob>,
-    log_end: watch::Sender<u64>,
-    metrics: Metrics,
-    topic: Arc<str>,
-    cache: Option<Arc<ReadCache>>,
-) {
-    let records_in = metrics.records_in.with_label_values(&[&topic]);
-    let bytes_in = metrics.bytes_in.with_label_values(&[&topic]);
-    while let Some(first) = queue.recv().await {
-        let mut group = vec![first];
-        let mut group_bytes = group[0].batch.len();
-        while group.len() < APPEND_GROUP_BATCHES_MAX && group_bytes < APPEND_GROUP_BYTES_MAX {
-            match queue.try_recv() {
-                Ok(job) => {
-                    group_bytes += job.batch.len();
-                    group.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        let (batches, replies): (Vec<_>, Vec<_>) = group
-            .into_iter()
-            .map(|j| (j.batch, (j.reply, j.records)))
-            .unzip();
-        let started = Instant::now();
-        let n = batches.len();
-        let writer = log.clone();
-        let outcome = tokio::task::spawn_blocking(move || writer.append(batches)).await;
-        metrics
-            .append_seconds
-            .observe(started.elapsed().as_secs_f64());
-        metrics.append_group_batches.observe(n as f64);
-        match outcome {
-            Ok(Ok(appended)) => {
-                let (topic_id, partition) = log.id();
-                for ((reply, records), a) in replies.into_iter().zip(appended) {
-                    records_in.inc_by(records as u64);
-                    let _ = reply.send(Ok(a.base_offset));
-                    // Tailing consumers read what was just written.
-                    if let Some(cache) = &cache {
-                        cache.insert((topic_id, partition, a.base_offset), a.bytes);
-                    }
-                }
-                bytes_in.inc_by(group_bytes as u64);
-                log_end.send_replace(log.log_end());
-            }
-            Ok(Err(e)) => {
-                metrics.storage_errors.with_label_values(&["append"]).inc();
-                warn!(error = %e, "append failed; producers get an error and nothing was written");
-                let f = Failure::from_storage(&e);
-                for (reply, _) in replies {
-                    let _ = reply.send(Err(f.clone()));
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "append task failed");
-                for (reply, _) in replies {
-                    let _ = reply.send(Err(Failure::new(ErrorCode::Unknown, "append task failed")));
-                }
-            }
-        }
-    }
 }
 
 /// Reads whole batches from `offset`, each from the read cache when it holds

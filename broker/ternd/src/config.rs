@@ -16,6 +16,8 @@ use thiserror::Error;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4650";
 /// Default HTTP port for `/metrics`, `/health` and `/ready`.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:4651";
+/// Default port for Raft traffic between brokers.
+pub const DEFAULT_PEER_LISTEN: &str = "127.0.0.1:4652";
 
 /// Command-line flags of `ternd` (each also settable as `TERN_<NAME>`).
 #[derive(Debug, Parser, Default)]
@@ -63,9 +65,31 @@ pub struct Flags {
     #[arg(long, env = "TERN_DEFAULT_RETENTION_MS", allow_hyphen_values = true)]
     pub default_retention_ms: Option<i64>,
 
-    /// Node id reported in metadata. Default: 1
+    /// This broker's id in the cluster (a positive integer, unique, never
+    /// reused for another data dir). Default: 1
     #[arg(long, env = "TERN_NODE_ID")]
     pub node_id: Option<u32>,
+
+    /// Address for Raft traffic from the other brokers. Default: 127.0.0.1:4652
+    #[arg(long, env = "TERN_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+
+    /// Every broker of the cluster as ID@HOST:PORT (peer addresses), comma
+    /// separated, e.g. 1@10.0.0.1:4652,2@10.0.0.2:4652,3@10.0.0.3:4652. Give
+    /// the same list to every broker. Default: this broker alone
+    /// (<node-id>@<peer-listen>): a one-node cluster.
+    #[arg(long, env = "TERN_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+
+    /// Name of the cluster; brokers refuse peers with another name. Default: tern
+    #[arg(long, env = "TERN_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+
+    /// Raft election timeout in ms: a follower that hears no leader for a
+    /// random time between this and twice this starts an election. Leader
+    /// failover takes about this long. Default: 500
+    #[arg(long, env = "TERN_ELECTION_TIMEOUT_MS")]
+    pub election_timeout_ms: Option<u64>,
 
     /// Bytes of record batches kept in memory in front of RocksDB on the
     /// fetch path; 0 disables the read cache. Default: 67108864 (64 MiB)
@@ -132,6 +156,10 @@ struct FileConfig {
     default_retention_ms: Option<i64>,
     node_id: Option<u32>,
     read_cache_bytes: Option<u64>,
+    peer_listen: Option<SocketAddr>,
+    initial_cluster: Option<String>,
+    cluster_name: Option<String>,
+    election_timeout_ms: Option<u64>,
 }
 
 /// The `[plugins]` table of the TOML file.
@@ -194,6 +222,14 @@ pub struct Config {
     pub default_retention_ms: i64,
     /// This node's id.
     pub node_id: u32,
+    /// Raft listener.
+    pub peer_listen: SocketAddr,
+    /// Every broker: node id → peer address.
+    pub initial_cluster: std::collections::BTreeMap<u64, String>,
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Raft election timeout (minimum) in ms.
+    pub election_timeout_ms: u64,
     /// Read-cache bound in bytes (0 = off).
     pub read_cache_bytes: u64,
     /// Plugin directory.
@@ -241,6 +277,37 @@ impl Config {
                 detail: "use -1 for forever or a positive number of ms".into(),
             });
         }
+        let node_id = flags.node_id.or(file.node_id).unwrap_or(1);
+        if node_id == 0 {
+            return Err(ConfigError::Invalid {
+                key: "node_id",
+                detail: "must be a positive integer".into(),
+            });
+        }
+        let peer_listen = flags
+            .peer_listen
+            .or(file.peer_listen)
+            .unwrap_or_else(|| DEFAULT_PEER_LISTEN.parse().expect("valid default"));
+        let initial_cluster = match flags.initial_cluster.or(file.initial_cluster) {
+            Some(list) => parse_initial_cluster(&list)?,
+            None => [(node_id as u64, peer_listen.to_string())].into(),
+        };
+        if !initial_cluster.contains_key(&(node_id as u64)) {
+            return Err(ConfigError::Invalid {
+                key: "initial_cluster",
+                detail: format!("does not list this broker's node id {node_id}"),
+            });
+        }
+        let election_timeout_ms = flags
+            .election_timeout_ms
+            .or(file.election_timeout_ms)
+            .unwrap_or(500);
+        if !(50..=60_000).contains(&election_timeout_ms) {
+            return Err(ConfigError::Invalid {
+                key: "election_timeout_ms",
+                detail: "must be between 50 and 60000".into(),
+            });
+        }
         Ok(Config {
             data_dir: flags
                 .data_dir
@@ -258,7 +325,14 @@ impl Config {
             durability,
             retention_check_ms,
             default_retention_ms,
-            node_id: flags.node_id.or(file.node_id).unwrap_or(1),
+            node_id,
+            peer_listen,
+            initial_cluster,
+            cluster_name: flags
+                .cluster_name
+                .or(file.cluster_name)
+                .unwrap_or_else(|| "tern".into()),
+            election_timeout_ms,
             read_cache_bytes: flags
                 .read_cache_bytes
                 .or(file.read_cache_bytes)
@@ -281,6 +355,41 @@ impl Config {
                 .unwrap_or_else(|| crate::plugins::DEFAULT_CACHE_PLUGIN.into()),
         })
     }
+}
+
+/// Parses `ID@HOST:PORT,ID@HOST:PORT,...`.
+pub fn parse_initial_cluster(
+    list: &str,
+) -> Result<std::collections::BTreeMap<u64, String>, ConfigError> {
+    let invalid = |detail: String| ConfigError::Invalid {
+        key: "initial_cluster",
+        detail,
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('@')
+            .ok_or_else(|| invalid(format!("{item:?} is not ID@HOST:PORT")))?;
+        let id: u64 = id
+            .parse()
+            .ok()
+            .filter(|i| *i > 0 && *i <= u32::MAX as u64)
+            .ok_or_else(|| invalid(format!("{id:?} is not a positive node id")))?;
+        if addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(invalid(format!("{addr:?} is not HOST:PORT")));
+        }
+        if out.insert(id, addr.to_owned()).is_some() {
+            return Err(invalid(format!("node id {id} is listed twice")));
+        }
+    }
+    if out.is_empty() {
+        return Err(invalid("is empty".into()));
+    }
+    Ok(out)
 }
 
 fn load_file(path: &Path) -> Result<(FileConfig, PluginsFile), ConfigError> {
@@ -330,6 +439,25 @@ mod tests {
         assert_eq!(cfg.cache_plugin, "s3-fifo");
         assert_eq!(cfg.lock_plugin, "read-write");
         assert_eq!(cfg.balancer_plugin, "sticky");
+    }
+
+    #[test]
+    fn the_initial_cluster_is_parsed_and_checked() {
+        let c = parse_initial_cluster("1@127.0.0.1:4652, 2@host-b:4652,3@[::1]:9").unwrap();
+        assert_eq!(c.len(), 3);
+        assert_eq!(c[&2], "host-b:4652");
+        for bad in ["", "1@x", "0@a:1", "a@b:1", "1@a:1,1@b:2", "1-a:1"] {
+            assert!(parse_initial_cluster(bad).is_err(), "{bad:?} accepted");
+        }
+        let err = Config::resolve(Flags {
+            node_id: Some(4),
+            initial_cluster: Some("1@a:1,2@b:2".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("node id 4"), "{err}");
+        let single = Config::resolve(Flags::default()).unwrap();
+        assert_eq!(single.initial_cluster[&1], "127.0.0.1:4652");
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub enum StartError {
     /// A plugin was refused.
     #[error("load plugins: {0}")]
     Plugin(#[from] tern_plugin_host::PluginError),
+    /// Replication could not start.
+    #[error("start replication: {0}")]
+    Raft(#[from] tern_raft::RaftStartError),
     /// A listener could not bind.
     #[error("bind {what} listener on {addr}: {source}")]
     Bind {
@@ -73,6 +76,8 @@ pub struct Running {
     pub client_addr: SocketAddr,
     /// Bound HTTP address.
     pub metrics_addr: SocketAddr,
+    /// Bound peer (Raft) address.
+    pub peer_addr: SocketAddr,
     /// Fire to stop every task.
     pub shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -86,6 +91,7 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        self.broker.raft().shutdown().await;
         if let Err(e) = self.broker.store().flush() {
             tracing::warn!(error = %e, "final flush failed");
         }
@@ -137,20 +143,42 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             addr: config.metrics_listen,
             source,
         })?;
+    let peer_listener = TcpListener::bind(config.peer_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "peer",
+            addr: config.peer_listen,
+            source,
+        })?;
     let client_addr = client_listener
         .local_addr()
         .expect("bound listener has an address");
     let metrics_addr = http_listener
         .local_addr()
         .expect("bound listener has an address");
-    let broker =
-        Broker::open(config.clone(), store, metrics, plugins, cache).map_err(|source| {
-            StartError::Storage {
-                path: config.data_dir.clone(),
-                source,
-            }
-        })?;
+    let peer_addr = peer_listener
+        .local_addr()
+        .expect("bound listener has an address");
     let shutdown = CancellationToken::new();
+    let cluster = tern_raft::ClusterConfig {
+        node_id: config.node_id as u64,
+        cluster_name: config.cluster_name.clone(),
+        initial_cluster: config.initial_cluster.clone(),
+        timing: tern_raft::RaftTiming {
+            heartbeat_ms: (config.election_timeout_ms / 5).max(10),
+            election_min_ms: config.election_timeout_ms,
+            election_max_ms: config.election_timeout_ms * 2,
+        },
+    };
+    let raft = tern_raft::RaftNode::start(
+        cluster,
+        store.clone(),
+        peer_listener,
+        metrics.raft_hooks(),
+        shutdown.clone(),
+    )
+    .await?;
+    let broker = Broker::open(config.clone(), store, metrics, plugins, cache, raft).await;
     let tasks = vec![
         tokio::spawn(server::serve(
             broker.clone(),
@@ -159,13 +187,52 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         )),
         tokio::spawn(http::serve(broker.clone(), http_listener, shutdown.clone())),
         tokio::spawn(retention::run(broker.clone(), shutdown.clone())),
+        tokio::spawn(broker.clone().follow_catalogue(shutdown.clone())),
+        tokio::spawn(register(broker.clone(), shutdown.clone())),
     ];
     broker.set_ready(true);
     Ok(Running {
         broker,
         client_addr,
         metrics_addr,
+        peer_addr,
         shutdown,
         tasks,
     })
+}
+
+/// Announces this broker's client address (and lock plugin) in the
+/// catalogue, retrying until the metadata group has a leader. A refusal (the
+/// cluster runs another lock plugin) stops the broker.
+async fn register(broker: Arc<Broker>, shutdown: CancellationToken) {
+    let command = tern_raft::Command::RegisterBroker {
+        node_id: broker.raft().node_id(),
+        client_addr: broker.config().advertise.clone(),
+        lock_plugin: broker.plugins().lock.info().name.clone(),
+    };
+    loop {
+        let attempt = broker
+            .raft()
+            .meta_write(command.clone(), std::time::Duration::from_secs(5));
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            o = attempt => o,
+        };
+        match outcome {
+            Ok(tern_raft::CommandResponse::Rejected { message, .. }) => {
+                tracing::error!(%message, "the cluster refused this broker; stopping");
+                broker.set_ready(false);
+                shutdown.cancel();
+                return;
+            }
+            Ok(_) => {
+                tracing::info!(
+                    node_id = broker.raft().node_id(),
+                    "registered with the cluster"
+                );
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "registration pending"),
+        }
+    }
 }

@@ -86,6 +86,24 @@ pub struct Metrics {
     pub cache_bytes: IntGaugeVec,
     /// Configured read-cache bound, by strategy.
     pub cache_capacity_bytes: IntGaugeVec,
+    /// Raft groups on this node, by role (leader, follower, candidate, learner).
+    pub raft_groups: IntGaugeVec,
+    /// Leader elections observed by this node's groups, by group kind.
+    pub raft_leader_changes: IntCounterVec,
+    /// Term of the metadata group.
+    pub raft_metadata_term: IntGauge,
+    /// Entries in local Raft logs not yet applied, summed over groups.
+    pub raft_apply_lag_entries: IntGauge,
+    /// Entries a follower still lacks, summed over the groups this node leads.
+    pub raft_replication_lag_entries: IntGauge,
+    /// Snapshots installed on this node's groups.
+    pub raft_snapshots_installed: IntCounter,
+    /// Round-trip time of Raft calls to each peer.
+    pub raft_peer_rtt_seconds: HistogramVec,
+    /// Partitions this node leads with a replica out of sync.
+    pub partitions_under_replicated: IntGauge,
+    /// Partitions hosted here whose group has no leader.
+    pub partitions_offline: IntGauge,
 }
 
 impl Metrics {
@@ -162,7 +180,7 @@ impl Metrics {
             append_group_batches: reg!(Histogram::with_opts(
                 HistogramOpts::new(
                     "tern_storage_append_group_batches",
-                    "Batches written by one storage write (group commit size)."
+                    "Raft entries (record batches) written by one storage write (group commit size)."
                 )
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0])
             )),
@@ -171,7 +189,7 @@ impl Metrics {
                     "tern_storage_append_duration_seconds",
                     "Duration of one storage write, fsync included."
                 )
-                .buckets(latency_buckets)
+                .buckets(latency_buckets.clone())
             )),
             log_start_offset: reg!(IntGaugeVec::new(
                 Opts::new("tern_partition_log_start_offset", "First stored offset."),
@@ -278,6 +296,49 @@ impl Metrics {
                 ),
                 &["strategy"]
             )),
+            raft_groups: reg!(IntGaugeVec::new(
+                Opts::new("tern_raft_groups", "Raft groups on this node, by role."),
+                &["role"]
+            )),
+            raft_leader_changes: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tern_raft_leader_changes_total",
+                    "Leader changes seen by this node's Raft groups, by group kind."
+                ),
+                &["group"]
+            )),
+            raft_metadata_term: reg!(IntGauge::new(
+                "tern_raft_metadata_term",
+                "Current term of the metadata Raft group."
+            )),
+            raft_apply_lag_entries: reg!(IntGauge::new(
+                "tern_raft_apply_lag_entries",
+                "Entries in this node's Raft logs not yet applied, summed over groups."
+            )),
+            raft_replication_lag_entries: reg!(IntGauge::new(
+                "tern_raft_replication_lag_entries",
+                "Entries followers still lack, summed over the groups this node leads."
+            )),
+            raft_snapshots_installed: reg!(IntCounter::new(
+                "tern_raft_snapshots_installed_total",
+                "Snapshots installed on this node's Raft groups (catch-up of a far-behind replica)."
+            )),
+            raft_peer_rtt_seconds: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "tern_raft_peer_rtt_seconds",
+                    "Round-trip time of Raft calls to each peer."
+                )
+                .buckets(latency_buckets),
+                &["peer"]
+            )),
+            partitions_under_replicated: reg!(IntGauge::new(
+                "tern_partitions_under_replicated",
+                "Partitions led by this node with a replica out of sync."
+            )),
+            partitions_offline: reg!(IntGauge::new(
+                "tern_partitions_offline",
+                "Partitions hosted here whose Raft group has no leader."
+            )),
             registry,
         };
         m.build_info
@@ -299,7 +360,32 @@ impl Metrics {
         for kind in ["lock", "balancer", "cache"] {
             m.plugin_errors.with_label_values(&[kind]);
         }
+        for role in ["leader", "follower", "candidate", "learner"] {
+            m.raft_groups.with_label_values(&[role]);
+        }
+        for group in ["metadata", "partition"] {
+            m.raft_leader_changes.with_label_values(&[group]);
+        }
         m
+    }
+
+    /// Hooks through which the replication layer reports storage writes and
+    /// peer round trips.
+    pub fn raft_hooks(&self) -> tern_raft::RaftHooks {
+        let batches = self.append_group_batches.clone();
+        let seconds = self.append_seconds.clone();
+        let rtt = self.raft_peer_rtt_seconds.clone();
+        let installed = self.raft_snapshots_installed.clone();
+        tern_raft::RaftHooks {
+            on_log_write: std::sync::Arc::new(move |entries, secs| {
+                batches.observe(entries as f64);
+                seconds.observe(secs);
+            }),
+            on_peer_rtt: std::sync::Arc::new(move |peer, secs| {
+                rtt.with_label_values(&[&peer.to_string()]).observe(secs);
+            }),
+            on_snapshot_installed: std::sync::Arc::new(move || installed.inc()),
+        }
     }
 
     /// Renders the registry in the Prometheus text format.

@@ -31,14 +31,16 @@ pub async fn run(broker: Arc<Broker>, shutdown: CancellationToken) {
 pub fn run_once(broker: &Broker) {
     let now_ms = now_ms();
     for (topic, partition) in broker.all_partitions() {
-        let cfg = &topic.config;
+        let cfg = &topic.settings;
         if cfg.retention_ms < 0 && cfg.retention_bytes < 0 {
             continue;
         }
-        match partition
-            .log()
-            .apply_retention(now_ms, cfg.retention_ms, cfg.retention_bytes)
-        {
+        match partition.log().apply_retention(
+            now_ms,
+            cfg.retention_ms,
+            cfg.retention_bytes,
+            partition.retention_keep_from(),
+        ) {
             Ok(out) if out.batches > 0 => {
                 let m = broker.metrics();
                 m.retention_deleted_batches.inc_by(out.batches);

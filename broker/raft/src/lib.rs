@@ -1,0 +1,426 @@
+//! Tern's replication layer, on openraft.
+//!
+//! Every partition is its own Raft group; the cluster catalogue is another
+//! (the metadata group, id 0, with every node a voter). All groups of a node
+//! share its one RocksDB ([`log_store`]) and one peer connection per remote
+//! node ([`network`]). A partition group's entries *are* the partition's
+//! data: its state machine ([`partition_sm`]) only indexes them.
+//!
+//! [`RaftNode`] ties it together for the broker: it starts the metadata
+//! group, opens and closes partition groups as the catalogue says, and
+//! forwards catalogue writes to the metadata leader.
+//!
+//! **Invariants:** a write is acknowledged only once committed — on a
+//! majority of the group's voters, each of which stored it per its
+//! durability mode before answering. State machines are deterministic.
+//! This crate never interprets client requests.
+
+#![warn(missing_docs, unreachable_pub)]
+// openraft's storage traits fix the error type (`openraft::StorageError`, a
+// large enum); our helpers return it as is rather than boxing and unboxing.
+#![allow(clippy::result_large_err)]
+
+pub mod log_store;
+pub mod meta_sm;
+pub mod network;
+pub mod partition_sm;
+pub mod types;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, SnapshotPolicy};
+use tern_storage::{partition_group, PartitionLog, Store, META_GROUP};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use log_store::LogStore;
+pub use meta_sm::MetaStateMachine;
+pub use network::{PeerError, Transport};
+pub use partition_sm::{OnApply, PartitionStateMachine};
+pub use types::{
+    place_replicas, BrokerEntry, Catalogue, Command, CommandResponse, NodeId, Raft, TernRaft,
+    TopicEntry, TopicSettings,
+};
+
+/// Timing of every group.
+#[derive(Debug, Clone)]
+pub struct RaftTiming {
+    /// Leader heartbeat period.
+    pub heartbeat_ms: u64,
+    /// Election timeout range: a follower that hears no leader for a random
+    /// time in `[min, max)` starts an election.
+    pub election_min_ms: u64,
+    /// See `election_min_ms`.
+    pub election_max_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_ms: 100,
+            election_min_ms: 500,
+            election_max_ms: 1000,
+        }
+    }
+}
+
+/// Callbacks through which the replication layer reports to metrics.
+#[derive(Clone)]
+pub struct RaftHooks {
+    /// One Raft log write: entries written, seconds taken (fsync included).
+    pub on_log_write: Arc<dyn Fn(usize, f64) + Send + Sync>,
+    /// One answered peer call: peer, round-trip seconds.
+    pub on_peer_rtt: Arc<dyn Fn(NodeId, f64) + Send + Sync>,
+    /// A snapshot was installed on a local group.
+    pub on_snapshot_installed: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Default for RaftHooks {
+    fn default() -> Self {
+        RaftHooks {
+            on_log_write: Arc::new(|_, _| {}),
+            on_peer_rtt: Arc::new(|_, _| {}),
+            on_snapshot_installed: Arc::new(|| {}),
+        }
+    }
+}
+
+/// How a node joins its cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node.
+    pub node_id: NodeId,
+    /// Peers refuse nodes of another cluster name.
+    pub cluster_name: String,
+    /// Every voter of the metadata group: node id → peer address
+    /// (`--initial-cluster`). Includes this node.
+    pub initial_cluster: BTreeMap<NodeId, String>,
+    /// Timing.
+    pub timing: RaftTiming,
+}
+
+/// Why replication could not start or a group could not open.
+#[derive(Debug, Error)]
+pub enum RaftStartError {
+    /// The configuration is inconsistent.
+    #[error("cluster configuration: {0}")]
+    Config(String),
+    /// openraft refused to start a group.
+    #[error("start raft group {group:#x}: {message}")]
+    Group {
+        /// The group.
+        group: u64,
+        /// openraft's error.
+        message: String,
+    },
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Storage(#[from] tern_storage::StorageError),
+}
+
+/// Why a catalogue write failed.
+#[derive(Debug, Error)]
+pub enum WriteError {
+    /// No leader could be reached in time.
+    #[error("no metadata leader reachable within {0:?}")]
+    NoLeader(Duration),
+    /// The group stopped.
+    #[error("metadata group failed: {0}")]
+    Fatal(String),
+}
+
+/// This node's replication: the metadata group, the partition groups, the
+/// peer transport.
+pub struct RaftNode {
+    node_id: NodeId,
+    store: Store,
+    transport: Arc<Transport>,
+    meta: Raft,
+    catalogue: watch::Receiver<Arc<Catalogue>>,
+    partition_config: Arc<openraft::Config>,
+    initial_cluster: BTreeMap<NodeId, String>,
+    hooks: RaftHooks,
+}
+
+fn raft_config(
+    cluster: &ClusterConfig,
+    snapshots: SnapshotPolicy,
+) -> Result<Arc<openraft::Config>, RaftStartError> {
+    let config = openraft::Config {
+        cluster_name: cluster.cluster_name.clone(),
+        heartbeat_interval: cluster.timing.heartbeat_ms,
+        election_timeout_min: cluster.timing.election_min_ms,
+        election_timeout_max: cluster.timing.election_max_ms,
+        install_snapshot_timeout: 5_000,
+        max_payload_entries: 512,
+        snapshot_policy: snapshots,
+        ..Default::default()
+    };
+    config
+        .validate()
+        .map(Arc::new)
+        .map_err(|e| RaftStartError::Config(e.to_string()))
+}
+
+fn members(
+    ids: impl IntoIterator<Item = NodeId>,
+    addrs: &BTreeMap<NodeId, String>,
+) -> BTreeMap<NodeId, BasicNode> {
+    ids.into_iter()
+        .map(|id| {
+            let addr = addrs.get(&id).cloned().unwrap_or_default();
+            (id, BasicNode { addr })
+        })
+        .collect()
+}
+
+impl RaftNode {
+    /// Starts the peer server on `peer_listener` and the metadata group; a
+    /// fresh node of the initial cluster bootstraps the group (all do, with
+    /// the same membership, which openraft allows).
+    pub async fn start(
+        cluster: ClusterConfig,
+        store: Store,
+        peer_listener: TcpListener,
+        hooks: RaftHooks,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<RaftNode>, RaftStartError> {
+        if !cluster.initial_cluster.contains_key(&cluster.node_id) {
+            return Err(RaftStartError::Config(format!(
+                "node id {} is not in the initial cluster {:?}",
+                cluster.node_id,
+                cluster.initial_cluster.keys().collect::<Vec<_>>()
+            )));
+        }
+        let transport = Transport::new(
+            cluster.node_id,
+            cluster.cluster_name.clone(),
+            cluster
+                .initial_cluster
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect::<HashMap<_, _>>(),
+        );
+        transport.observe_rtt(hooks.on_peer_rtt.clone());
+        let meta_config = raft_config(&cluster, SnapshotPolicy::LogsSinceLast(1_000))?;
+        // Partition groups never snapshot on their own: their log is their
+        // data, purged only by retention.
+        let partition_config = raft_config(&cluster, SnapshotPolicy::Never)?;
+        let log =
+            LogStore::new(store.clone(), META_GROUP).with_write_hook(hooks.on_log_write.clone());
+        let fresh = log
+            .is_fresh()
+            .map_err(|e| RaftStartError::Config(e.to_string()))?;
+        let (sm, catalogue) = MetaStateMachine::open(store.clone())
+            .map_err(|e| RaftStartError::Config(e.to_string()))?;
+        let meta = Raft::new(
+            cluster.node_id,
+            meta_config,
+            network::GroupNetwork::new(transport.clone(), META_GROUP),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| RaftStartError::Group {
+            group: META_GROUP,
+            message: e.to_string(),
+        })?;
+        transport.register(META_GROUP, meta.clone());
+        tokio::spawn(transport.clone().serve(peer_listener, shutdown.clone()));
+        if fresh {
+            let m = members(
+                cluster.initial_cluster.keys().copied(),
+                &cluster.initial_cluster,
+            );
+            initialize(&meta, META_GROUP, m).await?;
+            info!(
+                voters = ?cluster.initial_cluster.keys().collect::<Vec<_>>(),
+                "bootstrapped the metadata group"
+            );
+        }
+        Ok(Arc::new(RaftNode {
+            node_id: cluster.node_id,
+            store,
+            transport,
+            meta,
+            catalogue,
+            partition_config,
+            initial_cluster: cluster.initial_cluster,
+            hooks,
+        }))
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The metadata group.
+    pub fn meta(&self) -> &Raft {
+        &self.meta
+    }
+
+    /// The transport (for metrics and tests).
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
+    /// Follows the catalogue.
+    pub fn catalogue(&self) -> watch::Receiver<Arc<Catalogue>> {
+        self.catalogue.clone()
+    }
+
+    /// Ids of the metadata group's voters (the brokers of the cluster).
+    pub fn voters(&self) -> Vec<NodeId> {
+        let m = self.meta.metrics().borrow().membership_config.clone();
+        let set: BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        if set.is_empty() {
+            self.initial_cluster.keys().copied().collect()
+        } else {
+            set.into_iter().collect()
+        }
+    }
+
+    /// Proposes a catalogue command, forwarding it to the metadata leader
+    /// when this node is not it, retrying through elections until `timeout`.
+    pub async fn meta_write(
+        &self,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<CommandResponse, WriteError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let leader = match self.meta.client_write(command.clone()).await {
+                Ok(r) => return Ok(r.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_id,
+                Err(RaftError::APIError(e)) => return Err(WriteError::Fatal(e.to_string())),
+                Err(RaftError::Fatal(e)) => return Err(WriteError::Fatal(e.to_string())),
+            };
+            if let Some(leader) = leader.filter(|l| *l != self.node_id) {
+                let body = network::encode(&command).map_err(WriteError::Fatal)?;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match self
+                    .transport
+                    .call(
+                        leader,
+                        None,
+                        META_GROUP,
+                        network::KIND_META_WRITE,
+                        body,
+                        left,
+                    )
+                    .await
+                {
+                    Ok(answer) => {
+                        type Forwarded = Result<
+                            CommandResponse,
+                            RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+                        >;
+                        if let Ok(Ok(r)) = network::decode::<Forwarded>(&answer) {
+                            return Ok(r);
+                        }
+                    }
+                    Err(e) => warn!(leader, error = %e, "forwarding to the metadata leader failed"),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(WriteError::NoLeader(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Opens this node's replica of a partition: its log, state machine and
+    /// Raft group, registered with the transport. A replica that has never
+    /// stored anything bootstraps the group with the catalogue's replicas.
+    pub async fn open_partition(
+        &self,
+        topic: &TopicEntry,
+        partition: u32,
+        on_apply: OnApply,
+    ) -> Result<(Raft, Arc<PartitionLog>), RaftStartError> {
+        let group = partition_group(topic.id, partition);
+        let log = Arc::new(self.store.partition_log(topic.id, partition)?);
+        let log_store = LogStore::new(self.store.clone(), group)
+            .with_write_hook(self.hooks.on_log_write.clone());
+        let cfg_err = |e: openraft::StorageError<NodeId>| RaftStartError::Group {
+            group,
+            message: e.to_string(),
+        };
+        let fresh = log_store.is_fresh().map_err(cfg_err)?;
+        let sm = PartitionStateMachine::open(
+            log.clone(),
+            on_apply,
+            self.hooks.on_snapshot_installed.clone(),
+        )
+        .map_err(cfg_err)?;
+        let raft = Raft::new(
+            self.node_id,
+            self.partition_config.clone(),
+            network::GroupNetwork::new(self.transport.clone(), group),
+            log_store,
+            sm,
+        )
+        .await
+        .map_err(|e| RaftStartError::Group {
+            group,
+            message: e.to_string(),
+        })?;
+        self.transport.register(group, raft.clone());
+        if fresh {
+            let replicas = topic
+                .replicas
+                .get(partition as usize)
+                .cloned()
+                .unwrap_or_default();
+            initialize(&raft, group, members(replicas, &self.initial_cluster)).await?;
+        }
+        Ok((raft, log))
+    }
+
+    /// Stops a partition group; with `drop_data`, deletes its log and state.
+    pub async fn close_partition(&self, log: &PartitionLog, drop_data: bool) {
+        let group = log.group();
+        if let Some(raft) = self.transport.unregister(group) {
+            if let Err(e) = raft.shutdown().await {
+                warn!(group, error = %e, "raft group did not stop cleanly");
+            }
+        }
+        if drop_data {
+            let mut keys = log.meta_keys();
+            keys.extend(log_store::meta_keys(group));
+            if let Err(e) = self.store.drop_group(group, &keys) {
+                warn!(group, error = %e, "could not delete a deleted partition's data");
+            }
+        }
+    }
+
+    /// Stops every group.
+    pub async fn shutdown(&self) {
+        for (_, raft) in self.transport.groups() {
+            let _ = raft.shutdown().await;
+        }
+    }
+}
+
+async fn initialize(
+    raft: &Raft,
+    group: u64,
+    members: BTreeMap<NodeId, BasicNode>,
+) -> Result<(), RaftStartError> {
+    match raft.initialize(members).await {
+        Ok(()) => Ok(()),
+        // Already initialised (a peer's entries arrived first): fine.
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(RaftStartError::Group {
+            group,
+            message: e.to_string(),
+        }),
+    }
+}

@@ -1,0 +1,531 @@
+//! The peer transport: one TCP connection from this node to each peer,
+//! shared by every Raft group (requests carry their group id), plus the
+//! server that dispatches incoming requests to the local groups.
+//!
+//! Frames are length-delimited (tokio-util). A connection starts with a
+//! hello that names the protocol version, the cluster and both node ids; a
+//! peer of another cluster, another version or an unexpected id is refused
+//! and logged. Requests are pipelined: each carries a correlation id and is
+//! served in its own task, so a slow group never blocks another.
+//!
+//! **Invariant:** nothing a peer sends can panic this node; every decode
+//! failure is an error answer or a closed connection.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::types::{Command, NodeId, Raft, TernRaft};
+
+/// Version of the peer protocol; a peer speaking another is refused.
+pub const PEER_PROTOCOL_VERSION: u16 = 1;
+/// Largest peer frame (an AppendEntries of many batches).
+pub const PEER_FRAME_BYTES_MAX: usize = 64 << 20;
+
+const KIND_HELLO: u8 = 1;
+const KIND_APPEND: u8 = 2;
+const KIND_VOTE: u8 = 3;
+const KIND_SNAPSHOT: u8 = 4;
+/// A client write forwarded to the metadata leader.
+pub(crate) const KIND_META_WRITE: u8 = 5;
+const KIND_RESPONSE: u8 = 0x80;
+
+/// Why a peer call failed.
+#[derive(Debug, Error)]
+pub enum PeerError {
+    /// No address is known for the peer.
+    #[error("no address for node {0}")]
+    UnknownNode(NodeId),
+    /// Connecting or writing failed.
+    #[error("peer {node} at {addr}: {message}")]
+    Io {
+        /// The peer.
+        node: NodeId,
+        /// Its address.
+        addr: String,
+        /// What happened.
+        message: String,
+    },
+    /// The peer did not answer in time.
+    #[error("peer {0} did not answer within {1:?}")]
+    Timeout(NodeId, Duration),
+    /// The peer answered with an error (e.g. it does not host the group yet).
+    #[error("peer {0} refused: {1}")]
+    Refused(NodeId, String),
+    /// An answer could not be decoded.
+    #[error("bad answer from peer {0}: {1}")]
+    Decode(NodeId, String),
+}
+
+/// Observes a peer call's round trip: peer, seconds.
+pub type RttHook = Arc<dyn Fn(NodeId, f64) + Send + Sync>;
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, String>>>>>;
+
+struct Link {
+    frames: mpsc::Sender<Bytes>,
+    pending: Pending,
+    closed: CancellationToken,
+}
+
+/// Connections to peers and the registry of local groups.
+pub struct Transport {
+    node_id: NodeId,
+    cluster: String,
+    addrs: RwLock<HashMap<NodeId, String>>,
+    links: tokio::sync::Mutex<HashMap<NodeId, Arc<Link>>>,
+    next_id: AtomicU64,
+    groups: RwLock<HashMap<u64, Raft>>,
+    /// Round-trip times of peer calls, for metrics: `(peer, seconds)`.
+    rtt_observer: RwLock<Option<RttHook>>,
+}
+
+impl Transport {
+    /// A transport for `node_id` in `cluster`, knowing `addrs` of peers.
+    pub fn new(node_id: NodeId, cluster: String, addrs: HashMap<NodeId, String>) -> Arc<Self> {
+        Arc::new(Transport {
+            node_id,
+            cluster,
+            addrs: RwLock::new(addrs),
+            links: tokio::sync::Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            groups: RwLock::new(HashMap::new()),
+            rtt_observer: RwLock::new(None),
+        })
+    }
+
+    /// Sets a callback observing each successful call's round-trip time.
+    pub fn observe_rtt(&self, f: RttHook) {
+        *self.rtt_observer.write().expect("rtt lock") = Some(f);
+    }
+
+    /// Registers a local group so peers can reach it.
+    pub fn register(&self, group: u64, raft: Raft) {
+        self.groups
+            .write()
+            .expect("groups lock")
+            .insert(group, raft);
+    }
+
+    /// Unregisters a local group.
+    pub fn unregister(&self, group: u64) -> Option<Raft> {
+        self.groups.write().expect("groups lock").remove(&group)
+    }
+
+    /// The local group `group`, if hosted.
+    pub fn group(&self, group: u64) -> Option<Raft> {
+        self.groups
+            .read()
+            .expect("groups lock")
+            .get(&group)
+            .cloned()
+    }
+
+    /// Every local group.
+    pub fn groups(&self) -> Vec<(u64, Raft)> {
+        self.groups
+            .read()
+            .expect("groups lock")
+            .iter()
+            .map(|(g, r)| (*g, r.clone()))
+            .collect()
+    }
+
+    /// Learns (or updates) a peer's address.
+    pub fn set_addr(&self, node: NodeId, addr: String) {
+        self.addrs.write().expect("addrs lock").insert(node, addr);
+    }
+
+    async fn link(&self, node: NodeId, addr_hint: Option<&str>) -> Result<Arc<Link>, PeerError> {
+        let mut links = self.links.lock().await;
+        if let Some(l) = links.get(&node) {
+            if !l.closed.is_cancelled() {
+                return Ok(l.clone());
+            }
+        }
+        let addr = match addr_hint {
+            Some(a) => a.to_owned(),
+            None => self
+                .addrs
+                .read()
+                .expect("addrs lock")
+                .get(&node)
+                .cloned()
+                .ok_or(PeerError::UnknownNode(node))?,
+        };
+        let io = |message: String| PeerError::Io {
+            node,
+            addr: addr.clone(),
+            message,
+        };
+        let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(&addr))
+            .await
+            .map_err(|_| io("connect timed out".into()))?
+            .map_err(|e| io(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, codec());
+        let mut hello = BytesMut::new();
+        hello.put_u8(KIND_HELLO);
+        hello.put_u16(PEER_PROTOCOL_VERSION);
+        hello.put_u64(self.node_id);
+        hello.put_u64(node);
+        hello.put_slice(self.cluster.as_bytes());
+        framed
+            .send(hello.freeze())
+            .await
+            .map_err(|e| io(e.to_string()))?;
+        let (mut sink, mut stream) = framed.split();
+        let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let closed = CancellationToken::new();
+        let link = Arc::new(Link {
+            frames: tx,
+            pending: pending.clone(),
+            closed: closed.clone(),
+        });
+        let writer_closed = closed.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = writer_closed.cancelled() => break,
+                    frame = rx.recv() => match frame {
+                        Some(f) => if sink.send(f).await.is_err() { break },
+                        None => break,
+                    }
+                }
+            }
+            writer_closed.cancel();
+        });
+        tokio::spawn(async move {
+            loop {
+                let frame = tokio::select! {
+                    _ = closed.cancelled() => break,
+                    f = stream.next() => f,
+                };
+                let Some(Ok(mut frame)) = frame else { break };
+                if frame.len() < 10 || frame[0] != KIND_RESPONSE {
+                    break;
+                }
+                frame.advance(1);
+                let id = frame.get_u64();
+                let ok = frame.get_u8() == 0;
+                let waiter = pending.lock().expect("pending lock").remove(&id);
+                if let Some(w) = waiter {
+                    let body = frame.freeze();
+                    let _ = w.send(if ok {
+                        Ok(body)
+                    } else {
+                        Err(String::from_utf8_lossy(&body).into_owned())
+                    });
+                }
+            }
+            closed.cancel();
+            // Fail every call still waiting on this connection.
+            pending.lock().expect("pending lock").clear();
+        });
+        links.insert(node, link.clone());
+        debug!(peer = node, %addr, "connected to peer");
+        Ok(link)
+    }
+
+    /// Sends one request to `node` for `group` and waits for the answer.
+    pub(crate) async fn call(
+        &self,
+        node: NodeId,
+        addr_hint: Option<&str>,
+        group: u64,
+        kind: u8,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Bytes, PeerError> {
+        let started = std::time::Instant::now();
+        let link = self.link(node, addr_hint).await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = BytesMut::with_capacity(17 + body.len());
+        frame.put_u8(kind);
+        frame.put_u64(id);
+        frame.put_u64(group);
+        frame.put_slice(&body);
+        let (tx, rx) = oneshot::channel();
+        link.pending.lock().expect("pending lock").insert(id, tx);
+        let io = |message: &str| PeerError::Io {
+            node,
+            addr: addr_hint.unwrap_or_default().to_owned(),
+            message: message.to_owned(),
+        };
+        if link.frames.send(frame.freeze()).await.is_err() {
+            link.pending.lock().expect("pending lock").remove(&id);
+            return Err(io("connection closed"));
+        }
+        let answer = match tokio::time::timeout(timeout, rx).await {
+            Err(_) => {
+                link.pending.lock().expect("pending lock").remove(&id);
+                return Err(PeerError::Timeout(node, timeout));
+            }
+            Ok(Err(_)) => return Err(io("connection lost")),
+            Ok(Ok(a)) => a,
+        };
+        if let Some(observe) = self.rtt_observer.read().expect("rtt lock").as_ref() {
+            observe(node, started.elapsed().as_secs_f64());
+        }
+        answer.map_err(|m| PeerError::Refused(node, m))
+    }
+
+    /// Accepts peer connections until `shutdown`; each request is dispatched
+    /// to its local group.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let (stream, remote) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "peer accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let me = self.clone();
+            let stop = shutdown.clone();
+            let span = tracing::info_span!("peer_conn", %remote);
+            tokio::spawn(async move { me.serve_connection(stream, stop).await }.instrument(span));
+        }
+    }
+
+    async fn serve_connection(self: Arc<Self>, stream: TcpStream, shutdown: CancellationToken) {
+        let (mut sink, mut frames) = Framed::new(stream, codec()).split();
+        // Hello first.
+        let hello = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            h = tokio::time::timeout(Duration::from_secs(5), frames.next()) => h,
+        };
+        let Ok(Some(Ok(mut hello))) = hello else {
+            return;
+        };
+        if hello.len() < 19 || hello[0] != KIND_HELLO {
+            warn!("peer sent no hello; closing");
+            return;
+        }
+        hello.advance(1);
+        let version = hello.get_u16();
+        let from = hello.get_u64();
+        let to = hello.get_u64();
+        let cluster = String::from_utf8_lossy(&hello).into_owned();
+        if version != PEER_PROTOCOL_VERSION || to != self.node_id || cluster != self.cluster {
+            warn!(
+                peer = from,
+                version,
+                expected_version = PEER_PROTOCOL_VERSION,
+                addressed_to = to,
+                node_id = self.node_id,
+                peer_cluster = %cluster,
+                cluster = %self.cluster,
+                "refused peer: wrong protocol version, node id or cluster"
+            );
+            return;
+        }
+        info!(peer = from, "peer connected");
+        let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+        let writer = tokio::spawn(async move {
+            while let Some(f) = rx.recv().await {
+                if sink.send(f).await.is_err() {
+                    break;
+                }
+            }
+        });
+        loop {
+            let frame = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                f = frames.next() => f,
+            };
+            let Some(Ok(mut frame)) = frame else { break };
+            if frame.len() < 17 {
+                warn!(peer = from, "short peer frame; closing");
+                break;
+            }
+            let kind = frame.get_u8();
+            let id = frame.get_u64();
+            let group = frame.get_u64();
+            let body = frame.freeze();
+            let me = self.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let answer = me.dispatch(kind, group, body).await;
+                let mut out = BytesMut::new();
+                out.put_u8(KIND_RESPONSE);
+                out.put_u64(id);
+                match answer {
+                    Ok(b) => {
+                        out.put_u8(0);
+                        out.put_slice(&b);
+                    }
+                    Err(m) => {
+                        out.put_u8(1);
+                        out.put_slice(m.as_bytes());
+                    }
+                }
+                let _ = tx.send(out.freeze()).await;
+            });
+        }
+        drop(tx);
+        let _ = writer.await;
+    }
+
+    async fn dispatch(&self, kind: u8, group: u64, body: Bytes) -> Result<Vec<u8>, String> {
+        let raft = self
+            .group(group)
+            .ok_or_else(|| format!("node {} does not host group {group:#x}", self.node_id))?;
+        match kind {
+            KIND_APPEND => {
+                let rpc: AppendEntriesRequest<TernRaft> = decode(&body)?;
+                encode(&raft.append_entries(rpc).await)
+            }
+            KIND_VOTE => {
+                let rpc: VoteRequest<NodeId> = decode(&body)?;
+                encode(&raft.vote(rpc).await)
+            }
+            KIND_SNAPSHOT => {
+                let rpc: InstallSnapshotRequest<TernRaft> = decode(&body)?;
+                encode(&raft.install_snapshot(rpc).await)
+            }
+            KIND_META_WRITE => {
+                let command: Command = decode(&body)?;
+                encode(&raft.client_write(command).await.map(|r| r.data))
+            }
+            other => Err(format!("unknown peer request kind {other}")),
+        }
+    }
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(PEER_FRAME_BYTES_MAX)
+        .new_codec()
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    bincode::serialize(value).map_err(|e| e.to_string())
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    bincode::deserialize(bytes).map_err(|e| format!("undecodable peer message: {e}"))
+}
+
+/// Creates the per-target clients openraft uses for one group.
+#[derive(Clone)]
+pub struct GroupNetwork {
+    transport: Arc<Transport>,
+    group: u64,
+}
+
+impl GroupNetwork {
+    /// The network of `group` over `transport`.
+    pub fn new(transport: Arc<Transport>, group: u64) -> Self {
+        GroupNetwork { transport, group }
+    }
+}
+
+/// One group's link to one peer.
+pub struct GroupPeer {
+    transport: Arc<Transport>,
+    group: u64,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TernRaft> for GroupNetwork {
+    type Network = GroupPeer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GroupPeer {
+        GroupPeer {
+            transport: self.transport.clone(),
+            group: self.group,
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+impl GroupPeer {
+    async fn rpc<Req: Serialize, Resp: DeserializeOwned, E>(
+        &self,
+        kind: u8,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        E: std::error::Error + DeserializeOwned,
+        Result<Resp, RaftError<NodeId, E>>: DeserializeOwned,
+    {
+        let body = encode(request).map_err(|e| {
+            RPCError::Unreachable(Unreachable::new(&PeerError::Decode(self.target, e)))
+        })?;
+        let answer = self
+            .transport
+            .call(
+                self.target,
+                Some(&self.addr),
+                self.group,
+                kind,
+                body,
+                option.hard_ttl(),
+            )
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> = decode(&answer).map_err(|e| {
+            RPCError::Unreachable(Unreachable::new(&PeerError::Decode(self.target, e)))
+        })?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TernRaft> for GroupPeer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TernRaft>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.rpc(KIND_APPEND, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TernRaft>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.rpc(KIND_SNAPSHOT, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.rpc(KIND_VOTE, &rpc, &option).await
+    }
+}

@@ -1,0 +1,271 @@
+//! The state machine of a partition group: applies committed `Append`
+//! entries to the partition's [`PartitionLog`] (which assigns offsets), and
+//! keeps the idempotent-producer state.
+//!
+//! **Invariants:** applying is deterministic — every replica assigns the
+//! same offsets and makes the same duplicate decisions, because both depend
+//! only on the log and on state that is itself part of the applied state
+//! (persisted atomically with the index by [`PartitionLog::apply`]). This
+//! module never writes record data: the data is the Raft entry.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StorageIOError,
+};
+use serde::{Deserialize, Serialize};
+use tern_protocol::{BatchView, ErrorCode};
+use tern_storage::{AppendedBatch, ApplyBatch, PartitionLog};
+
+use crate::log_store::blocking;
+use crate::types::{
+    Command, CommandResponse, Entry, LogId, NodeId, RaftStorageError, StoredMembership, TernRaft,
+};
+
+/// Batches remembered per producer for de-duplicating retries (a producer
+/// has at most this many batches in flight per partition).
+pub const PRODUCER_WINDOW: usize = 64;
+/// Producers remembered per partition; the least recently active is
+/// forgotten first (its late retries are then refused, never duplicated).
+pub const PRODUCERS_MAX: usize = 10_000;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ProducerState {
+    /// `(base_sequence, base_offset)` of the newest batches, oldest first.
+    recent: VecDeque<(i32, u64)>,
+    /// Raft index of the last batch (for forgetting idle producers).
+    last_index: u64,
+}
+
+/// What a partition state machine persists with every apply.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct SmState {
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    producers: BTreeMap<i64, ProducerState>,
+    log_end: u64,
+}
+
+/// Called after each applied group of batches (wakes long polls, fills the
+/// read cache).
+pub type OnApply = Arc<dyn Fn(&[AppendedBatch], u64) + Send + Sync>;
+
+fn sm_err(e: impl std::fmt::Display) -> RaftStorageError {
+    RaftStorageError::IO {
+        source: StorageIOError::write_state_machine(AnyError::error(e.to_string())),
+    }
+}
+
+/// A partition's state machine.
+pub struct PartitionStateMachine {
+    log: Arc<PartitionLog>,
+    state: SmState,
+    on_apply: OnApply,
+    on_snapshot_installed: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl PartitionStateMachine {
+    /// Restores the state machine from what `log` persisted.
+    pub fn open(
+        log: Arc<PartitionLog>,
+        on_apply: OnApply,
+        on_snapshot_installed: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<Self, RaftStorageError> {
+        let state = match log.sm_state().map_err(sm_err)? {
+            Some(v) => bincode::deserialize(&v).map_err(sm_err)?,
+            None => SmState::default(),
+        };
+        Ok(PartitionStateMachine {
+            log,
+            state,
+            on_apply,
+            on_snapshot_installed,
+        })
+    }
+
+    /// Decides whether a batch of a producer is new, a retry of a committed
+    /// one (answered with its original offset) or too old to tell.
+    fn dedup(&self, producer_id: i64, sequence: i32) -> Option<CommandResponse> {
+        if producer_id < 0 || sequence < 0 {
+            return None;
+        }
+        let p = self.state.producers.get(&producer_id)?;
+        if let Some((_, offset)) = p.recent.iter().find(|(s, _)| *s == sequence) {
+            return Some(CommandResponse::Appended {
+                base_offset: *offset,
+                duplicate: true,
+            });
+        }
+        match p.recent.back() {
+            Some((last, _)) if sequence <= *last => Some(CommandResponse::Rejected {
+                code: ErrorCode::DuplicateSequence as u16,
+                message: format!(
+                    "producer {producer_id} sequence {sequence} is older than the de-duplication window"
+                ),
+            }),
+            _ => None,
+        }
+    }
+
+    fn remember(&mut self, producer_id: i64, sequence: i32, base_offset: u64, index: u64) {
+        if producer_id < 0 || sequence < 0 {
+            return;
+        }
+        let p = self.state.producers.entry(producer_id).or_default();
+        p.recent.push_back((sequence, base_offset));
+        while p.recent.len() > PRODUCER_WINDOW {
+            p.recent.pop_front();
+        }
+        p.last_index = index;
+        if self.state.producers.len() > PRODUCERS_MAX {
+            let idle = self
+                .state
+                .producers
+                .iter()
+                .min_by_key(|(_, p)| p.last_index)
+                .map(|(id, _)| *id);
+            if let Some(id) = idle {
+                self.state.producers.remove(&id);
+            }
+        }
+    }
+
+    fn snapshot_now(&self) -> Result<Snapshot<TernRaft>, RaftStorageError> {
+        let data = bincode::serialize(&self.state).map_err(sm_err)?;
+        let last = self.state.applied;
+        Ok(Snapshot {
+            meta: SnapshotMeta {
+                last_log_id: last,
+                last_membership: self.state.membership.clone(),
+                snapshot_id: format!("{}-{}", self.log.group(), last.map_or(0, |l| l.index)),
+            },
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+/// Builds a snapshot from a copy of the state.
+pub struct PartitionSnapshotBuilder(Result<Snapshot<TernRaft>, RaftStorageError>);
+
+impl RaftSnapshotBuilder<TernRaft> for PartitionSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TernRaft>, RaftStorageError> {
+        match &self.0 {
+            Ok(s) => Ok(Snapshot {
+                meta: s.meta.clone(),
+                snapshot: Box::new(Cursor::new(s.snapshot.get_ref().clone())),
+            }),
+            Err(e) => Err(e.clone()),
+        }
+    }
+}
+
+impl RaftStateMachine<TernRaft> for PartitionStateMachine {
+    type SnapshotBuilder = PartitionSnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+        Ok((self.state.applied, self.state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut responses = Vec::new();
+        let mut batches = Vec::new();
+        let mut next = self.log.log_end();
+        for entry in entries {
+            self.state.applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => CommandResponse::Done,
+                EntryPayload::Membership(m) => {
+                    self.state.membership = StoredMembership::new(Some(entry.log_id), m);
+                    CommandResponse::Done
+                }
+                EntryPayload::Normal(Command::Append(bytes)) => {
+                    match BatchView::check_crc(bytes.clone()) {
+                        Err(e) => CommandResponse::Rejected {
+                            code: ErrorCode::CorruptBatch as u16,
+                            message: e.to_string(),
+                        },
+                        Ok(view) => {
+                            let (pid, seq) = (view.producer_id(), view.base_sequence());
+                            match self.dedup(pid, seq) {
+                                Some(r) => r,
+                                None => {
+                                    let base_offset = next;
+                                    next += view.record_count() as u64;
+                                    self.remember(pid, seq, base_offset, entry.log_id.index);
+                                    batches.push(ApplyBatch {
+                                        raft_index: entry.log_id.index,
+                                        bytes,
+                                    });
+                                    CommandResponse::Appended {
+                                        base_offset,
+                                        duplicate: false,
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                EntryPayload::Normal(other) => CommandResponse::Rejected {
+                    code: ErrorCode::InvalidRequest as u16,
+                    message: format!("not a partition command: {other:?}"),
+                },
+            };
+            responses.push(response);
+        }
+        self.state.log_end = next;
+        let state = bincode::serialize(&self.state).map_err(sm_err)?;
+        let log = self.log.clone();
+        let appended = blocking(move || log.apply(batches, &state)).map_err(sm_err)?;
+        debug_assert_eq!(self.log.log_end(), next);
+        (self.on_apply)(&appended, self.log.log_end());
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        PartitionSnapshotBuilder(self.snapshot_now())
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), RaftStorageError> {
+        // A snapshot carries the partition's state, not its records: this
+        // replica restarts its log at the snapshot's log end. (Snapshots are
+        // only sent to a replica that is behind the leader's purge point.)
+        let mut state: SmState = bincode::deserialize(snapshot.get_ref()).map_err(sm_err)?;
+        state.applied = meta.last_log_id;
+        state.membership = meta.last_membership.clone();
+        let bytes = bincode::serialize(&state).map_err(sm_err)?;
+        let log = self.log.clone();
+        let start = state.log_end;
+        blocking(move || log.reset(start, &bytes)).map_err(sm_err)?;
+        self.state = state;
+        (self.on_snapshot_installed)();
+        (self.on_apply)(&[], self.log.log_end());
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TernRaft>>, RaftStorageError> {
+        if self.state.applied.is_none() {
+            return Ok(None);
+        }
+        self.snapshot_now().map(Some)
+    }
+}

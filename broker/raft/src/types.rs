@@ -1,0 +1,185 @@
+//! The one Raft type configuration every group uses, and the commands its
+//! log carries. Partition groups carry `Append`; the metadata group carries
+//! the catalogue commands.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A broker's id in the cluster.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// Tern's Raft types: u64 node ids, nodes addressed by their peer address.
+    pub TernRaft:
+        D = Command,
+        R = CommandResponse,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// A Raft handle of any Tern group.
+pub type Raft = openraft::Raft<TernRaft>;
+/// An entry of any Tern group.
+pub type Entry = openraft::Entry<TernRaft>;
+/// A Raft log position.
+pub type LogId = openraft::LogId<NodeId>;
+/// A group's membership as stored.
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+/// Storage failure as openraft wants it.
+pub type RaftStorageError = openraft::StorageError<NodeId>;
+
+/// Settings of a topic, as replicated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicSettings {
+    /// Partition count.
+    pub partitions: u32,
+    /// Replicas per partition.
+    pub replication_factor: u16,
+    /// Time retention in ms, -1 for none.
+    pub retention_ms: i64,
+    /// Size retention in bytes per partition, -1 for none.
+    pub retention_bytes: i64,
+}
+
+/// What a Raft entry asks the state machine to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Partition group: append one validated record batch.
+    Append(Bytes),
+    /// Metadata group: create a topic with this placement (`replicas[p]` are
+    /// the brokers of partition `p`, decided by the proposer so applying is
+    /// deterministic).
+    CreateTopic {
+        /// Name.
+        name: String,
+        /// Settings.
+        settings: TopicSettings,
+        /// Replicas per partition.
+        replicas: Vec<Vec<NodeId>>,
+    },
+    /// Metadata group: delete a topic.
+    DeleteTopic {
+        /// Name.
+        name: String,
+    },
+    /// Metadata group: a broker announces the address clients should use.
+    RegisterBroker {
+        /// The broker.
+        node_id: NodeId,
+        /// host:port for clients.
+        client_addr: String,
+        /// Name of the lock plugin it runs (all brokers must agree).
+        lock_plugin: String,
+    },
+}
+
+/// A state machine's answer to one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResponse {
+    /// The batch is in the log at `base_offset` (`duplicate`: it was there
+    /// already, from an earlier attempt of the same producer sequence).
+    Appended {
+        /// First offset of the batch.
+        base_offset: u64,
+        /// Whether this was a retry of a committed batch.
+        duplicate: bool,
+    },
+    /// The command was refused; `code` is a `tern_protocol::ErrorCode`.
+    Rejected {
+        /// Wire error code.
+        code: u16,
+        /// For humans.
+        message: String,
+    },
+    /// Done (membership, blank, catalogue changes).
+    Done,
+}
+
+/// The cluster catalogue held by the metadata group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalogue {
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicEntry>,
+    /// Next topic id (ids are never reused).
+    pub next_topic_id: u32,
+    /// Registered brokers.
+    pub brokers: BTreeMap<NodeId, BrokerEntry>,
+}
+
+/// A registered broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerEntry {
+    /// host:port for clients.
+    pub client_addr: String,
+    /// Its lock plugin.
+    pub lock_plugin: String,
+}
+
+/// A topic in the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicEntry {
+    /// Id, part of every partition's group id.
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// Settings.
+    pub settings: TopicSettings,
+    /// Replicas of each partition.
+    pub replicas: Vec<Vec<NodeId>>,
+}
+
+/// Picks `count` distinct brokers for partition `partition` of topic
+/// `topic_id` by rendezvous (highest-random-weight) hashing: each broker
+/// scores `xxh3(topic, partition, broker)` and the best `count` win. Adding
+/// a broker moves a partition's replica only where the newcomer outscores an
+/// existing one, ~1/N of replicas; removing one moves only its own.
+pub fn place_replicas(
+    topic_id: u32,
+    partition: u32,
+    brokers: &[NodeId],
+    count: usize,
+) -> Vec<NodeId> {
+    let mut scored: Vec<(u64, NodeId)> = brokers
+        .iter()
+        .map(|b| {
+            let mut key = [0u8; 16];
+            key[..4].copy_from_slice(&topic_id.to_le_bytes());
+            key[4..8].copy_from_slice(&partition.to_le_bytes());
+            key[8..].copy_from_slice(&b.to_le_bytes());
+            (xxhash_rust::xxh3::xxh3_64(&key), *b)
+        })
+        .collect();
+    scored.sort_unstable_by(|a, b| b.cmp(a));
+    scored.into_iter().take(count).map(|(_, b)| b).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_is_stable_and_adding_a_broker_moves_about_one_in_n() {
+        let three: Vec<NodeId> = vec![1, 2, 3];
+        let four: Vec<NodeId> = vec![1, 2, 3, 4];
+        let mut moved = 0;
+        let total = 3000;
+        for p in 0..1000 {
+            let a = place_replicas(9, p, &three, 3);
+            assert_eq!(a, place_replicas(9, p, &three, 3), "deterministic");
+            let mut sorted = a.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), 3, "distinct brokers");
+            let b = place_replicas(9, p, &four, 3);
+            moved += a.iter().filter(|n| !b.contains(n)).count();
+        }
+        // Each partition has 3 of 4 slots: the newcomer takes ~3/4 of
+        // partitions one replica each, i.e. ~1/4 of all replicas.
+        let share = moved as f64 / total as f64;
+        assert!((0.2..0.3).contains(&share), "moved share {share}");
+    }
+}
