@@ -5,10 +5,13 @@
 //! Binaries are looked up next to the test executable (`target/<profile>/`);
 //! `scripts/test.sh` builds them before running the tests.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a broker may take to become ready.
@@ -211,33 +214,167 @@ fn signal(pid: u32, sig: i32) {
 pub struct Cluster {
     /// The brokers; `brokers[i]` has node id `i + 1`.
     pub brokers: Vec<Broker>,
+    links: HashMap<(usize, usize), LinkProxy>,
+}
+
+/// A TCP proxy standing for one directed network link between two brokers.
+/// [`LinkProxy::cut`] resets its connections and refuses new ones (packets
+/// of a partitioned link go nowhere); [`LinkProxy::heal`] lets them through
+/// again. Threads end when it is dropped.
+pub struct LinkProxy {
+    /// Address the sending broker dials.
+    pub listen: String,
+    cut: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl LinkProxy {
+    /// A proxy forwarding to `target`.
+    pub fn start(target: &str) -> LinkProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let listen = listener.local_addr().expect("proxy addr").to_string();
+        let proxy = LinkProxy {
+            listen,
+            cut: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(AtomicBool::new(false)),
+            conns: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (cut, stop, conns) = (proxy.cut.clone(), proxy.stop.clone(), proxy.conns.clone());
+        let target = target.to_owned();
+        std::thread::spawn(move || {
+            for incoming in listener.incoming() {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(client) = incoming else { continue };
+                if cut.load(Ordering::Acquire) {
+                    continue; // dropped: connection reset
+                }
+                let Ok(upstream) = target.parse().map_err(|_| ()).and_then(|a| {
+                    TcpStream::connect_timeout(&a, Duration::from_secs(1)).map_err(|_| ())
+                }) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = upstream.set_nodelay(true);
+                let mut guard = conns.lock().expect("proxy conns");
+                guard.retain(|c| c.peer_addr().is_ok());
+                for s in [&client, &upstream] {
+                    if let Ok(c) = s.try_clone() {
+                        guard.push(c);
+                    }
+                }
+                drop(guard);
+                for (from, to) in [(&client, &upstream), (&upstream, &client)] {
+                    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+                        continue;
+                    };
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        proxy
+    }
+
+    /// Partitions the link: resets live connections, refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::Release);
+        for c in self.conns.lock().expect("proxy conns").drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Heals the link.
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::Release);
+    }
+}
+
+impl Drop for LinkProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.cut();
+        // Wake the accept loop so its thread ends.
+        let _ = TcpStream::connect(&self.listen);
+    }
 }
 
 impl Cluster {
     /// Starts `n` brokers with `extra_args` and waits until all are ready.
     pub fn start(dir: &Path, n: usize, extra_args: &[&str]) -> Cluster {
+        Self::start_inner(dir, n, extra_args, false)
+    }
+
+    /// Like [`Self::start`], but every peer link goes through a
+    /// [`LinkProxy`] the test can cut ([`Self::isolate`]).
+    pub fn start_partitionable(dir: &Path, n: usize, extra_args: &[&str]) -> Cluster {
+        Self::start_inner(dir, n, extra_args, true)
+    }
+
+    fn start_inner(dir: &Path, n: usize, extra_args: &[&str], proxied: bool) -> Cluster {
         let mut brokers: Vec<Broker> = (0..n)
             .map(|i| Broker::configure(&dir.join(format!("node{}", i + 1)), extra_args))
             .collect();
-        let initial = brokers
-            .iter()
-            .enumerate()
-            .map(|(i, b)| format!("{}@{}", i + 1, b.peer_addr))
-            .collect::<Vec<_>>()
-            .join(",");
+        let mut links = HashMap::new();
+        if proxied {
+            for from in 0..n {
+                for to in 0..n {
+                    if from != to {
+                        links.insert((from, to), LinkProxy::start(&brokers[to].peer_addr));
+                    }
+                }
+            }
+        }
+        // Each node's view of how to reach each peer: directly, or through
+        // the proxy of that directed link.
+        let initial_for = |me: usize| {
+            (0..n)
+                .map(|j| {
+                    let addr = match links.get(&(me, j)) {
+                        Some(l) => l.listen.clone(),
+                        None => brokers[j].peer_addr.clone(),
+                    };
+                    format!("{}@{}", j + 1, addr)
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let initial: Vec<String> = (0..n).map(initial_for).collect();
         for (i, b) in brokers.iter_mut().enumerate() {
             b.extra_args.extend([
                 "--node-id".to_owned(),
                 (i + 1).to_string(),
                 "--initial-cluster".to_owned(),
-                initial.clone(),
+                initial[i].clone(),
             ]);
             b.spawn_no_wait();
         }
         for b in &mut brokers {
             b.wait_ready();
         }
-        Cluster { brokers }
+        Cluster { brokers, links }
+    }
+
+    /// Cuts every link between node index `i` and the others (both
+    /// directions): a network partition isolating it.
+    pub fn isolate(&self, i: usize) {
+        for ((from, to), link) in &self.links {
+            if *from == i || *to == i {
+                link.cut();
+            }
+        }
+    }
+
+    /// Restores every cut link.
+    pub fn heal(&self) {
+        for link in self.links.values() {
+            link.heal();
+        }
     }
 
     /// Client seed list: every broker's client address.

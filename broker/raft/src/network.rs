@@ -162,16 +162,12 @@ impl Transport {
                 return Ok(l.clone());
             }
         }
-        let addr = match addr_hint {
-            Some(a) => a.to_owned(),
-            None => self
-                .addrs
-                .read()
-                .expect("addrs lock")
-                .get(&node)
-                .cloned()
-                .ok_or(PeerError::UnknownNode(node))?,
-        };
+        // The configured address (`--initial-cluster`, this node's view of
+        // how to reach the peer) wins over the one in the group membership.
+        let configured = self.addrs.read().expect("addrs lock").get(&node).cloned();
+        let addr = configured
+            .or_else(|| addr_hint.map(str::to_owned))
+            .ok_or(PeerError::UnknownNode(node))?;
         let io = |message: String| PeerError::Io {
             node,
             addr: addr.clone(),

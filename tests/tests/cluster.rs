@@ -1,0 +1,505 @@
+//! Cluster specification: `ternd` processes replicating with Raft on
+//! loopback. Leaders are SIGKILLed, paused (SIGSTOP) and cut off by network
+//! partitions (a proxy on every peer link) while idempotent `acks=all`
+//! producers and a consumer run; a checker then verifies, per partition,
+//! that no acknowledged record is lost, duplicated or reordered, that the
+//! consumer never saw a record the final log does not hold at that offset,
+//! and that every replica's log is byte-identical.
+//!
+//! The fault campaign is seeded: `TERN_CAMPAIGN_SEED` replays a schedule,
+//! `TERN_CAMPAIGN_SECS` lengthens it (CI runs a short one).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tern_client::{
+    Admin, Client, ClientConfig, Connection, Consumer, ConsumerConfig, ErrorCode, NewTopic, Offset,
+    Producer, ProducerConfig, ProducerRecord,
+};
+use tern_protocol::api::FetchPartition;
+use tern_protocol::{Request, Response};
+use tern_tests::Cluster;
+
+async fn bounded<F: std::future::Future<Output = T>, T>(limit: Duration, f: F) -> T {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("test exceeded {limit:?}"))
+}
+
+fn client_config() -> ClientConfig {
+    ClientConfig {
+        connect_timeout: Duration::from_secs(1),
+        // A paused leader must not hold a request for long.
+        request_timeout: Duration::from_secs(3),
+    }
+}
+
+fn producer_config() -> ProducerConfig {
+    ProducerConfig {
+        linger: Duration::from_millis(2),
+        batch_bytes_max: 16 * 1024,
+        retries: 300,
+        retry_backoff: Duration::from_millis(100),
+        broker_timeout: Duration::from_secs(3),
+        ..Default::default()
+    }
+}
+
+/// One replica's committed log as a broker serves it.
+struct ReplicaLog {
+    log_end: u64,
+    records: Vec<(u64, Bytes)>,
+    digest: u64,
+}
+
+/// Reads a partition from one broker's own replica (fetch is served by any
+/// replica, from committed data only).
+async fn read_replica(addr: &str, topic: &str, partition: u32) -> Result<ReplicaLog, String> {
+    let conn = Connection::connect(addr, Duration::from_secs(1), Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut out = ReplicaLog {
+        log_end: 0,
+        records: Vec::new(),
+        digest: 0,
+    };
+    let mut offset = 0;
+    loop {
+        let response = conn
+            .request(Request::Fetch {
+                max_wait_ms: 0,
+                min_bytes: 0,
+                max_bytes: 4 << 20,
+                partitions: vec![FetchPartition {
+                    topic: topic.to_owned(),
+                    partition,
+                    offset,
+                    max_bytes: 4 << 20,
+                }],
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let Response::Fetch(results) = response else {
+            return Err("fetch answered with another type".into());
+        };
+        let r = &results[0];
+        if r.error != ErrorCode::None {
+            return Err(format!(
+                "fetch {topic}/{partition} from {addr}: {}",
+                r.error
+            ));
+        }
+        out.log_end = r.high_watermark;
+        if r.records.is_empty() {
+            break;
+        }
+        for view in tern_protocol::record::split_batches(r.records.clone()) {
+            let view = view.map_err(|e| e.to_string())?;
+            hasher.update(view.bytes());
+            for rec in view.records() {
+                let rec = rec.map_err(|e| e.to_string())?;
+                out.records
+                    .push((rec.offset, rec.value.unwrap_or_default()));
+            }
+            offset = view.next_offset();
+        }
+        if offset >= out.log_end {
+            break;
+        }
+    }
+    out.digest = hasher.digest();
+    Ok(out)
+}
+
+/// Waits until every replica of every partition serves the same log end,
+/// then returns each replica's log.
+async fn converged(
+    cluster: &Cluster,
+    topic: &str,
+    partitions: u32,
+) -> Vec<Vec<(usize, ReplicaLog)>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        loop {
+            let mut logs = Vec::new();
+            let mut failure = None;
+            for (i, b) in cluster.brokers.iter().enumerate() {
+                match read_replica(&b.addr, topic, p).await {
+                    Ok(l) => logs.push((i, l)),
+                    Err(e) => failure = Some(e),
+                }
+            }
+            let ends: Vec<u64> = logs.iter().map(|(_, l)| l.log_end).collect();
+            if failure.is_none() && ends.windows(2).all(|w| w[0] == w[1]) {
+                out.push(logs);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "partition {p} replicas did not converge: ends {ends:?}, error {failure:?}\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    out
+}
+
+/// Index of the broker leading `topic`/`partition` (by node id = index + 1).
+async fn leader_of(client: &Client, topic: &str, partition: u32) -> usize {
+    loop {
+        if let Ok(topics) = client.refresh_metadata(Some(vec![topic.to_owned()])).await {
+            if let Some(p) = topics
+                .first()
+                .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+            {
+                if p.leader > 0 {
+                    return p.leader as usize - 1;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Acked {
+    partition: u32,
+    offset: u64,
+    value: Bytes,
+}
+
+/// Values are `producer:sequence`; parses them back.
+fn parse_value(v: &[u8]) -> Option<(u32, u64)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (p, n) = s.split_once(':')?;
+    Some((p.parse().ok()?, n.parse().ok()?))
+}
+
+/// Keeps producing `producer:sequence` records (keyed, so all partitions get
+/// some) until `stop`, recording every acknowledgement.
+fn spawn_producer(
+    client: Client,
+    topic: &'static str,
+    id: u32,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    acked: Arc<Mutex<Vec<Acked>>>,
+    failed: Arc<std::sync::atomic::AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let producer = Producer::new(client, producer_config());
+        let mut pending = std::collections::VecDeque::new();
+        let mut seq = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            let value = Bytes::from(format!("{id}:{seq:010}"));
+            let record =
+                ProducerRecord::new(topic, value.clone()).with_key(format!("k{}", seq % 97));
+            match producer.enqueue(record).await {
+                Ok(d) => pending.push_back((value, d)),
+                Err(_) => {
+                    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            seq += 1;
+            // Bound the records in flight; await the oldest first.
+            while pending.len() >= 2_000 {
+                let (value, d) = pending.pop_front().expect("non-empty");
+                record_outcome(d.await, value, &acked, &failed);
+            }
+        }
+        while let Some((value, d)) = pending.pop_front() {
+            record_outcome(d.await, value, &acked, &failed);
+        }
+    })
+}
+
+fn record_outcome(
+    outcome: Result<tern_client::RecordMetadata, tern_client::ClientError>,
+    value: Bytes,
+    acked: &Mutex<Vec<Acked>>,
+    failed: &std::sync::atomic::AtomicU64,
+) {
+    match outcome {
+        Ok(m) => acked.lock().expect("acked lock").push(Acked {
+            partition: m.partition,
+            offset: m.offset,
+            value,
+        }),
+        Err(_) => {
+            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// The checker. Panics with a per-partition report when any invariant is
+/// broken; prints the report either way.
+fn check(
+    logs: &[Vec<(usize, ReplicaLog)>],
+    acked: &[Acked],
+    consumed: &[(u32, u64, Bytes)],
+) -> String {
+    let mut report = String::new();
+    let mut broken = false;
+    for (p, replicas) in logs.iter().enumerate() {
+        let p = p as u32;
+        let reference = &replicas[0].1;
+        let at: HashMap<u64, &Bytes> = reference.records.iter().map(|(o, v)| (*o, v)).collect();
+        let acked_here: Vec<&Acked> = acked.iter().filter(|a| a.partition == p).collect();
+        let lost = acked_here
+            .iter()
+            .filter(|a| at.get(&a.offset) != Some(&&a.value))
+            .count();
+        let mut seen: HashMap<&Bytes, usize> = HashMap::new();
+        for (_, v) in &reference.records {
+            *seen.entry(v).or_default() += 1;
+        }
+        let duplicates = seen.values().filter(|n| **n > 1).count();
+        // Per producer, sequences must rise along the log.
+        let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut reordered = 0;
+        for (_, v) in &reference.records {
+            if let Some((producer, seq)) = parse_value(v) {
+                if let Some(prev) = last.insert(producer, seq) {
+                    if seq <= prev {
+                        reordered += 1;
+                    }
+                }
+            }
+        }
+        let phantom = consumed
+            .iter()
+            .filter(|(cp, o, v)| *cp == p && at.get(o) != Some(&v))
+            .count();
+        let digests: Vec<String> = replicas
+            .iter()
+            .map(|(i, l)| format!("node{}={:016x}", i + 1, l.digest))
+            .collect();
+        let identical = replicas.iter().all(|(_, l)| l.digest == reference.digest);
+        broken |= lost > 0 || duplicates > 0 || reordered > 0 || phantom > 0 || !identical;
+        report.push_str(&format!(
+            "partition {p}: log end {}, acked {}, lost {lost}, duplicates {duplicates}, reordered {reordered}, \
+             consumed-but-not-in-log {phantom}, replicas identical: {identical} ({})\n",
+            reference.log_end,
+            acked_here.len(),
+            digests.join(" ")
+        ));
+    }
+    assert!(!broken, "checker found violations:\n{report}");
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_fails_over_within_seconds_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    bounded(Duration::from_secs(120), async {
+        let client = Client::connect_with(&cluster.seeds(), client_config())
+            .await
+            .unwrap();
+        let admin = Admin::new(client.clone());
+        admin.create_topic("ha", NewTopic::new(3)).await.unwrap();
+        let t = admin.describe_topic("ha").await.unwrap();
+        assert_eq!(
+            t.config.replication_factor, 3,
+            "default RF 3 with 3 brokers"
+        );
+        for p in &t.partitions {
+            assert_eq!(p.replicas.len(), 3);
+            assert!(p.leader >= 1, "partition {} has a leader", p.partition);
+        }
+        let producer = Producer::new(client.clone(), producer_config());
+        let mut acked = Vec::new();
+        for i in 0..2_000u32 {
+            let v = Bytes::from(format!("0:{i:010}"));
+            let m = producer
+                .send(ProducerRecord::new("ha", v.clone()).with_partition(0))
+                .await
+                .unwrap();
+            acked.push(Acked {
+                partition: 0,
+                offset: m.offset,
+                value: v,
+            });
+        }
+        let victim = leader_of(&client, "ha", 0).await;
+        cluster.brokers[victim].kill9();
+        let killed = Instant::now();
+        // The first record sent after the kill: acknowledged by the new leader.
+        let v = Bytes::from(format!("0:{:010}", 2_000));
+        let m = producer
+            .send(ProducerRecord::new("ha", v.clone()).with_partition(0))
+            .await
+            .unwrap();
+        let failover = killed.elapsed();
+        acked.push(Acked {
+            partition: 0,
+            offset: m.offset,
+            value: v,
+        });
+        let new_leader = leader_of(&client, "ha", 0).await;
+        assert_ne!(new_leader, victim, "a new leader took over");
+        println!(
+            "failover: leader node{} killed -> first acknowledged produce after {failover:?}",
+            victim + 1
+        );
+        assert!(
+            failover < Duration::from_secs(5),
+            "failover took {failover:?}"
+        );
+        for i in 2_001..3_000u32 {
+            let v = Bytes::from(format!("0:{i:010}"));
+            let m = producer
+                .send(ProducerRecord::new("ha", v.clone()).with_partition(0))
+                .await
+                .unwrap();
+            acked.push(Acked {
+                partition: 0,
+                offset: m.offset,
+                value: v,
+            });
+        }
+        // The killed broker comes back and catches up.
+        cluster.brokers[victim].restart_no_wait();
+        cluster.brokers[victim].wait_ready();
+        let logs = converged(&cluster, "ha", 1).await;
+        println!("{}", check(&logs, &acked, &[]));
+        assert_eq!(logs[0][0].1.records.len(), 3_000);
+        // A consumer through the seeds reads them all, in order.
+        let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+        consumer.assign("ha", &[0], Offset::Earliest).await.unwrap();
+        let mut next = 0u64;
+        while next < 3_000 {
+            for r in consumer.poll().await.unwrap() {
+                assert_eq!(r.offset, next);
+                next += 1;
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_fault_campaign_loses_duplicates_and_reorders_nothing() {
+    let seed: u64 = std::env::var("TERN_CAMPAIGN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::random::<u32>() as u64);
+    let secs: u64 = std::env::var("TERN_CAMPAIGN_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(45);
+    println!("fault campaign: seed {seed}, {secs} s (replay: TERN_CAMPAIGN_SEED={seed} TERN_CAMPAIGN_SECS={secs})");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start_partitionable(dir.path(), 3, &[]);
+    let limit = Duration::from_secs(secs + 240);
+    bounded(limit, async {
+        const TOPIC: &str = "campaign";
+        const PARTITIONS: u32 = 3;
+        let client = Client::connect_with(&cluster.seeds(), client_config())
+            .await
+            .unwrap();
+        Admin::new(client.clone())
+            .create_topic(TOPIC, NewTopic::new(PARTITIONS))
+            .await
+            .unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let producers: Vec<_> = (0..2)
+            .map(|id| {
+                spawn_producer(
+                    client.clone(),
+                    TOPIC,
+                    id,
+                    stop.clone(),
+                    acked.clone(),
+                    failed.clone(),
+                )
+            })
+            .collect();
+        // A consumer tails every partition throughout.
+        let consumed = Arc::new(Mutex::new(Vec::new()));
+        let consumer_task = {
+            let (client, stop, consumed) = (client.clone(), stop.clone(), consumed.clone());
+            tokio::spawn(async move {
+                let mut consumer = Consumer::new(client, ConsumerConfig::default());
+                while consumer
+                    .assign(TOPIC, &(0..PARTITIONS).collect::<Vec<_>>(), Offset::Earliest)
+                    .await
+                    .is_err()
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    if let Ok(records) = consumer.poll().await {
+                        let mut c = consumed.lock().expect("consumed lock");
+                        for r in records {
+                            c.push((r.partition, r.offset, r.value.unwrap_or_default()));
+                        }
+                    }
+                }
+            })
+        };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let started = Instant::now();
+        let mut faults = 0;
+        while started.elapsed() < Duration::from_secs(secs) {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+            let node = rng.random_range(0..cluster.brokers.len());
+            let hold = Duration::from_millis(rng.random_range(500..3000));
+            let kind = rng.random_range(0..3);
+            let at = started.elapsed().as_secs_f64();
+            match kind {
+                0 => {
+                    println!("[{at:7.2}s] SIGKILL node{} for {hold:?}", node + 1);
+                    cluster.brokers[node].kill9();
+                    tokio::time::sleep(hold).await;
+                    cluster.brokers[node].restart_no_wait();
+                }
+                1 => {
+                    println!("[{at:7.2}s] SIGSTOP node{} for {hold:?}", node + 1);
+                    cluster.brokers[node].pause();
+                    tokio::time::sleep(hold).await;
+                    cluster.brokers[node].resume();
+                }
+                _ => {
+                    println!("[{at:7.2}s] partition node{} away for {hold:?}", node + 1);
+                    cluster.isolate(node);
+                    tokio::time::sleep(hold).await;
+                    cluster.heal();
+                }
+            }
+            faults += 1;
+        }
+        cluster.heal();
+        for b in &mut cluster.brokers {
+            b.resume();
+            b.wait_ready();
+        }
+        // Let the producers work on the healed cluster, then stop them.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        for p in producers {
+            p.await.unwrap();
+        }
+        consumer_task.await.unwrap();
+        let logs = converged(&cluster, TOPIC, PARTITIONS).await;
+        let acked = acked.lock().unwrap().clone();
+        let consumed = consumed.lock().unwrap().clone();
+        let report = check(&logs, &acked, &consumed);
+        println!(
+            "{faults} faults; {} records acknowledged, {} failed after retries, {} consumed\n{report}",
+            acked.len(),
+            failed.load(std::sync::atomic::Ordering::Relaxed),
+            consumed.len()
+        );
+        assert!(acked.len() > 1_000, "the campaign produced too little to mean anything");
+    })
+    .await;
+}
