@@ -97,10 +97,35 @@ impl Admin {
         self.client.refresh_metadata(None).await
     }
 
-    /// One topic, fresh from the broker.
+    /// One topic, fresh from the brokers: each partition as its leader sees
+    /// it (only a leader knows which replicas are in sync and its log end).
     pub async fn describe_topic(&self, name: &str) -> Result<TopicInfo, ClientError> {
         self.client.invalidate(name);
-        self.client.topic(name).await
+        let mut topic = self.client.topic(name).await?;
+        let mut from_leader: std::collections::HashMap<u32, Vec<TopicInfo>> = Default::default();
+        for p in topic.partitions.iter_mut() {
+            if !from_leader.contains_key(&p.leader) {
+                let Ok(conn) = self.client.leader(name, p.partition).await else {
+                    continue;
+                };
+                let answer = conn
+                    .request(Request::Metadata {
+                        topics: Some(vec![name.to_owned()]),
+                    })
+                    .await;
+                if let Ok(Response::Metadata { topics, .. }) = answer {
+                    from_leader.insert(p.leader, topics);
+                }
+            }
+            let fresh = from_leader
+                .get(&p.leader)
+                .and_then(|ts| ts.first())
+                .and_then(|t| t.partitions.iter().find(|q| q.partition == p.partition));
+            if let Some(fresh) = fresh.filter(|q| q.leader == p.leader) {
+                *p = fresh.clone();
+            }
+        }
+        Ok(topic)
     }
 
     /// An offset of a partition: earliest, latest, or by timestamp.

@@ -7,7 +7,8 @@
 //! and that every replica's log is byte-identical.
 //!
 //! The fault campaign is seeded: `TERN_CAMPAIGN_SEED` replays a schedule,
-//! `TERN_CAMPAIGN_SECS` lengthens it (CI runs a short one).
+//! `TERN_CAMPAIGN_SECS` lengthens it (CI runs a short one) and
+//! `TERN_CAMPAIGN_RATE` sets each of the two producers' records per second.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -196,7 +197,19 @@ fn spawn_producer(
         let producer = Producer::new(client, producer_config());
         let mut pending = std::collections::VecDeque::new();
         let mut seq = 0u64;
+        // Paced so a long campaign's bookkeeping stays in memory.
+        let rate: u64 = std::env::var("TERN_CAMPAIGN_RATE")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20_000);
+        let started = Instant::now();
         while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            if seq % 500 == 0 {
+                let due = Duration::from_secs_f64(seq as f64 / rate.max(1) as f64);
+                if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(ahead).await;
+                }
+            }
             let value = Bytes::from(format!("{id}:{seq:010}"));
             let record =
                 ProducerRecord::new(topic, value.clone()).with_key(format!("k{}", seq % 97));
@@ -368,6 +381,11 @@ async fn a_killed_leader_fails_over_within_seconds_and_loses_nothing() {
         cluster.brokers[victim].restart_no_wait();
         cluster.brokers[victim].wait_ready();
         let logs = converged(&cluster, "ha", 1).await;
+        let described = admin.describe_topic("ha").await.unwrap();
+        let p0 = &described.partitions[0];
+        assert_eq!(p0.leader as usize, new_leader + 1);
+        assert_eq!(p0.in_sync.len(), 3, "the restarted replica is back in sync: {p0:?}");
+        assert_eq!(p0.high_watermark, 3_000);
         println!("{}", check(&logs, &acked, &[]));
         assert_eq!(logs[0][0].1.records.len(), 3_000);
         // A consumer through the seeds reads them all, in order.
