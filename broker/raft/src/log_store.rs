@@ -72,6 +72,10 @@ pub(crate) fn decode_entry(value: &[u8]) -> Result<Entry, String> {
     })
 }
 
+/// Most entry bytes one AppendEntries message carries (well under the peer
+/// frame limit).
+pub const REPLICATION_BYTES_MAX: usize = 8 << 20;
+
 /// Runs a blocking RocksDB call without stalling other tasks of a
 /// multi-threaded runtime (a synced write can take milliseconds).
 pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -188,6 +192,23 @@ impl RaftLogReader<TernRaft> for LogStore {
             Bound::Unbounded => u64::MAX,
         };
         let raw = blocking(|| self.store.raft_entries(self.group, from, to)).map_err(read_err)?;
+        raw.iter()
+            .map(|(_, v)| decode_entry(v).map_err(read_err))
+            .collect()
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, RaftStorageError> {
+        // Bounds one AppendEntries message (and a follower's write) in
+        // bytes, whatever the batch size.
+        let raw = blocking(|| {
+            self.store
+                .raft_entries_limited(self.group, start, end, REPLICATION_BYTES_MAX)
+        })
+        .map_err(read_err)?;
         raw.iter()
             .map(|(_, v)| decode_entry(v).map_err(read_err))
             .collect()

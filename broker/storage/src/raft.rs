@@ -49,7 +49,20 @@ impl Store {
         from: u64,
         to: u64,
     ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        self.raft_entries_limited(group, from, to, usize::MAX)
+    }
+
+    /// Like [`Self::raft_entries`], but stops once the values read reach
+    /// `max_bytes` (at least one entry is returned when any exists).
+    pub fn raft_entries_limited(
+        &self,
+        group: u64,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         if from >= to {
             return Ok(out);
         }
@@ -64,7 +77,11 @@ impl Store {
         for item in iter {
             let (k, v) = item.map_err(|e| StorageError::rocks("raft read", e))?;
             let index = u64::from_be_bytes(k[8..16].try_into().expect("16-byte key"));
+            bytes += v.len();
             out.push((index, v.into_vec()));
+            if bytes >= max_bytes {
+                break;
+            }
         }
         Ok(out)
     }
