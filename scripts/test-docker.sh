@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Container fault test: builds the tern image (base image made locally with
-# debootstrap when it cannot be pulled), runs a broker container on a private
-# Docker network with a volume, produces through the published port with the
-# host's `tern` CLI, then SIGKILLs the container (`docker kill`) in the middle
-# of a second produce stream, restarts it, and checks every acknowledged
-# record of the first stream is there, in order, at its offset. Also pauses
-# and unpauses it under load. Cleans up its container, network and volume.
+# debootstrap when it cannot be pulled), starts the 3 brokers of
+# deploy/compose.yaml on their private network (on free host ports), produces
+# and consumes through the published ports with the host's `tern` CLI,
+# `docker kill`s the leader of a partition in the middle of a produce stream
+# (which must complete: nothing acknowledged lost), then runs a seeded fault
+# campaign of `docker kill`, `docker pause` and `docker network disconnect`
+# under load, and checks: every acknowledged record present exactly once, in
+# order within its partition, and all replicas byte-identical. Tears the
+# project down (containers, network, volumes) on exit.
 # Skips LOUDLY (exit 0) when no Docker engine answers.
+#   DOCKER_CAMPAIGN_SECS (default 30), DOCKER_CAMPAIGN_SEED (default random)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${CARGO_TARGET_DIR:-target}/release
@@ -31,69 +35,119 @@ if ! docker info >/dev/null 2>&1; then
 fi
 deploy/build-image.sh tern:test
 
-ID=tern-test-$$
+P=terntest$$
 WORK=$(mktemp -d /tmp/tern-docker.XXXXXX)
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+export TERN_IMAGE=tern:test
+for i in 1 2 3; do export TERN_PORT_$i="$(port)" TERN_HTTP_$i="$(port)"; done
+dc() { docker-compose -p "$P" -f deploy/compose.yaml "$@"; }
 cleanup() {
-  docker rm -f "$ID" >/dev/null 2>&1 || true
-  docker network rm "$ID" >/dev/null 2>&1 || true
-  docker volume rm "$ID" >/dev/null 2>&1 || true
+  docker ps -q --filter "label=com.docker.compose.project=$P" | xargs -r docker unpause >/dev/null 2>&1 || true
+  dc down -v --remove-orphans >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT=$(port); HTTP=$(port)
-docker network create --internal=false "$ID" >/dev/null
-docker volume create "$ID" >/dev/null
-docker run -d --name "$ID" --network "$ID" -v "$ID:/var/lib/tern" \
-  -p "127.0.0.1:$PORT:4650" -p "127.0.0.1:$HTTP:4651" \
-  tern:test --advertise "127.0.0.1:$PORT" >/dev/null
-wait_ready() {
-  for _ in $(seq 1 300); do curl -sf "127.0.0.1:$HTTP/ready" >/dev/null && return 0; sleep 0.1; done
-  docker logs "$ID" | tail -20; echo "container not ready"; exit 1
+cid() { dc ps -q "tern-$1"; }
+http() { eval echo "\$TERN_HTTP_$1"; }
+wait_ready() { # broker...
+  for i in "$@"; do
+    for _ in $(seq 1 600); do curl -sf "127.0.0.1:$(http "$i")/ready" >/dev/null && continue 2; sleep 0.1; done
+    dc logs --tail 30 "tern-$i"; echo "broker $i not ready"; exit 1
+  done
 }
-wait_ready
-tern() { timeout 120 "$T/tern" --broker "127.0.0.1:$PORT" "$@"; }
+dc up -d tern-1 tern-2 tern-3 >/dev/null 2>&1
+wait_ready 1 2 3
+SEEDS="127.0.0.1:$TERN_PORT_1,127.0.0.1:$TERN_PORT_2,127.0.0.1:$TERN_PORT_3"
+tern() { timeout 300 "$T/tern" --broker "$SEEDS" "$@"; }
+[ "$(docker inspect -f '{{.Config.User}}' "$(cid 1)")" = tern ] || { echo "image must run as non-root"; exit 1; }
 
 N=20000
-tern topic create orders --partitions 1 >/dev/null
-seq -f 'a-%.0f' 1 $N | tern produce orders
-echo "docker: $N records acknowledged by the container"
+tern topic create orders --partitions 3 --replication-factor 3 >/dev/null
+tern topic describe orders
+seq -f 'a-%.0f' 1 $N | tern produce orders 2>/dev/null
+echo "docker: $N records acknowledged by the 3-broker cluster"
 
-# SIGKILL mid-stream: a second stream is running when the container dies.
-(set +e; seq -f 'b-%.0f' 1 5000000 | tern produce orders >"$WORK/b.out" 2>&1; echo $? >"$WORK/b.rc") &
+# pace PREFIX COUNT RATE: PREFIX-1 .. PREFIX-COUNT, RATE lines per second.
+pace() {
+  python3 -c 'import sys, time
+prefix, n, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]); t0 = time.time()
+for i in range(1, n + 1):
+    sys.stdout.write(f"{prefix}-{i}\n")
+    if i % 1000 == 0:
+        sys.stdout.flush(); time.sleep(max(0, t0 + i / rate - time.time()))' "$@"
+}
+
+# Kill the leader of partition 0 while a stream runs: the stream must finish.
+leader=$(tern topic describe orders | awk '$1 == "0" {print $2}')
+B=300000
+(set +e; pace b $B 50000 | tern produce orders >"$WORK/b.out" 2>&1; echo $? >"$WORK/b.rc") &
 bg=$!
 sleep 1
-docker kill --signal KILL "$ID" >/dev/null
+[ ! -e "$WORK/b.rc" ] || { cat "$WORK/b.out"; echo "stream b ended before the kill"; exit 1; }
+docker kill --signal KILL "$(cid "$leader")" >/dev/null
 wait $bg || true
-echo "docker: killed stream failed as expected: $(grep -m1 '^Error' "$WORK/b.out" || true)"
-[ "$(cat "$WORK/b.rc")" != 0 ] || { echo "the kill did not land mid-stream (stream b finished)"; exit 1; }
-docker start "$ID" >/dev/null
-wait_ready
-tern consume orders --from-beginning >"$WORK/all.txt"
-head -n $N "$WORK/all.txt" >"$WORK/a.txt"
-seq -f 'a-%.0f' 1 $N | cmp - "$WORK/a.txt" || { echo "acknowledged records lost or reordered after docker kill"; exit 1; }
-acked_b=$(grep -m1 -o '[0-9]* acknowledged' "$WORK/b.out" | grep -o '[0-9]*' || echo 0)
-python3 - "$WORK/all.txt" "$N" "$acked_b" <<'PY'
-import sys
-lines = open(sys.argv[1]).read().split()
-n, acked = int(sys.argv[2]), int(sys.argv[3])
-b = [int(l[2:]) for l in lines[n:]]
-# The killed stream's records are in order (a retried batch may repeat) and
-# the first `acked` of them — all acknowledged before the kill — are there.
-assert all(x <= y for x, y in zip(b, b[1:])), "stream b reordered"
-assert set(range(1, acked + 1)) <= set(b), f"acknowledged records of stream b lost ({acked} acked)"
-print(f"docker: after SIGKILL and restart: {n} + {acked} acknowledged records intact; {len(b)} of the killed stream stored, in order")
-PY
+[ "$(cat "$WORK/b.rc")" = 0 ] || { cat "$WORK/b.out"; echo "produce failed across the leader's docker kill"; exit 1; }
+for _ in $(seq 1 100); do
+  new_leader=$(tern topic describe orders | awk '$1 == "0" {print $2}')
+  [ "$new_leader" != "$leader" ] && [ "$new_leader" != 0 ] && break
+  sleep 0.1
+done
+echo "docker: leader tern-$leader killed mid-stream; tern-$new_leader took over; all $B records of the stream acknowledged"
+[ "$new_leader" != "$leader" ] || { echo "no new leader"; exit 1; }
+docker start "$(cid "$leader")" >/dev/null
+wait_ready "$leader"
 
-# Pause under load: the producer waits, then finishes once unpaused.
-(set +e; seq -f 'c-%.0f' 1 5000 | tern produce orders >"$WORK/c.out" 2>&1; echo $? >"$WORK/c.rc") &
+# Seeded fault campaign under load.
+SECS=${DOCKER_CAMPAIGN_SECS:-30}
+SEED=${DOCKER_CAMPAIGN_SEED:-$RANDOM}
+# Stream c is paced so it spans the whole campaign.
+C=$((10000 * SECS * 3 / 2))
+echo "docker campaign: seed $SEED, $SECS s (replay: DOCKER_CAMPAIGN_SEED=$SEED DOCKER_CAMPAIGN_SECS=$SECS)"
+(set +e; pace c $C 10000 | tern produce orders >"$WORK/c.out" 2>&1; echo $? >"$WORK/c.rc") &
 bg=$!
-docker pause "$ID" >/dev/null
-sleep 2
-docker unpause "$ID" >/dev/null
-wait $bg
-[ "$(cat "$WORK/c.rc")" = 0 ] || { cat "$WORK/c.out"; echo "produce failed across a pause"; exit 1; }
-[ "$(tern consume orders --from-beginning | grep -c '^c-')" -ge 5000 ] || { echo "records lost across a pause"; exit 1; }
-echo "docker: produce survived a 2 s pause; all 5000 records stored"
-[ "$(docker inspect -f '{{.Config.User}}' "$ID")" = tern ] || { echo "image must run as non-root"; exit 1; }
+NET=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "$(cid 1)")
+python3 - "$SEED" "$SECS" >"$WORK/schedule" <<'PY'
+import random, sys
+rng = random.Random(int(sys.argv[1])); t = 0.0
+while t < float(sys.argv[2]):
+    gap = rng.uniform(0.3, 1.5); hold = rng.uniform(0.5, 3.0)
+    print(f"{gap:.2f} {rng.choice(['kill', 'pause', 'disconnect'])} {rng.randint(1, 3)} {hold:.2f}")
+    t += gap + hold
+PY
+while read -r gap fault node hold; do
+  sleep "$gap"
+  c=$(cid "$node")
+  echo "docker campaign: $fault tern-$node for ${hold}s"
+  case $fault in
+    kill) docker kill --signal KILL "$c" >/dev/null; sleep "$hold"; docker start "$c" >/dev/null ;;
+    pause) docker pause "$c" >/dev/null; sleep "$hold"; docker unpause "$c" >/dev/null ;;
+    disconnect) docker network disconnect "$NET" "$c" >/dev/null; sleep "$hold"; docker network connect --alias "tern-$node" "$NET" "$c" >/dev/null ;;
+  esac
+done <"$WORK/schedule"
+wait_ready 1 2 3
+wait $bg || true
+[ "$(cat "$WORK/c.rc")" = 0 ] || { cat "$WORK/c.out"; echo "produce failed during the campaign"; exit 1; }
+echo "docker campaign: all $C records of the stream acknowledged"
+
+# Checker: every acknowledged record exactly once, in order per partition.
+for p in 0 1 2; do tern consume orders --partition "$p" --from-beginning >"$WORK/p$p.txt"; done
+python3 - "$WORK" "$N" "$B" "$C" <<'PY'
+import collections, sys
+work, n, b, c = sys.argv[1], *map(int, sys.argv[2:])
+seen = collections.Counter(); reordered = 0
+for p in range(3):
+    last = {}
+    for line in open(f"{work}/p{p}.txt").read().split():
+        stream, num = line.split("-"); num = int(num)
+        seen[line] += 1
+        if num <= last.get(stream, 0):
+            reordered += 1
+        last[stream] = num
+expected = [f"a-{i}" for i in range(1, n + 1)] + [f"b-{i}" for i in range(1, b + 1)] + [f"c-{i}" for i in range(1, c + 1)]
+lost = sum(1 for r in expected if seen[r] == 0)
+dups = sum(1 for r, k in seen.items() if k > 1)
+print(f"docker checker: acknowledged {len(expected)}, lost {lost}, duplicates {dups}, reordered {reordered}")
+assert lost == 0 and dups == 0 and reordered == 0
+PY
+tern topic verify-replicas orders --wait-secs 60
 echo "docker: container fault test passed"

@@ -1,7 +1,9 @@
 //! Topic administration.
 
-use tern_protocol::api::{OffsetSpec, TopicConfig, TopicInfo, RETENTION_BROKER_DEFAULT};
-use tern_protocol::{Request, Response};
+use tern_protocol::api::{
+    FetchPartition, OffsetSpec, TopicConfig, TopicInfo, RETENTION_BROKER_DEFAULT,
+};
+use tern_protocol::{ErrorCode, Request, Response};
 
 use crate::client::Client;
 use crate::error::ClientError;
@@ -92,6 +94,11 @@ impl Admin {
         }
     }
 
+    /// The client this admin uses.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Every topic, sorted by name.
     pub async fn list_topics(&self) -> Result<Vec<TopicInfo>, ClientError> {
         self.client.refresh_metadata(None).await
@@ -128,6 +135,87 @@ impl Admin {
         Ok(topic)
     }
 
+    /// Reads a partition's committed log from one broker's own replica
+    /// (`addr`, whether it leads or not) and digests it: the tool to check
+    /// that replicas converged byte for byte.
+    pub async fn replica_digest(
+        &self,
+        addr: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<ReplicaDigest, ClientError> {
+        let conn = self.client.connection(addr).await?;
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut digest = ReplicaDigest {
+            addr: addr.to_owned(),
+            log_start: 0,
+            log_end: 0,
+            records: 0,
+            xxh3: 0,
+        };
+        let mut offset = 0;
+        let mut first = true;
+        loop {
+            let response = conn
+                .request(Request::Fetch {
+                    max_wait_ms: 0,
+                    min_bytes: 0,
+                    max_bytes: 4 << 20,
+                    partitions: vec![FetchPartition {
+                        topic: topic.to_owned(),
+                        partition,
+                        offset,
+                        max_bytes: 4 << 20,
+                    }],
+                })
+                .await?;
+            let Response::Fetch(results) = response else {
+                return Err(ClientError::Decode(
+                    "fetch answered with another type".into(),
+                ));
+            };
+            let r = results
+                .into_iter()
+                .next()
+                .ok_or_else(|| ClientError::Decode("empty fetch response".into()))?;
+            match r.error {
+                ErrorCode::None => {}
+                // Retention moved the start: begin there.
+                ErrorCode::OffsetOutOfRange if first && r.log_start > offset => {
+                    offset = r.log_start;
+                    first = false;
+                    continue;
+                }
+                code => {
+                    return Err(ClientError::Partition {
+                        topic: topic.to_owned(),
+                        partition,
+                        code,
+                    })
+                }
+            }
+            if first {
+                digest.log_start = r.log_start;
+                first = false;
+            }
+            digest.log_end = r.high_watermark;
+            if r.records.is_empty() {
+                break;
+            }
+            for view in tern_protocol::record::split_batches(r.records) {
+                let view = view.map_err(|e| ClientError::Decode(e.to_string()))?;
+                hasher.update(view.bytes());
+                digest.records += view.record_count() as u64;
+                offset = view.next_offset();
+            }
+            if offset >= digest.log_end {
+                break;
+            }
+        }
+        digest.xxh3 = hasher.digest();
+        Ok(digest)
+    }
+
     /// An offset of a partition: earliest, latest, or by timestamp.
     pub async fn list_offset(
         &self,
@@ -150,4 +238,19 @@ impl Admin {
             )),
         }
     }
+}
+
+/// One replica's committed log, summarised by [`Admin::replica_digest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaDigest {
+    /// The broker read.
+    pub addr: String,
+    /// First offset it holds.
+    pub log_start: u64,
+    /// Its committed log end (high watermark).
+    pub log_end: u64,
+    /// Records read.
+    pub records: u64,
+    /// XXH3-64 over every batch's bytes, in order.
+    pub xxh3: u64,
 }

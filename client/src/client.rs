@@ -194,6 +194,20 @@ impl Client {
         }
     }
 
+    /// Known brokers (node id, client address), from the last metadata.
+    pub fn brokers(&self) -> Vec<(u32, String)> {
+        let mut out: Vec<(u32, String)> = self
+            .inner
+            .brokers
+            .read()
+            .expect("brokers lock")
+            .iter()
+            .map(|(id, addr)| (*id, addr.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Forgets cached metadata of `topic` (after a `NotLeader` or a dead link).
     pub fn invalidate(&self, topic: &str) {
         self.inner

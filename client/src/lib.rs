@@ -17,7 +17,7 @@ mod consumer;
 mod error;
 mod producer;
 
-pub use admin::{Admin, NewTopic};
+pub use admin::{Admin, NewTopic, ReplicaDigest};
 pub use client::{Client, ClientConfig};
 pub use connection::Connection;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Offset, OffsetReset};

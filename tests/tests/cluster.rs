@@ -384,7 +384,11 @@ async fn a_killed_leader_fails_over_within_seconds_and_loses_nothing() {
         let described = admin.describe_topic("ha").await.unwrap();
         let p0 = &described.partitions[0];
         assert_eq!(p0.leader as usize, new_leader + 1);
-        assert_eq!(p0.in_sync.len(), 3, "the restarted replica is back in sync: {p0:?}");
+        assert_eq!(
+            p0.in_sync.len(),
+            3,
+            "the restarted replica is back in sync: {p0:?}"
+        );
         assert_eq!(p0.high_watermark, 3_000);
         println!("{}", check(&logs, &acked, &[]));
         assert_eq!(logs[0][0].1.records.len(), 3_000);

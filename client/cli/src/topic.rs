@@ -30,6 +30,16 @@ pub(crate) enum TopicCommand {
         /// Topic name.
         name: String,
     },
+    /// Read every partition from each of its replicas directly and compare
+    /// them byte for byte (waits up to --wait-secs for followers to catch
+    /// up); exits non-zero if any replica differs.
+    VerifyReplicas {
+        /// Topic name.
+        name: String,
+        /// How long replicas may take to converge.
+        #[arg(long, default_value_t = 30)]
+        wait_secs: u64,
+    },
     /// Delete a topic and all its records.
     Delete {
         /// Topic name.
@@ -96,6 +106,45 @@ pub(crate) async fn run(client: Client, command: TopicCommand) -> anyhow::Result
                     p.high_watermark
                 );
             }
+        }
+        TopicCommand::VerifyReplicas { name, wait_secs } => {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_secs);
+            let t = admin.describe_topic(&name).await?;
+            let mut all_ok = true;
+            println!("partition\treplica\tlog-start\tlog-end\trecords\txxh3");
+            for p in &t.partitions {
+                loop {
+                    let brokers: std::collections::HashMap<u32, String> =
+                        admin.client().brokers().into_iter().collect();
+                    let mut digests = Vec::new();
+                    for r in &p.replicas {
+                        let addr = brokers.get(r).cloned().unwrap_or_default();
+                        let d = admin.replica_digest(&addr, &name, p.partition).await;
+                        digests.push((*r, d));
+                    }
+                    let same = digests.iter().all(|(_, d)| {
+                        matches!((d, &digests[0].1), (Ok(a), Ok(b)) if a.log_end == b.log_end && a.xxh3 == b.xxh3)
+                    });
+                    if same || std::time::Instant::now() >= deadline {
+                        for (r, d) in &digests {
+                            match d {
+                                Ok(d) => println!(
+                                    "{}\t{r}\t{}\t{}\t{}\t{:016x}",
+                                    p.partition, d.log_start, d.log_end, d.records, d.xxh3
+                                ),
+                                Err(e) => println!("{}\t{r}\terror: {e}", p.partition),
+                            }
+                        }
+                        all_ok &= same;
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+            if !all_ok {
+                anyhow::bail!("replicas of {name} differ");
+            }
+            println!("all replicas of {name} are identical");
         }
         TopicCommand::Delete { name } => {
             admin.delete_topic(&name).await?;
