@@ -111,7 +111,7 @@ impl Admin {
         let mut topic = self.client.topic(name).await?;
         let mut from_leader: std::collections::HashMap<u32, Vec<TopicInfo>> = Default::default();
         for p in topic.partitions.iter_mut() {
-            if !from_leader.contains_key(&p.leader) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = from_leader.entry(p.leader) {
                 let Ok(conn) = self.client.leader(name, p.partition).await else {
                     continue;
                 };
@@ -121,7 +121,7 @@ impl Admin {
                     })
                     .await;
                 if let Ok(Response::Metadata { topics, .. }) = answer {
-                    from_leader.insert(p.leader, topics);
+                    slot.insert(topics);
                 }
             }
             let fresh = from_leader
