@@ -323,9 +323,9 @@ impl Cluster {
         let mut links = HashMap::new();
         if proxied {
             for from in 0..n {
-                for to in 0..n {
+                for (to, target) in brokers.iter().enumerate() {
                     if from != to {
-                        links.insert((from, to), LinkProxy::start(&brokers[to].peer_addr));
+                        links.insert((from, to), LinkProxy::start(&target.peer_addr));
                     }
                 }
             }
