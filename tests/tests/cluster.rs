@@ -204,7 +204,7 @@ fn spawn_producer(
             .unwrap_or(20_000);
         let started = Instant::now();
         while !stop.load(std::sync::atomic::Ordering::Acquire) {
-            if seq % 500 == 0 {
+            if seq.is_multiple_of(500) {
                 let due = Duration::from_secs_f64(seq as f64 / rate.max(1) as f64);
                 if let Some(ahead) = due.checked_sub(started.elapsed()) {
                     tokio::time::sleep(ahead).await;
