@@ -79,7 +79,31 @@ DASHBOARDS = [
         [
             panel("Errors /s by API and code", [(f"sum by (api, code) (rate(tern_request_errors_total[{R}]))", "{{api}} {{code}}")], "reqps"),
             panel("Open connections", [("sum by (instance) (tern_connections)", "{{instance}}")]),
-            panel("Topics and partitions", [("max(tern_topics)", "topics"), ("sum(tern_partitions)", "partitions")]),
+            panel("Topics and partitions", [("max(tern_topics)", "topics"), ("sum(tern_partitions)", "partition replicas")]),
+        ],
+        [
+            panel("Leaders per broker", [('sum by (instance) (tern_raft_groups{role="leader"})', "{{instance}}")]),
+            panel("Under-replicated partitions", [("sum(tern_partitions_under_replicated)", "under-replicated")]),
+        ],
+    ]),
+    dashboard("tern-replication", "Tern / Partitions and replication", [
+        [
+            panel("Leaders per broker", [('sum by (instance) (tern_raft_groups{role="leader"})', "{{instance}}")]),
+            panel("Raft groups by role", [("sum by (role) (tern_raft_groups)", "{{role}}")]),
+            panel("Under-replicated and offline partitions", [
+                ("sum(tern_partitions_under_replicated)", "under-replicated"),
+                ("sum(tern_partitions_offline)", "offline"),
+            ]),
+        ],
+        [
+            panel("Leader changes /s", [(f"sum by (group) (rate(tern_raft_leader_changes_total[{R}]))", "{{group}}")], "ops"),
+            panel("Metadata group term", [("max(tern_raft_metadata_term)", "term")]),
+            panel("Snapshots installed /s (catch-up)", [(f"sum(rate(tern_raft_snapshots_installed_total[{R}]))", "installed")], "ops"),
+        ],
+        [
+            panel("Replication lag (entries followers lack)", [("sum by (instance) (tern_raft_replication_lag_entries)", "{{instance}}")]),
+            panel("Apply lag (entries not yet applied)", [("sum by (instance) (tern_raft_apply_lag_entries)", "{{instance}}")]),
+            panel("Peer round trip p99", [(quantile(0.99, "tern_raft_peer_rtt_seconds", "instance, peer"), "{{instance}} → {{peer}}")], "s"),
         ],
     ]),
     dashboard("tern-storage", "Tern / Storage, retention and read cache", [
@@ -93,7 +117,7 @@ DASHBOARDS = [
                 (f"histogram_quantile(0.5, sum by (le) (rate(tern_storage_append_duration_seconds_bucket[{R}])))", "p50"),
                 (f"histogram_quantile(0.99, sum by (le) (rate(tern_storage_append_duration_seconds_bucket[{R}])))", "p99"),
             ], "s"),
-            panel("Batches per storage write (group commit)", [
+            panel("Raft entries per storage write (group commit)", [
                 (f"sum(rate(tern_storage_append_group_batches_sum[{R}])) / sum(rate(tern_storage_append_group_batches_count[{R}]))", "mean"),
             ]),
             panel("Storage errors /s", [(f"sum by (operation) (rate(tern_storage_errors_total[{R}]))", "{{operation}}")], "ops"),

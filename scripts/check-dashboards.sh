@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Proves the Grafana dashboards against reality: starts a broker and a real
-# Prometheus (Debian's `prometheus`) scraping it, drives load with `tern
-# bench` (plus retention, the read cache and a refused request), then
+# Proves the Grafana dashboards against reality: starts a 3-broker cluster
+# and a real Prometheus (Debian's `prometheus`) scraping it, drives load with
+# `tern bench` (plus retention, the read cache, a refused request and a
+# leader kill, so failover shows), then
 # evaluates every query of every panel through Prometheus's HTTP API and
 # fails if one returns no series or names a metric the broker does not
 # export. Also runs `promtool check metrics` on /metrics and checks the
@@ -22,19 +23,29 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-BROKER=127.0.0.1:$(port); HTTP=127.0.0.1:$(port); PROM=127.0.0.1:$(port)
-
-"$T/ternd" --data-dir "$WORK/data" --listen "$BROKER" --metrics-listen "$HTTP" \
-  --retention-check-ms 300 >"$WORK/ternd.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 200); do curl -sf "http://$HTTP/ready" >/dev/null && break; sleep 0.05; done
-curl -sf "http://$HTTP/ready" >/dev/null || { cat "$WORK/ternd.log"; exit 1; }
+PROM=127.0.0.1:$(port)
+declare -a CLIENT HTTPS PEER
+for i in 1 2 3; do CLIENT[$i]=127.0.0.1:$(port); HTTPS[$i]=127.0.0.1:$(port); PEER[$i]=127.0.0.1:$(port); done
+INITIAL="1@${PEER[1]},2@${PEER[2]},3@${PEER[3]}"
+start_broker() { # i
+  "$T/ternd" --node-id "$1" --data-dir "$WORK/data$1" --listen "${CLIENT[$1]}" \
+    --metrics-listen "${HTTPS[$1]}" --peer-listen "${PEER[$1]}" --initial-cluster "$INITIAL" \
+    --retention-check-ms 300 >>"$WORK/ternd$1.log" 2>&1 &
+  pids[$1]=$!
+}
+for i in 1 2 3; do start_broker $i; done
+for i in 1 2 3; do
+  for _ in $(seq 1 400); do curl -sf "http://${HTTPS[$i]}/ready" >/dev/null && break; sleep 0.05; done
+  curl -sf "http://${HTTPS[$i]}/ready" >/dev/null || { cat "$WORK/ternd$i.log"; exit 1; }
+done
+HTTP=${HTTPS[1]}
+BROKER="${CLIENT[1]},${CLIENT[2]},${CLIENT[3]}"
 
 cat >"$WORK/prometheus.yml" <<YML
 global: {scrape_interval: 1s, evaluation_interval: 1s}
 scrape_configs:
   - job_name: tern
-    static_configs: [{targets: ["$HTTP"]}]
+    static_configs: [{targets: ["${HTTPS[1]}", "${HTTPS[2]}", "${HTTPS[3]}"]}]
 YML
 promtool check config "$WORK/prometheus.yml" >/dev/null
 prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/prom" \
@@ -50,12 +61,26 @@ for round in 1 2 3; do
   tern bench produce --topic load --messages 100000 --size 100 >/dev/null
   tern bench consume --topic load --messages $((round * 100000)) >/dev/null
   seq 1 300 | tern produce small 2>/dev/null
+  if [ $round = 2 ]; then
+    # Kill the leader of load/0 and bring it back: elections show up.
+    leader=$(tern topic describe load | awk '$1 == "0" {print $2}')
+    kill -9 "${pids[$leader]}"; wait "${pids[$leader]}" 2>/dev/null || true
+    sleep 1.5
+    start_broker "$leader"
+    for _ in $(seq 1 400); do curl -sf "http://${HTTPS[$leader]}/ready" >/dev/null && break; sleep 0.05; done
+  fi
   sleep 1.5
 done
 sleep 3   # a few more scrapes after the last load
 
-curl -sf "http://$HTTP/metrics" >"$WORK/metrics.txt"
-promtool check metrics <"$WORK/metrics.txt"
+# What the cluster exports: the union of the brokers' /metrics (a broker
+# that leads nothing has no per-topic produce series).
+: >"$WORK/metrics.txt"
+for i in 1 2 3; do
+  curl -sf "http://${HTTPS[$i]}/metrics" >"$WORK/metrics$i.txt"
+  promtool check metrics <"$WORK/metrics$i.txt"
+  cat "$WORK/metrics$i.txt" >>"$WORK/metrics.txt"
+done
 
 python3 - "$PROM" "$WORK/metrics.txt" grafana/dashboards/*.json <<'PY'
 import json, re, sys, urllib.parse, urllib.request
@@ -82,7 +107,7 @@ for f in files:
                 failures.append(f"{f}: {p['title']!r}: query failed: {body}")
             elif not body["data"]["result"]:
                 failures.append(f"{f}: {p['title']!r}: no series for {expr}")
-print(f"dashboard check: {checked} queries evaluated against a live broker")
+print(f"dashboard check: {checked} queries evaluated against a live 3-broker cluster")
 if failures:
     print("\n".join(failures))
     sys.exit(1)

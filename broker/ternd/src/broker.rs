@@ -303,6 +303,12 @@ impl Broker {
             .instrument(span)
             .await?;
         on_apply(&[], log.log_end());
+        tokio::spawn(count_leader_changes(
+            raft.clone(),
+            self.metrics
+                .raft_leader_changes
+                .with_label_values(&["partition"]),
+        ));
         Ok(Arc::new(Partition {
             topic: Arc::from(entry.name.as_str()),
             index,
@@ -797,6 +803,7 @@ impl Broker {
                 .with_label_values(&labels)
                 .set(p.log.size_bytes() as i64);
         }
+        self.update_raft_gauges();
         let prop = |name| self.store.int_property(name).unwrap_or(0) as i64;
         self.metrics
             .rocksdb_sst_bytes
@@ -810,6 +817,77 @@ impl Broker {
         self.metrics
             .rocksdb_memtable_bytes
             .set(prop("rocksdb.cur-size-all-mem-tables"));
+    }
+}
+
+impl Broker {
+    /// Raft gauges over every group of this node.
+    fn update_raft_gauges(&self) {
+        let me = self.raft.node_id();
+        let mut roles: HashMap<&'static str, i64> = HashMap::new();
+        let (mut apply_lag, mut replication_lag) = (0u64, 0u64);
+        for (_, raft) in self.raft.transport().groups() {
+            let m = raft.metrics().borrow().clone();
+            let role = match m.state {
+                openraft::ServerState::Leader => "leader",
+                openraft::ServerState::Candidate => "candidate",
+                openraft::ServerState::Learner => "learner",
+                _ => "follower",
+            };
+            *roles.entry(role).or_default() += 1;
+            let last = m.last_log_index.unwrap_or(0);
+            apply_lag += last.saturating_sub(m.last_applied.map_or(0, |l| l.index));
+            if let Some(followers) = &m.replication {
+                replication_lag += followers
+                    .iter()
+                    .filter(|(id, _)| **id != me)
+                    .map(|(_, matched)| last.saturating_sub(matched.map_or(0, |l| l.index)))
+                    .sum::<u64>();
+            }
+        }
+        for role in ["leader", "follower", "candidate", "learner"] {
+            self.metrics
+                .raft_groups
+                .with_label_values(&[role])
+                .set(roles.get(role).copied().unwrap_or(0));
+        }
+        self.metrics.raft_apply_lag_entries.set(apply_lag as i64);
+        self.metrics
+            .raft_replication_lag_entries
+            .set(replication_lag as i64);
+        self.metrics
+            .raft_metadata_term
+            .set(self.raft.meta().metrics().borrow().current_term as i64);
+        let (mut under, mut offline) = (0, 0);
+        for (entry, p) in self.all_partitions() {
+            let m = p.raft.metrics().borrow().clone();
+            match m.current_leader {
+                None => offline += 1,
+                Some(l) if l == me => {
+                    let replicas = entry.replicas.get(p.index as usize).map_or(0, Vec::len);
+                    let in_sync = p.describe(me, vec![]).in_sync.len();
+                    if in_sync < replicas {
+                        under += 1;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        self.metrics.partitions_under_replicated.set(under);
+        self.metrics.partitions_offline.set(offline);
+    }
+}
+
+/// Counts the leader changes a Raft group observes, until it shuts down.
+pub async fn count_leader_changes(raft: Raft, counter: prometheus::IntCounter) {
+    let mut metrics = raft.metrics();
+    let mut last = metrics.borrow().current_leader;
+    while metrics.changed().await.is_ok() {
+        let now = metrics.borrow().current_leader;
+        if now != last && now.is_some() {
+            counter.inc();
+        }
+        last = now;
     }
 }
 

@@ -190,6 +190,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tokio::spawn(broker.clone().follow_catalogue(shutdown.clone())),
         tokio::spawn(register(broker.clone(), shutdown.clone())),
     ];
+    // Ends by itself when the group shuts down (not awaited by `stop`).
+    tokio::spawn(broker::count_leader_changes(
+        broker.raft().meta().clone(),
+        broker
+            .metrics()
+            .raft_leader_changes
+            .with_label_values(&["metadata"]),
+    ));
     broker.set_ready(true);
     Ok(Running {
         broker,
