@@ -33,11 +33,17 @@ for probe, path in (("readinessProbe", "/ready"), ("livenessProbe", "/health")):
     g = c[probe]["httpGet"]
     if g["path"] != path or g["port"] not in ports:
         errors.append(f"{probe} must GET {path} on a declared port")
+if sts["replicas"] < 3 or sts["replicas"] % 2 == 0:
+    errors.append("a Raft cluster needs an odd number of at least 3 brokers")
+n_initial = len(cfg_initial := tomllib.loads(kinds["ConfigMap"]["data"]["tern.toml"])["broker"]["initial_cluster"].split(","))
+if n_initial != sts["replicas"]:
+    errors.append(f"initial_cluster lists {n_initial} brokers for {sts['replicas']} replicas")
 if "memory" not in c["resources"].get("requests", {}):
     errors.append("resource requests missing")
 cfg = tomllib.loads(kinds["ConfigMap"]["data"]["tern.toml"])
 allowed = {"broker": {"data_dir", "listen", "metrics_listen", "advertise", "durability",
-                      "retention_check_ms", "default_retention_ms", "node_id", "read_cache_bytes"},
+                      "retention_check_ms", "default_retention_ms", "node_id", "read_cache_bytes",
+                      "peer_listen", "initial_cluster", "cluster_name", "election_timeout_ms"},
            "plugins": {"lock", "balancer", "cache", "dir"}}
 for table, keys in cfg.items():
     if table not in allowed or set(keys) - allowed[table]:

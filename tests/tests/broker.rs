@@ -608,3 +608,107 @@ fn sigterm_exits_cleanly_and_restart_keeps_topics() {
         assert_eq!(t.partitions[1].log_end, 1);
     });
 }
+
+/// A tmpfs mounted for one test (root only), unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_produces_clearly_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("small"), "320m") else {
+        println!("!!!!! SKIPPED: the disk-full test needs to mount a tmpfs (root) !!!!!");
+        return;
+    };
+    let mut broker = Broker::start(&disk.0.join("n1"), &["--min-free-bytes", "64000000"]);
+    bounded(Duration::from_secs(60), async {
+        let client = Client::connect(&broker.addr).await.unwrap();
+        topic(&client, "full", 1).await;
+        let producer = Producer::new(client.clone(), ProducerConfig::default());
+        let send =
+            |i: u32| producer.send(ProducerRecord::new("full", format!("r{i}")).with_partition(0));
+        for i in 0..100 {
+            send(i).await.unwrap();
+        }
+        // Leave ~40 MB free: under the broker's 64 MB floor.
+        let free = {
+            let out = Command::new("df")
+                .args(["-B1", "--output=avail"])
+                .arg(&disk.0)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .nth(1)
+                .unwrap()
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        };
+        let filler = disk.0.join("filler");
+        std::fs::write(&filler, vec![1u8; (free - 40_000_000) as usize]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let err = loop {
+            match send(100).await {
+                Err(e) => break e,
+                Ok(_) => assert!(
+                    Instant::now() < deadline,
+                    "produce still accepted on a full disk"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(err.code(), Some(ErrorCode::DiskFull), "{err}");
+        let m = broker.http("/metrics").unwrap().1;
+        assert_eq!(metric_sum(&m, "tern_disk_full "), 1.0);
+        // Space returns: produces resume without a restart.
+        std::fs::remove_file(&filler).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match send(101).await {
+                Ok(_) => break,
+                Err(e) => {
+                    assert_eq!(e.code(), Some(ErrorCode::DiskFull), "{e}");
+                    assert!(Instant::now() < deadline, "writes did not resume");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut consumer = Consumer::new(client, ConsumerConfig::default());
+        consumer
+            .assign("full", &[0], Offset::Earliest)
+            .await
+            .unwrap();
+        let mut values = Vec::new();
+        while values.len() < 101 {
+            for r in consumer.poll().await.unwrap() {
+                values.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+            }
+        }
+        assert_eq!(
+            values[..100],
+            (0..100).map(|i| format!("r{i}")).collect::<Vec<_>>()[..]
+        );
+        assert!(values[100..].contains(&"r101".to_owned()));
+    })
+    .await;
+    broker.kill9();
+}

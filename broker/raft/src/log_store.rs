@@ -18,7 +18,7 @@ use openraft::{
     AnyError, EntryPayload, LogState, Membership, OptionalSend, RaftLogReader, StorageIOError, Vote,
 };
 use serde::{Deserialize, Serialize};
-use tern_storage::{join_raft_value, split_raft_value, Store};
+use tern_storage::{join_raft_value, split_raft_value, StorageError, Store};
 
 use crate::types::{Command, Entry, LogId, NodeId, RaftStorageError, TernRaft};
 
@@ -266,7 +266,22 @@ impl RaftLogStorage<TernRaft> for LogStore {
             .map(|e| (e.log_id.index, encode_entry(&e)))
             .collect();
         let started = std::time::Instant::now();
-        let result = blocking(|| self.store.raft_append(self.group, &encoded));
+        let mut result = blocking(|| self.store.raft_append(self.group, &encoded));
+        // A full disk is waited out, not fatal: the group stalls (its
+        // leader refuses new produces with DiskFull meanwhile) and resumes
+        // when space returns.
+        let mut waited = 0u32;
+        while let Err(StorageError::DiskFull { .. }) = &result {
+            if waited % 20 == 0 {
+                tracing::error!(
+                    group = self.group,
+                    "disk full: Raft log write waits for space"
+                );
+            }
+            waited += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            result = blocking(|| self.store.raft_append(self.group, &encoded));
+        }
         (self.on_write)(encoded.len(), started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {

@@ -125,6 +125,8 @@ pub struct Store {
     db: Arc<DB>,
     durability: Durability,
     path: PathBuf,
+    /// Set while Raft log writes fail for lack of space.
+    disk_full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -164,7 +166,40 @@ impl Store {
             db: Arc::new(db),
             durability,
             path: dir.to_path_buf(),
+            disk_full: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
+    }
+
+    /// Whether the last Raft log write failed because the disk is full
+    /// (cleared by the next successful one).
+    pub fn is_disk_full(&self) -> bool {
+        self.disk_full.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn note_write(&self, result: &Result<(), StorageError>) {
+        if matches!(result, Err(StorageError::DiskFull { .. })) {
+            self.set_disk_full(true);
+        }
+    }
+
+    /// Marks the disk full (writes are refused) or not.
+    pub fn set_disk_full(&self, full: bool) {
+        self.disk_full
+            .store(full, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Bytes available to this process on the data directory's file system.
+    pub fn available_bytes(&self) -> std::io::Result<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.path.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: statvfs(3) with a NUL-terminated path and a zeroed struct
+        // it fills; no pointer outlives the call.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(st.f_bavail as u64 * st.f_frsize as u64)
     }
 
     /// The durability mode appends use.

@@ -36,9 +36,12 @@ impl Store {
         for (index, value) in entries {
             wb.put_cf(self.cf(CF_LOG), group_key(group, *index), value);
         }
-        self.db
+        let result = self
+            .db
             .write_opt(wb, &self.write_options())
-            .map_err(|e| StorageError::rocks("raft append", e))
+            .map_err(|e| StorageError::rocks("raft append", e));
+        self.note_write(&result);
+        result
     }
 
     /// The entries of `group` with index in `[from, to)`, in order. Missing

@@ -389,6 +389,13 @@ impl Broker {
                 pending.push(done(f));
                 continue;
             }
+            if self.store.is_disk_full() {
+                pending.push(done(Failure::new(
+                    ErrorCode::DiskFull,
+                    "the broker's disk is full; writes resume when space returns",
+                )));
+                continue;
+            }
             if p.batch.len() > BATCH_BYTES_MAX {
                 pending.push(done(Failure::new(
                     ErrorCode::MessageTooLarge,

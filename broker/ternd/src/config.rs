@@ -96,6 +96,13 @@ pub struct Flags {
     #[arg(long, env = "TERN_READ_CACHE_BYTES")]
     pub read_cache_bytes: Option<u64>,
 
+    /// Refuse produces (error disk_full) while the data directory's file
+    /// system has less free space than this, so RocksDB never runs out of
+    /// space mid-write; writes resume by themselves when space returns.
+    /// Default: 268435456 (256 MiB)
+    #[arg(long, env = "TERN_MIN_FREE_BYTES")]
+    pub min_free_bytes: Option<u64>,
+
     /// Lock plugin: a name found in --plugin-dir, or a path. Default: exclusive
     #[arg(long, env = "TERN_LOCK_PLUGIN")]
     pub lock_plugin: Option<String>,
@@ -156,6 +163,7 @@ struct FileConfig {
     default_retention_ms: Option<i64>,
     node_id: Option<u32>,
     read_cache_bytes: Option<u64>,
+    min_free_bytes: Option<u64>,
     peer_listen: Option<SocketAddr>,
     initial_cluster: Option<String>,
     cluster_name: Option<String>,
@@ -232,6 +240,8 @@ pub struct Config {
     pub election_timeout_ms: u64,
     /// Read-cache bound in bytes (0 = off).
     pub read_cache_bytes: u64,
+    /// Free space below which produces are refused.
+    pub min_free_bytes: u64,
     /// Plugin directory.
     pub plugin_dir: PathBuf,
     /// Lock plugin name or path.
@@ -333,6 +343,10 @@ impl Config {
                 .or(file.cluster_name)
                 .unwrap_or_else(|| "tern".into()),
             election_timeout_ms,
+            min_free_bytes: flags
+                .min_free_bytes
+                .or(file.min_free_bytes)
+                .unwrap_or(256 << 20),
             read_cache_bytes: flags
                 .read_cache_bytes
                 .or(file.read_cache_bytes)

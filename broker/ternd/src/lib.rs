@@ -11,6 +11,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod disk;
 pub mod http;
 pub mod metrics;
 pub mod plugins;
@@ -187,6 +188,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         )),
         tokio::spawn(http::serve(broker.clone(), http_listener, shutdown.clone())),
         tokio::spawn(retention::run(broker.clone(), shutdown.clone())),
+        tokio::spawn(disk::watch(broker.clone(), shutdown.clone())),
         tokio::spawn(broker.clone().follow_catalogue(shutdown.clone())),
         tokio::spawn(register(broker.clone(), shutdown.clone())),
     ];

@@ -104,6 +104,10 @@ pub struct Metrics {
     pub partitions_under_replicated: IntGauge,
     /// Partitions hosted here whose group has no leader.
     pub partitions_offline: IntGauge,
+    /// Free bytes on the data directory's file system.
+    pub disk_free_bytes: IntGauge,
+    /// 1 while produces are refused for lack of disk space.
+    pub disk_full: IntGauge,
 }
 
 impl Metrics {
@@ -338,6 +342,14 @@ impl Metrics {
             partitions_offline: reg!(IntGauge::new(
                 "tern_partitions_offline",
                 "Partitions hosted here whose Raft group has no leader."
+            )),
+            disk_free_bytes: reg!(IntGauge::new(
+                "tern_disk_free_bytes",
+                "Free bytes on the data directory's file system."
+            )),
+            disk_full: reg!(IntGauge::new(
+                "tern_disk_full",
+                "1 while produces are refused because free space is under --min-free-bytes."
             )),
             registry,
         };
