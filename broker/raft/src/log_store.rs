@@ -272,7 +272,7 @@ impl RaftLogStorage<TernRaft> for LogStore {
         // when space returns.
         let mut waited = 0u32;
         while let Err(StorageError::DiskFull { .. }) = &result {
-            if waited % 20 == 0 {
+            if waited.is_multiple_of(20) {
                 tracing::error!(
                     group = self.group,
                     "disk full: Raft log write waits for space"
