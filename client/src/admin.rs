@@ -99,6 +99,117 @@ impl Admin {
         &self.client
     }
 
+    /// Adds a broker, started with `--join`, to the cluster.
+    pub async fn add_broker(&self, node_id: u32, peer_addr: &str) -> Result<(), ClientError> {
+        match self
+            .client
+            .request_any(Request::AddBroker {
+                node_id,
+                peer_addr: peer_addr.to_owned(),
+            })
+            .await?
+        {
+            Response::AddBroker => Ok(()),
+            _ => Err(ClientError::Decode(
+                "add broker answered with another type".into(),
+            )),
+        }
+    }
+
+    /// Moves one partition to `replicas` (sent to its leader, retried
+    /// through leader changes). Returns once the new replicas are the
+    /// partition's voters and the old ones are gone.
+    pub async fn reassign_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: &[u32],
+    ) -> Result<(), ClientError> {
+        let request = Request::ReassignPartition {
+            topic: topic.to_owned(),
+            partition,
+            replicas: replicas.to_vec(),
+        };
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let answer = match self.client.leader(topic, partition).await {
+                Ok(conn) => conn.request(request.clone()).await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(Response::ReassignPartition) => {
+                    self.client.invalidate(topic);
+                    return Ok(());
+                }
+                Ok(_) => {
+                    return Err(ClientError::Decode(
+                        "reassign answered with another type".into(),
+                    ))
+                }
+                Err(e) if e.is_retriable() && attempts < 50 => {
+                    self.client.invalidate(topic);
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Removes a broker from the cluster: first moves each of its replicas
+    /// to another broker (keeping the replication factor when there is one
+    /// to spare), then removes it from the metadata group. Stop its process
+    /// afterwards.
+    pub async fn remove_broker(&self, node_id: u32) -> Result<(), ClientError> {
+        let topics = self.list_topics().await?;
+        let others: Vec<u32> = self
+            .client
+            .brokers()
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| *id != node_id)
+            .collect();
+        for t in &topics {
+            for p in &t.partitions {
+                if !p.replicas.contains(&node_id) {
+                    continue;
+                }
+                let mut target: Vec<u32> = p
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|r| *r != node_id)
+                    .collect();
+                // Spread replacements: start the search at the partition index.
+                let spare = (0..others.len())
+                    .map(|i| others[(i + p.partition as usize) % others.len()])
+                    .find(|b| !target.contains(b));
+                if let Some(b) = spare {
+                    target.push(b);
+                }
+                if target.is_empty() {
+                    return Err(ClientError::Partition {
+                        topic: t.name.clone(),
+                        partition: p.partition,
+                        code: ErrorCode::InvalidRequest,
+                    });
+                }
+                self.reassign_partition(&t.name, p.partition, &target)
+                    .await?;
+            }
+        }
+        match self
+            .client
+            .request_any(Request::RemoveBroker { node_id })
+            .await?
+        {
+            Response::RemoveBroker => Ok(()),
+            _ => Err(ClientError::Decode(
+                "remove broker answered with another type".into(),
+            )),
+        }
+    }
+
     /// Every topic, sorted by name.
     pub async fn list_topics(&self) -> Result<Vec<TopicInfo>, ClientError> {
         self.client.refresh_metadata(None).await

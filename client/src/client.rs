@@ -194,6 +194,28 @@ impl Client {
         }
     }
 
+    /// Node id of the metadata group's leader (fresh metadata).
+    pub async fn controller(&self) -> Result<u32, ClientError> {
+        match self
+            .request_any(Request::Metadata {
+                topics: Some(vec![]),
+            })
+            .await?
+        {
+            Response::Metadata {
+                brokers,
+                controller,
+                ..
+            } => {
+                self.store_brokers(&brokers);
+                Ok(controller)
+            }
+            _ => Err(ClientError::Decode(
+                "metadata answered with another type".into(),
+            )),
+        }
+    }
+
     /// Known brokers (node id, client address), from the last metadata.
     pub fn brokers(&self) -> Vec<(u32, String)> {
         let mut out: Vec<(u32, String)> = self

@@ -377,6 +377,32 @@ impl Cluster {
         }
     }
 
+    /// Starts one more broker with `--join` (node id = its index + 1),
+    /// without waiting: it becomes ready once a member adds it
+    /// (`Admin::add_broker`). Returns its index.
+    pub fn start_joining(&mut self, dir: &Path, extra_args: &[&str]) -> usize {
+        let index = self.brokers.len();
+        let mut b = Broker::configure(&dir.join(format!("node{}", index + 1)), extra_args);
+        let initial = self
+            .brokers
+            .iter()
+            .chain(std::iter::once(&b))
+            .enumerate()
+            .map(|(i, x)| format!("{}@{}", i + 1, x.peer_addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        b.extra_args.extend([
+            "--node-id".to_owned(),
+            (index + 1).to_string(),
+            "--initial-cluster".to_owned(),
+            initial,
+            "--join".to_owned(),
+        ]);
+        b.spawn_no_wait();
+        self.brokers.push(b);
+        index
+    }
+
     /// Client seed list: every broker's client address.
     pub fn seeds(&self) -> String {
         self.brokers

@@ -124,13 +124,24 @@ async fn converged(
     topic: &str,
     partitions: u32,
 ) -> Vec<Vec<(usize, ReplicaLog)>> {
+    let all: Vec<usize> = (0..cluster.brokers.len()).collect();
+    converged_on(cluster, &all, topic, partitions).await
+}
+
+/// [`converged`] over the brokers at `nodes` only.
+async fn converged_on(
+    cluster: &Cluster,
+    nodes: &[usize],
+    topic: &str,
+    partitions: u32,
+) -> Vec<Vec<(usize, ReplicaLog)>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut out = Vec::new();
     for p in 0..partitions {
         loop {
             let mut logs = Vec::new();
             let mut failure = None;
-            for (i, b) in cluster.brokers.iter().enumerate() {
+            for (i, b) in nodes.iter().map(|i| (*i, &cluster.brokers[*i])) {
                 match read_replica(&b.addr, topic, p).await {
                     Ok(l) => logs.push((i, l)),
                     Err(e) => failure = Some(e),
@@ -522,6 +533,86 @@ async fn seeded_fault_campaign_loses_duplicates_and_reorders_nothing() {
             consumed.len()
         );
         assert!(acked.len() > 1_000, "the campaign produced too little to mean anything");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_broker_joins_and_another_leaves_online_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    bounded(Duration::from_secs(180), async {
+        const TOPIC: &str = "moving";
+        let client = Client::connect_with(&cluster.seeds(), client_config())
+            .await
+            .unwrap();
+        let admin = Admin::new(client.clone());
+        admin.create_topic(TOPIC, NewTopic::new(3)).await.unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let producer = spawn_producer(
+            client.clone(),
+            TOPIC,
+            0,
+            stop.clone(),
+            acked.clone(),
+            failed.clone(),
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        // A fourth broker joins while records flow.
+        let four = cluster.start_joining(dir.path(), &[]);
+        let peer = cluster.brokers[four].peer_addr.clone();
+        admin.add_broker(4, &peer).await.unwrap();
+        cluster.brokers[four].wait_ready();
+        // It registers its client address through the metadata group.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while client.brokers().len() < 4 {
+            assert!(
+                Instant::now() < deadline,
+                "broker 4 never registered: {:?}",
+                client.brokers()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            client.controller().await.unwrap();
+        }
+
+        // Move partition 0 onto the newcomer explicitly...
+        let before = admin.describe_topic(TOPIC).await.unwrap();
+        let mut target = before.partitions[0].replicas.clone();
+        target.retain(|r| *r != 1);
+        target.push(4);
+        admin.reassign_partition(TOPIC, 0, &target).await.unwrap();
+        let after = admin.describe_topic(TOPIC).await.unwrap();
+        let mut got = after.partitions[0].replicas.clone();
+        got.sort();
+        target.sort();
+        assert_eq!(got, target, "partition 0 moved");
+
+        // ...then remove broker 3 altogether: its replicas move first.
+        admin.remove_broker(3).await.unwrap();
+        let described = admin.describe_topic(TOPIC).await.unwrap();
+        for p in &described.partitions {
+            assert!(!p.replicas.contains(&3), "{p:?}");
+            assert_eq!(p.replicas.len(), 3, "replication factor kept: {p:?}");
+        }
+        client.controller().await.unwrap();
+        assert!(!client.brokers().iter().any(|(id, _)| *id == 3));
+        cluster.brokers[2].kill9();
+
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        producer.await.unwrap();
+        let logs = converged_on(&cluster, &[0, 1, 3], TOPIC, 3).await;
+        let acked = acked.lock().unwrap().clone();
+        println!(
+            "{} acknowledged during the moves, {} failed\n{}",
+            acked.len(),
+            failed.load(std::sync::atomic::Ordering::Relaxed),
+            check(&logs, &acked, &[])
+        );
+        assert!(acked.len() > 1_000);
     })
     .await;
 }

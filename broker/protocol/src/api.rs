@@ -31,17 +31,26 @@ pub enum ApiKey {
     DeleteTopic = 4,
     /// Find an offset by position or timestamp.
     ListOffsets = 5,
+    /// Add a broker to the cluster (Raft membership of the metadata group).
+    AddBroker = 6,
+    /// Remove a broker from the cluster.
+    RemoveBroker = 7,
+    /// Move a partition's replicas to another set of brokers.
+    ReassignPartition = 8,
 }
 
 impl ApiKey {
     /// All request types, for metrics registration.
-    pub const ALL: [ApiKey; 6] = [
+    pub const ALL: [ApiKey; 9] = [
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::Metadata,
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
         ApiKey::ListOffsets,
+        ApiKey::AddBroker,
+        ApiKey::RemoveBroker,
+        ApiKey::ReassignPartition,
     ];
 
     fn from_u16(v: u16) -> Result<ApiKey, DecodeError> {
@@ -60,6 +69,9 @@ impl ApiKey {
             ApiKey::CreateTopic => "create_topic",
             ApiKey::DeleteTopic => "delete_topic",
             ApiKey::ListOffsets => "list_offsets",
+            ApiKey::AddBroker => "add_broker",
+            ApiKey::RemoveBroker => "remove_broker",
+            ApiKey::ReassignPartition => "reassign_partition",
         }
     }
 }
@@ -274,6 +286,27 @@ pub enum Request {
         /// What to look for.
         spec: OffsetSpec,
     },
+    /// Add a broker (started with `--join`) to the cluster.
+    AddBroker {
+        /// Its node id.
+        node_id: u32,
+        /// Its peer (Raft) address, `HOST:PORT`.
+        peer_addr: String,
+    },
+    /// Remove a broker from the cluster (move its replicas away first).
+    RemoveBroker {
+        /// Its node id.
+        node_id: u32,
+    },
+    /// Move a partition's replicas; sent to the partition's leader.
+    ReassignPartition {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The brokers that will hold it.
+        replicas: Vec<u32>,
+    },
 }
 
 /// A successful response (errors of a whole request travel in the frame).
@@ -296,6 +329,12 @@ pub enum Response {
     CreateTopic,
     /// The topic was deleted.
     DeleteTopic,
+    /// The broker was added.
+    AddBroker,
+    /// The broker was removed.
+    RemoveBroker,
+    /// The partition now lives on the requested replicas.
+    ReassignPartition,
     /// The offset found.
     ListOffsets {
         /// The offset.
@@ -313,6 +352,9 @@ impl Request {
             Request::CreateTopic { .. } => ApiKey::CreateTopic,
             Request::DeleteTopic { .. } => ApiKey::DeleteTopic,
             Request::ListOffsets { .. } => ApiKey::ListOffsets,
+            Request::AddBroker { .. } => ApiKey::AddBroker,
+            Request::RemoveBroker { .. } => ApiKey::RemoveBroker,
+            Request::ReassignPartition { .. } => ApiKey::ReassignPartition,
         }
     }
 
@@ -372,6 +414,20 @@ impl Request {
                 put_string(out, topic);
                 out.put_u32_le(*partition);
                 out.put_i64_le(spec.encode());
+            }
+            Request::AddBroker { node_id, peer_addr } => {
+                out.put_u32_le(*node_id);
+                put_string(out, peer_addr);
+            }
+            Request::RemoveBroker { node_id } => out.put_u32_le(*node_id),
+            Request::ReassignPartition {
+                topic,
+                partition,
+                replicas,
+            } => {
+                put_string(out, topic);
+                out.put_u32_le(*partition);
+                put_u32_list(out, replicas);
             }
         }
     }
@@ -451,6 +507,18 @@ impl Request {
                 partition: r.u32("partition")?,
                 spec: OffsetSpec::decode(r.i64("offset spec")?)?,
             },
+            ApiKey::AddBroker => Request::AddBroker {
+                node_id: r.u32("node_id")?,
+                peer_addr: r.string("peer_addr")?,
+            },
+            ApiKey::RemoveBroker => Request::RemoveBroker {
+                node_id: r.u32("node_id")?,
+            },
+            ApiKey::ReassignPartition => Request::ReassignPartition {
+                topic: r.string("topic")?,
+                partition: r.u32("partition")?,
+                replicas: u32_list(r, "replicas")?,
+            },
         })
     }
 }
@@ -492,6 +560,9 @@ impl Response {
             Response::CreateTopic => ApiKey::CreateTopic,
             Response::DeleteTopic => ApiKey::DeleteTopic,
             Response::ListOffsets { .. } => ApiKey::ListOffsets,
+            Response::AddBroker => ApiKey::AddBroker,
+            Response::RemoveBroker => ApiKey::RemoveBroker,
+            Response::ReassignPartition => ApiKey::ReassignPartition,
         }
     }
 
@@ -546,7 +617,11 @@ impl Response {
                     }
                 }
             }
-            Response::CreateTopic | Response::DeleteTopic => {}
+            Response::CreateTopic
+            | Response::DeleteTopic
+            | Response::AddBroker
+            | Response::RemoveBroker
+            | Response::ReassignPartition => {}
             Response::ListOffsets { offset } => out.put_u64_le(*offset),
         }
     }
@@ -626,6 +701,9 @@ impl Response {
             }
             ApiKey::CreateTopic => Response::CreateTopic,
             ApiKey::DeleteTopic => Response::DeleteTopic,
+            ApiKey::AddBroker => Response::AddBroker,
+            ApiKey::RemoveBroker => Response::RemoveBroker,
+            ApiKey::ReassignPartition => Response::ReassignPartition,
             ApiKey::ListOffsets => Response::ListOffsets {
                 offset: r.u64("offset")?,
             },
@@ -809,6 +887,16 @@ mod tests {
             config: config(),
         });
         round_trip(Request::DeleteTopic { name: "x".into() });
+        round_trip(Request::AddBroker {
+            node_id: 4,
+            peer_addr: "h:1".into(),
+        });
+        round_trip(Request::RemoveBroker { node_id: 3 });
+        round_trip(Request::ReassignPartition {
+            topic: "t".into(),
+            partition: 2,
+            replicas: vec![1, 2, 4],
+        });
         round_trip(Request::ListOffsets {
             topic: "t".into(),
             partition: 1,

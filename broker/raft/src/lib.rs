@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
 use tern_storage::{partition_group, PartitionLog, Store, META_GROUP};
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -103,6 +103,18 @@ pub struct ClusterConfig {
     pub initial_cluster: BTreeMap<NodeId, String>,
     /// Timing.
     pub timing: RaftTiming,
+    /// Join an existing cluster (never bootstrap): the node waits until a
+    /// broker of the cluster adds it (`tern cluster add-broker`).
+    pub join: bool,
+}
+
+/// A change of the cluster's brokers (the metadata group's voters).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum ClusterChange {
+    /// Add a broker, reachable at this peer address.
+    Add(NodeId, String),
+    /// Remove a broker.
+    Remove(NodeId),
 }
 
 /// Why replication could not start or a group could not open.
@@ -133,6 +145,12 @@ pub enum WriteError {
     /// The group stopped.
     #[error("metadata group failed: {0}")]
     Fatal(String),
+    /// A membership change failed.
+    #[error("membership change failed: {0}")]
+    Membership(String),
+    /// The catalogue refused the change.
+    #[error("refused: {1}")]
+    Rejected(u16, String),
 }
 
 /// This node's replication: the metadata group, the partition groups, the
@@ -233,7 +251,7 @@ impl RaftNode {
         })?;
         transport.register(META_GROUP, meta.clone());
         tokio::spawn(transport.clone().serve(peer_listener, shutdown.clone()));
-        if fresh {
+        if fresh && !cluster.join {
             let m = members(
                 cluster.initial_cluster.keys().copied(),
                 &cluster.initial_cluster,
@@ -244,16 +262,174 @@ impl RaftNode {
                 "bootstrapped the metadata group"
             );
         }
-        Ok(Arc::new(RaftNode {
+        let node = Arc::new(RaftNode {
             node_id: cluster.node_id,
             store,
-            transport,
+            transport: transport.clone(),
             meta,
             catalogue,
             partition_config,
             initial_cluster: cluster.initial_cluster,
             hooks,
-        }))
+        });
+        let weak = Arc::downgrade(&node);
+        transport.on_cluster_change(Arc::new(move |change| {
+            let node = weak.clone();
+            Box::pin(async move {
+                match node.upgrade() {
+                    Some(n) => n
+                        .change_cluster_locally(change)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None => Err("node is stopping".to_owned()),
+                }
+            })
+        }));
+        Ok(node)
+    }
+
+    /// The peer address of `node`: from `--initial-cluster`, else from the
+    /// metadata group's membership (brokers added later).
+    pub fn peer_addr(&self, node: NodeId) -> Option<String> {
+        if let Some(a) = self.initial_cluster.get(&node) {
+            return Some(a.clone());
+        }
+        let m = self.meta.metrics().borrow().membership_config.clone();
+        m.membership().get_node(&node).map(|n| n.addr.clone())
+    }
+
+    /// Adds or removes a broker: a membership change of the metadata group,
+    /// run by its leader (forwarded there from any broker).
+    pub async fn change_cluster(
+        &self,
+        change: ClusterChange,
+        timeout: Duration,
+    ) -> Result<(), WriteError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let leader = self.meta.metrics().borrow().current_leader;
+            match leader {
+                Some(l) if l == self.node_id => return self.change_cluster_locally(change).await,
+                Some(l) => {
+                    let body = network::encode(&change).map_err(WriteError::Fatal)?;
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match self
+                        .transport
+                        .call(
+                            l,
+                            None,
+                            META_GROUP,
+                            network::KIND_CLUSTER_CHANGE,
+                            body,
+                            left,
+                        )
+                        .await
+                    {
+                        Ok(answer) => {
+                            return match network::decode::<Result<(), String>>(&answer) {
+                                Ok(Ok(())) => Ok(()),
+                                Ok(Err(e)) => Err(WriteError::Membership(e)),
+                                Err(e) => Err(WriteError::Fatal(e)),
+                            }
+                        }
+                        Err(e) => {
+                            warn!(leader = l, error = %e, "forwarding a cluster change failed")
+                        }
+                    }
+                }
+                None => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(WriteError::NoLeader(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn change_cluster_locally(&self, change: ClusterChange) -> Result<(), WriteError> {
+        let fail = |e: &dyn std::fmt::Display| WriteError::Membership(e.to_string());
+        match change {
+            ClusterChange::Add(node, addr) => {
+                self.transport.set_addr(node, addr.clone());
+                self.meta
+                    .add_learner(node, BasicNode { addr }, true)
+                    .await
+                    .map_err(|e| fail(&e))?;
+                self.meta
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node])), false)
+                    .await
+                    .map_err(|e| fail(&e))?;
+                info!(node, "broker joined the cluster");
+            }
+            ClusterChange::Remove(node) => {
+                self.meta
+                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node])), false)
+                    .await
+                    .map_err(|e| fail(&e))?;
+                info!(node, "broker left the cluster");
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves one partition to `target` brokers; `raft` must be its group on
+    /// this node, the leader. The new brokers are first added to the
+    /// catalogue (they open empty replicas), caught up as learners, then
+    /// made the voters in one joint-consensus change; only then does the
+    /// catalogue drop the old brokers, which delete their replicas.
+    pub async fn move_partition(
+        &self,
+        raft: &Raft,
+        topic: &TopicEntry,
+        partition: u32,
+        target: Vec<NodeId>,
+        timeout: Duration,
+    ) -> Result<(), WriteError> {
+        let fail = |e: &dyn std::fmt::Display| WriteError::Membership(e.to_string());
+        let current = topic
+            .replicas
+            .get(partition as usize)
+            .cloned()
+            .unwrap_or_default();
+        let mut union = current.clone();
+        union.extend(target.iter().filter(|n| !current.contains(n)));
+        self.set_replicas(&topic.name, partition, union, timeout)
+            .await?;
+        for node in target.iter().filter(|n| !current.contains(n)) {
+            let addr = self
+                .peer_addr(*node)
+                .ok_or_else(|| WriteError::Membership(format!("no address for broker {node}")))?;
+            tokio::time::timeout(timeout, raft.add_learner(*node, BasicNode { addr }, true))
+                .await
+                .map_err(|_| {
+                    WriteError::Membership(format!("broker {node} did not catch up in {timeout:?}"))
+                })?
+                .map_err(|e| fail(&e))?;
+        }
+        let voters: BTreeSet<NodeId> = target.iter().copied().collect();
+        raft.change_membership(voters, false)
+            .await
+            .map_err(|e| fail(&e))?;
+        self.set_replicas(&topic.name, partition, target, timeout)
+            .await
+    }
+
+    async fn set_replicas(
+        &self,
+        name: &str,
+        partition: u32,
+        replicas: Vec<NodeId>,
+        timeout: Duration,
+    ) -> Result<(), WriteError> {
+        let command = Command::SetReplicas {
+            name: name.to_owned(),
+            partition,
+            replicas,
+        };
+        match self.meta_write(command, timeout).await? {
+            CommandResponse::Rejected { code, message } => Err(WriteError::Rejected(code, message)),
+            _ => Ok(()),
+        }
     }
 
     /// This node's id.
@@ -373,13 +549,19 @@ impl RaftNode {
             message: e.to_string(),
         })?;
         self.transport.register(group, raft.clone());
-        if fresh {
-            let replicas = topic
-                .replicas
-                .get(partition as usize)
-                .cloned()
-                .unwrap_or_default();
-            initialize(&raft, group, members(replicas, &self.initial_cluster)).await?;
+        // Only the creation-time replicas bootstrap the group; a replica
+        // added by a move waits for the leader to add it as a learner.
+        let bootstrap = topic
+            .initial_replicas
+            .get(partition as usize)
+            .cloned()
+            .unwrap_or_default();
+        if fresh && bootstrap.contains(&self.node_id) {
+            let addrs: BTreeMap<NodeId, String> = bootstrap
+                .iter()
+                .filter_map(|n| self.peer_addr(*n).map(|a| (*n, a)))
+                .collect();
+            initialize(&raft, group, members(bootstrap, &addrs)).await?;
         }
         Ok((raft, log))
     }

@@ -91,9 +91,32 @@ impl MetaStateMachine {
                         id,
                         name,
                         settings,
+                        initial_replicas: replicas.clone(),
                         replicas,
                     },
                 );
+                CommandResponse::Done
+            }
+            Command::SetReplicas {
+                name,
+                partition,
+                replicas,
+            } => match catalogue
+                .topics
+                .get_mut(&name)
+                .and_then(|t| t.replicas.get_mut(partition as usize))
+            {
+                Some(slot) => {
+                    *slot = replicas;
+                    CommandResponse::Done
+                }
+                None => CommandResponse::Rejected {
+                    code: ErrorCode::UnknownTopicOrPartition as u16,
+                    message: format!("no partition {partition} of topic {name:?}"),
+                },
+            },
+            Command::RemoveBroker { node_id } => {
+                catalogue.brokers.remove(&node_id);
                 CommandResponse::Done
             }
             Command::DeleteTopic { name } => match catalogue.topics.remove(&name) {

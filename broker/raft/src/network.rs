@@ -47,6 +47,15 @@ const KIND_VOTE: u8 = 3;
 const KIND_SNAPSHOT: u8 = 4;
 /// A client write forwarded to the metadata leader.
 pub(crate) const KIND_META_WRITE: u8 = 5;
+/// A broker added or removed, forwarded to the metadata leader.
+pub(crate) const KIND_CLUSTER_CHANGE: u8 = 6;
+
+/// Runs a cluster change on the metadata leader (set by `RaftNode`).
+pub type ClusterChangeHandler = Arc<
+    dyn Fn(crate::ClusterChange) -> futures::future::BoxFuture<'static, Result<(), String>>
+        + Send
+        + Sync,
+>;
 const KIND_RESPONSE: u8 = 0x80;
 
 /// Why a peer call failed.
@@ -97,6 +106,7 @@ pub struct Transport {
     groups: RwLock<HashMap<u64, Raft>>,
     /// Round-trip times of peer calls, for metrics: `(peer, seconds)`.
     rtt_observer: RwLock<Option<RttHook>>,
+    cluster_change: RwLock<Option<ClusterChangeHandler>>,
 }
 
 impl Transport {
@@ -110,12 +120,18 @@ impl Transport {
             next_id: AtomicU64::new(1),
             groups: RwLock::new(HashMap::new()),
             rtt_observer: RwLock::new(None),
+            cluster_change: RwLock::new(None),
         })
     }
 
     /// Sets a callback observing each successful call's round-trip time.
     pub fn observe_rtt(&self, f: RttHook) {
         *self.rtt_observer.write().expect("rtt lock") = Some(f);
+    }
+
+    /// Sets what runs a forwarded cluster change.
+    pub fn on_cluster_change(&self, handler: ClusterChangeHandler) {
+        *self.cluster_change.write().expect("handler lock") = Some(handler);
     }
 
     /// Registers a local group so peers can reach it.
@@ -390,6 +406,16 @@ impl Transport {
     }
 
     async fn dispatch(&self, kind: u8, group: u64, body: Bytes) -> Result<Vec<u8>, String> {
+        if kind == KIND_CLUSTER_CHANGE {
+            let change: crate::ClusterChange = decode(&body)?;
+            let handler = self
+                .cluster_change
+                .read()
+                .expect("handler lock")
+                .clone()
+                .ok_or("cluster changes are not served here")?;
+            return encode(&handler(change).await);
+        }
         let raft = self
             .group(group)
             .ok_or_else(|| format!("node {} does not host group {group:#x}", self.node_id))?;

@@ -61,6 +61,21 @@ pub enum Command {
         /// Replicas per partition.
         replicas: Vec<Vec<NodeId>>,
     },
+    /// Metadata group: set the brokers holding one partition (a replica
+    /// move adds the new ones first, then drops the old ones).
+    SetReplicas {
+        /// Topic name.
+        name: String,
+        /// Partition.
+        partition: u32,
+        /// Its brokers from now on.
+        replicas: Vec<NodeId>,
+    },
+    /// Metadata group: a broker left the cluster.
+    RemoveBroker {
+        /// The broker.
+        node_id: NodeId,
+    },
     /// Metadata group: delete a topic.
     DeleteTopic {
         /// Name.
@@ -128,8 +143,11 @@ pub struct TopicEntry {
     pub name: String,
     /// Settings.
     pub settings: TopicSettings,
-    /// Replicas of each partition.
+    /// Brokers holding each partition now.
     pub replicas: Vec<Vec<NodeId>>,
+    /// Brokers that held each partition at creation: the only ones that
+    /// may bootstrap its Raft group (a replica added later joins it).
+    pub initial_replicas: Vec<Vec<NodeId>>,
 }
 
 /// Picks `count` distinct brokers for partition `partition` of topic

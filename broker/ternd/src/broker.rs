@@ -27,8 +27,8 @@ use tern_protocol::api::{
 use tern_protocol::record::BATCH_BYTES_MAX;
 use tern_protocol::{BatchView, ErrorCode, Request, Response};
 use tern_raft::{
-    place_replicas, Catalogue, Command, CommandResponse, NodeId, Raft, RaftNode, TernRaft,
-    TopicEntry, TopicSettings,
+    place_replicas, Catalogue, ClusterChange, Command, CommandResponse, NodeId, Raft, RaftNode,
+    TernRaft, TopicEntry, TopicSettings, WriteError,
 };
 use tern_storage::{PartitionLog, StorageError, Store};
 use tokio::sync::{oneshot, watch};
@@ -229,38 +229,46 @@ impl Broker {
             }
             self.topics.write().expect("topics lock").remove(&name);
             for p in topic.partitions.iter().flatten() {
-                self.raft.close_partition(&p.log, true).await;
-                let labels = [name.as_str(), &p.index.to_string()];
-                let _ = self.metrics.log_start_offset.remove_label_values(&labels);
-                let _ = self.metrics.log_end_offset.remove_label_values(&labels);
-                let _ = self.metrics.log_size_bytes.remove_label_values(&labels);
+                self.close_partition(&name, p).await;
             }
             info!(topic = %name, "deleted topic");
         }
         for (name, entry) in &catalogue.topics {
-            if self.topic(name).is_some() {
+            let existing = self.topic(name);
+            if existing.as_ref().is_some_and(|t| t.entry == *entry) {
                 continue;
             }
             let mut partitions = Vec::with_capacity(entry.settings.partitions as usize);
             for index in 0..entry.settings.partitions {
-                let hosted = entry
+                let hosted_now = existing
+                    .as_ref()
+                    .and_then(|t| t.partitions.get(index as usize).cloned().flatten());
+                let should_host = entry
                     .replicas
                     .get(index as usize)
                     .is_some_and(|r| r.contains(&me));
-                if !hosted {
-                    partitions.push(None);
-                    continue;
-                }
-                match self.open_partition(entry, index).await {
-                    Ok(p) => partitions.push(Some(p)),
-                    Err(e) => {
-                        warn!(topic = %name, partition = index, error = %e, "cannot open replica");
+                match (hosted_now, should_host) {
+                    (Some(p), true) => partitions.push(Some(p)),
+                    (Some(p), false) => {
+                        // Moved away: this broker's copy is no longer needed.
+                        self.close_partition(name, &p).await;
+                        info!(topic = %name, partition = index, "replica moved away; deleted");
                         partitions.push(None);
                     }
+                    (None, false) => partitions.push(None),
+                    (None, true) => match self.open_partition(entry, index).await {
+                        Ok(p) => partitions.push(Some(p)),
+                        Err(e) => {
+                            warn!(topic = %name, partition = index, error = %e, "cannot open replica");
+                            partitions.push(None);
+                        }
+                    },
                 }
             }
-            info!(topic = %name, partitions = partitions.len(),
-                  hosted = partitions.iter().flatten().count(), "opened topic");
+            if existing.is_none() {
+                info!(topic = %name, partitions = partitions.len(),
+                      hosted = partitions.iter().flatten().count(), "opened topic");
+            }
             self.topics.write().expect("topics lock").insert(
                 name.clone(),
                 Arc::new(Topic {
@@ -277,6 +285,14 @@ impl Broker {
                 .map(|t| t.partitions.iter().flatten().count() as i64)
                 .sum(),
         );
+    }
+
+    async fn close_partition(&self, topic: &str, p: &Partition) {
+        self.raft.close_partition(&p.log, true).await;
+        let labels = [topic, &p.index.to_string()];
+        let _ = self.metrics.log_start_offset.remove_label_values(&labels);
+        let _ = self.metrics.log_end_offset.remove_label_values(&labels);
+        let _ = self.metrics.log_size_bytes.remove_label_values(&labels);
     }
 
     async fn open_partition(
@@ -456,6 +472,55 @@ impl Broker {
             Request::Metadata { topics } => Ok(self.metadata(topics)),
             Request::CreateTopic { name, config } => self.create_topic(name, config).await,
             Request::DeleteTopic { name } => self.delete_topic(name).await,
+            Request::AddBroker { node_id, peer_addr } => {
+                if node_id == 0 {
+                    return Err(Failure::new(
+                        ErrorCode::InvalidRequest,
+                        "node ids start at 1",
+                    ));
+                }
+                self.raft
+                    .change_cluster(ClusterChange::Add(node_id as u64, peer_addr), ADMIN_TIMEOUT)
+                    .await
+                    .map_err(write_failure)?;
+                Ok(Response::AddBroker)
+            }
+            Request::RemoveBroker { node_id } => {
+                let node = node_id as u64;
+                let catalogue = self.raft.catalogue().borrow().clone();
+                let still: Vec<String> = catalogue
+                    .topics
+                    .values()
+                    .flat_map(|t| {
+                        t.replicas
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, r)| r.contains(&node))
+                            .map(move |(p, _)| format!("{}/{p}", t.name))
+                    })
+                    .collect();
+                if !still.is_empty() {
+                    return Err(Failure::new(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "broker {node} still holds replicas of {}; move them first (tern cluster remove-broker does)",
+                            still.join(", ")
+                        ),
+                    ));
+                }
+                self.raft
+                    .change_cluster(ClusterChange::Remove(node), ADMIN_TIMEOUT)
+                    .await
+                    .map_err(write_failure)?;
+                self.catalogue_write(Command::RemoveBroker { node_id: node })
+                    .await?;
+                Ok(Response::RemoveBroker)
+            }
+            Request::ReassignPartition {
+                topic,
+                partition,
+                replicas,
+            } => self.reassign(topic, partition, replicas).await,
             Request::ListOffsets {
                 topic,
                 partition,
@@ -780,6 +845,44 @@ impl Broker {
         Ok(Response::DeleteTopic)
     }
 
+    async fn reassign(
+        &self,
+        topic: String,
+        partition: u32,
+        replicas: Vec<u32>,
+    ) -> Result<Response, Failure> {
+        let p = self.partition(&topic, partition)?;
+        p.check_leader(self.raft.node_id())?;
+        let voters = self.raft.voters();
+        let mut target: Vec<NodeId> = Vec::new();
+        for r in replicas {
+            let r = r as u64;
+            if !voters.contains(&r) {
+                return Err(Failure::new(
+                    ErrorCode::InvalidRequest,
+                    format!("broker {r} is not in the cluster (brokers: {voters:?})"),
+                ));
+            }
+            if !target.contains(&r) {
+                target.push(r);
+            }
+        }
+        if target.is_empty() {
+            return Err(Failure::new(ErrorCode::InvalidRequest, "no replicas given"));
+        }
+        let entry = self
+            .topic(&topic)
+            .map(|t| t.entry.clone())
+            .ok_or_else(|| Failure::new(ErrorCode::UnknownTopicOrPartition, "topic deleted"))?;
+        info!(%topic, partition, ?target, "moving partition");
+        self.raft
+            .move_partition(&p.raft, &entry, partition, target, ADMIN_TIMEOUT)
+            .await
+            .map_err(write_failure)?;
+        self.reconcile().await;
+        Ok(Response::ReassignPartition)
+    }
+
     async fn catalogue_write(&self, command: Command) -> Result<(), Failure> {
         match self.raft.meta_write(command, ADMIN_TIMEOUT).await {
             Ok(CommandResponse::Rejected { code, message }) => {
@@ -1076,6 +1179,14 @@ fn read_through_cache(
         out.extend_from_slice(&batch);
     }
     Ok((out.freeze(), log_start, log_end))
+}
+
+fn write_failure(e: WriteError) -> Failure {
+    match e {
+        WriteError::Rejected(code, message) => Failure::new(ErrorCode::from_u16(code), message),
+        WriteError::NoLeader(_) => Failure::new(ErrorCode::LeaderNotAvailable, e.to_string()),
+        other => Failure::new(ErrorCode::Unknown, other.to_string()),
+    }
 }
 
 fn validate_topic_name(name: &str) -> Result<(), Failure> {

@@ -81,6 +81,12 @@ pub struct Flags {
     #[arg(long, env = "TERN_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
 
+    /// Join an existing cluster instead of bootstrapping one: the broker
+    /// waits until `tern cluster add-broker ID HOST:PEER_PORT` adds it.
+    /// --initial-cluster must list this broker and at least one member.
+    #[arg(long, env = "TERN_JOIN")]
+    pub join: bool,
+
     /// Name of the cluster; brokers refuse peers with another name. Default: tern
     #[arg(long, env = "TERN_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
@@ -236,6 +242,8 @@ pub struct Config {
     pub initial_cluster: std::collections::BTreeMap<u64, String>,
     /// Cluster name.
     pub cluster_name: String,
+    /// Join an existing cluster (never bootstrap).
+    pub join: bool,
     /// Raft election timeout (minimum) in ms.
     pub election_timeout_ms: u64,
     /// Read-cache bound in bytes (0 = off).
@@ -343,6 +351,7 @@ impl Config {
                 .or(file.cluster_name)
                 .unwrap_or_else(|| "tern".into()),
             election_timeout_ms,
+            join: flags.join,
             min_free_bytes: flags
                 .min_free_bytes
                 .or(file.min_free_bytes)

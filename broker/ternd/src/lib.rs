@@ -170,6 +170,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             election_min_ms: config.election_timeout_ms,
             election_max_ms: config.election_timeout_ms * 2,
         },
+        join: config.join,
     };
     let raft = tern_raft::RaftNode::start(
         cluster,

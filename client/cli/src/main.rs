@@ -1,6 +1,7 @@
 //! `tern`: the command-line client of the Tern broker.
 
 mod bench;
+mod cluster;
 mod consume;
 mod produce;
 mod topic;
@@ -30,9 +31,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create, list, describe and delete topics.
+    /// Create, list, describe, reassign, verify and delete topics.
     #[command(subcommand)]
     Topic(topic::TopicCommand),
+    /// List, add and remove brokers.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Produce records read from stdin, one per line.
     Produce(produce::ProduceArgs),
     /// Print records to stdout, one per line.
@@ -63,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         };
         match cli.command {
             Command::Topic(c) => topic::run(connect().await?, c).await,
+            Command::Cluster(c) => cluster::run(connect().await?, c).await,
             Command::Produce(a) => produce::run(connect().await?, a).await,
             Command::Consume(a) => consume::run(connect().await?, a).await,
             Command::Bench(b) => bench::run(&cli.broker, b).await,

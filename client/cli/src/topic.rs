@@ -40,6 +40,18 @@ pub(crate) enum TopicCommand {
         #[arg(long, default_value_t = 30)]
         wait_secs: u64,
     },
+    /// Move a partition's replicas to other brokers (online: the new ones
+    /// catch up before the old ones leave).
+    Reassign {
+        /// Topic name.
+        name: String,
+        /// The partition.
+        #[arg(long)]
+        partition: u32,
+        /// Node ids of the brokers that will hold it, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        replicas: Vec<u32>,
+    },
     /// Delete a topic and all its records.
     Delete {
         /// Topic name.
@@ -145,6 +157,16 @@ pub(crate) async fn run(client: Client, command: TopicCommand) -> anyhow::Result
                 anyhow::bail!("replicas of {name} differ");
             }
             println!("all replicas of {name} are identical");
+        }
+        TopicCommand::Reassign {
+            name,
+            partition,
+            replicas,
+        } => {
+            admin
+                .reassign_partition(&name, partition, &replicas)
+                .await?;
+            println!("{name}/{partition} now on brokers {replicas:?}");
         }
         TopicCommand::Delete { name } => {
             admin.delete_topic(&name).await?;
