@@ -76,6 +76,29 @@ impl Broker {
         }
     }
 
+    /// Adds a flag for the next start.
+    pub fn add_arg(&mut self, arg: &str) {
+        self.extra_args.push(arg.to_owned());
+    }
+
+    /// Waits up to `limit` for the process to exit by itself: its success,
+    /// or `None` if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<bool> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())

@@ -616,3 +616,56 @@ async fn a_fourth_broker_joins_and_another_leaves_online_without_loss() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_whose_data_was_wiped_refuses_to_start_and_rejoins_with_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    bounded(Duration::from_secs(180), async {
+        let client = Client::connect_with(&cluster.seeds(), client_config())
+            .await
+            .unwrap();
+        let admin = Admin::new(client.clone());
+        admin.create_topic("wiped", NewTopic::new(2)).await.unwrap();
+        let producer = Producer::new(client.clone(), producer_config());
+        let mut acked = Vec::new();
+        for i in 0..500u32 {
+            let v = Bytes::from(format!("0:{i:010}"));
+            let m = producer
+                .send(ProducerRecord::new("wiped", v.clone()).with_partition(i % 2))
+                .await
+                .unwrap();
+            acked.push(Acked {
+                partition: m.partition,
+                offset: m.offset,
+                value: v,
+            });
+        }
+        // Broker 3 comes back with an empty data directory: refused.
+        cluster.brokers[2].kill9();
+        std::fs::remove_dir_all(&cluster.brokers[2].data_dir).unwrap();
+        cluster.brokers[2].spawn_no_wait();
+        let exited = cluster.brokers[2].wait_exit(Duration::from_secs(20));
+        assert_eq!(exited, Some(false), "a wiped broker must refuse to start");
+        let log = cluster.brokers[2].log();
+        assert!(log.contains("its data was lost"), "{log}");
+
+        // The documented way back: remove it, start it with --join, add it,
+        // move replicas onto it.
+        admin.remove_broker(3).await.unwrap();
+        cluster.brokers[2].add_arg("--join");
+        cluster.brokers[2].spawn_no_wait();
+        let peer = cluster.brokers[2].peer_addr.clone();
+        admin.add_broker(3, &peer).await.unwrap();
+        cluster.brokers[2].wait_ready();
+        for p in 0..2 {
+            admin
+                .reassign_partition("wiped", p, &[1, 2, 3])
+                .await
+                .unwrap();
+        }
+        let logs = converged(&cluster, "wiped", 2).await;
+        println!("{}", check(&logs, &acked, &[]));
+    })
+    .await;
+}

@@ -134,6 +134,20 @@ pub enum RaftStartError {
     /// Storage failed.
     #[error("storage: {0}")]
     Storage(#[from] tern_storage::StorageError),
+    /// The data directory is empty but the cluster knows this node: its
+    /// data was lost. Starting would let it vote twice in a term.
+    #[error(
+        "this broker's data directory is empty, but broker {peer} of the cluster knows node {node}: \
+         its data was lost. To bring it back empty: `tern cluster remove-broker {node}`, \
+         restart it with --join, then `tern cluster add-broker {node} <its peer address>` \
+         and move partitions back with `tern topic reassign`"
+    )]
+    DataLost {
+        /// This node.
+        node: NodeId,
+        /// The peer that remembers it.
+        peer: NodeId,
+    },
 }
 
 /// Why a catalogue write failed.
@@ -252,6 +266,33 @@ impl RaftNode {
         transport.register(META_GROUP, meta.clone());
         tokio::spawn(transport.clone().serve(peer_listener, shutdown.clone()));
         if fresh && !cluster.join {
+            // A wiped data dir must not bootstrap (nor vote) as if new.
+            for (&peer, _) in cluster
+                .initial_cluster
+                .iter()
+                .filter(|(p, _)| **p != cluster.node_id)
+            {
+                let body = network::encode(&cluster.node_id).map_err(RaftStartError::Config)?;
+                let answer = transport
+                    .call(
+                        peer,
+                        None,
+                        META_GROUP,
+                        network::KIND_WAS_MEMBER,
+                        body,
+                        Duration::from_secs(1),
+                    )
+                    .await;
+                if let Ok(a) = answer {
+                    if network::decode::<bool>(&a) == Ok(true) {
+                        shutdown.cancel();
+                        return Err(RaftStartError::DataLost {
+                            node: cluster.node_id,
+                            peer,
+                        });
+                    }
+                }
+            }
             let m = members(
                 cluster.initial_cluster.keys().copied(),
                 &cluster.initial_cluster,
@@ -272,6 +313,10 @@ impl RaftNode {
             initial_cluster: cluster.initial_cluster,
             hooks,
         });
+        let catalogue_view = node.catalogue.clone();
+        transport.on_was_member(Arc::new(move |n| {
+            catalogue_view.borrow().brokers.contains_key(&n)
+        }));
         let weak = Arc::downgrade(&node);
         transport.on_cluster_change(Arc::new(move |change| {
             let node = weak.clone();

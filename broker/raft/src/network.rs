@@ -49,6 +49,12 @@ const KIND_SNAPSHOT: u8 = 4;
 pub(crate) const KIND_META_WRITE: u8 = 5;
 /// A broker added or removed, forwarded to the metadata leader.
 pub(crate) const KIND_CLUSTER_CHANGE: u8 = 6;
+/// "Has this node id ever registered with the cluster?" (asked by a
+/// starting broker whose data directory is empty).
+pub(crate) const KIND_WAS_MEMBER: u8 = 7;
+
+/// Answers [`KIND_WAS_MEMBER`] from the local catalogue.
+pub type WasMemberHandler = Arc<dyn Fn(NodeId) -> bool + Send + Sync>;
 
 /// Runs a cluster change on the metadata leader (set by `RaftNode`).
 pub type ClusterChangeHandler = Arc<
@@ -107,6 +113,7 @@ pub struct Transport {
     /// Round-trip times of peer calls, for metrics: `(peer, seconds)`.
     rtt_observer: RwLock<Option<RttHook>>,
     cluster_change: RwLock<Option<ClusterChangeHandler>>,
+    was_member: RwLock<Option<WasMemberHandler>>,
 }
 
 impl Transport {
@@ -121,6 +128,7 @@ impl Transport {
             groups: RwLock::new(HashMap::new()),
             rtt_observer: RwLock::new(None),
             cluster_change: RwLock::new(None),
+            was_member: RwLock::new(None),
         })
     }
 
@@ -132,6 +140,11 @@ impl Transport {
     /// Sets what runs a forwarded cluster change.
     pub fn on_cluster_change(&self, handler: ClusterChangeHandler) {
         *self.cluster_change.write().expect("handler lock") = Some(handler);
+    }
+
+    /// Sets what answers "was this node a member?".
+    pub fn on_was_member(&self, handler: WasMemberHandler) {
+        *self.was_member.write().expect("handler lock") = Some(handler);
     }
 
     /// Registers a local group so peers can reach it.
@@ -406,6 +419,11 @@ impl Transport {
     }
 
     async fn dispatch(&self, kind: u8, group: u64, body: Bytes) -> Result<Vec<u8>, String> {
+        if kind == KIND_WAS_MEMBER {
+            let node: NodeId = decode(&body)?;
+            let handler = self.was_member.read().expect("handler lock").clone();
+            return encode(&handler.is_some_and(|h| h(node)));
+        }
         if kind == KIND_CLUSTER_CHANGE {
             let change: crate::ClusterChange = decode(&body)?;
             let handler = self

@@ -487,18 +487,28 @@ impl Broker {
             }
             Request::RemoveBroker { node_id } => {
                 let node = node_id as u64;
-                let catalogue = self.raft.catalogue().borrow().clone();
-                let still: Vec<String> = catalogue
-                    .topics
-                    .values()
-                    .flat_map(|t| {
-                        t.replicas
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, r)| r.contains(&node))
-                            .map(move |(p, _)| format!("{}/{p}", t.name))
-                    })
-                    .collect();
+                let holding = || -> Vec<String> {
+                    let catalogue = self.raft.catalogue().borrow().clone();
+                    catalogue
+                        .topics
+                        .values()
+                        .flat_map(|t| {
+                            t.replicas
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, r)| r.contains(&node))
+                                .map(move |(p, _)| format!("{}/{p}", t.name))
+                        })
+                        .collect()
+                };
+                // Moves just committed elsewhere may take a moment to apply
+                // on this broker's copy of the catalogue.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                let mut still = holding();
+                while !still.is_empty() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    still = holding();
+                }
                 if !still.is_empty() {
                     return Err(Failure::new(
                         ErrorCode::InvalidRequest,
