@@ -89,10 +89,16 @@ async fn read_replica(addr: &str, topic: &str, partition: u32) -> Result<Replica
             return Err("fetch answered with another type".into());
         };
         let r = &results[0];
+        if r.error == ErrorCode::OffsetOutOfRange && out.records.is_empty() && r.log_start > offset
+        {
+            // Retention moved the start: read from there.
+            offset = r.log_start;
+            continue;
+        }
         if r.error != ErrorCode::None {
             return Err(format!(
-                "fetch {topic}/{partition} from {addr}: {}",
-                r.error
+                "fetch {topic}/{partition} from {addr} at {offset} (log start {}, end {}): {}",
+                r.log_start, r.high_watermark, r.error
             ));
         }
         out.log_end = r.high_watermark;
@@ -666,6 +672,82 @@ async fn a_broker_whose_data_was_wiped_refuses_to_start_and_rejoins_with_join() 
         }
         let logs = converged(&cluster, "wiped", 2).await;
         println!("{}", check(&logs, &acked, &[]));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_added_after_retention_catches_up_from_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &["--retention-check-ms", "200"]);
+    bounded(Duration::from_secs(180), async {
+        let client = Client::connect_with(&cluster.seeds(), client_config())
+            .await
+            .unwrap();
+        let admin = Admin::new(client.clone());
+        let mut t = NewTopic::new(1);
+        t.retention_bytes = Some(200_000);
+        admin.create_topic("trimmed", t).await.unwrap();
+        let producer = Producer::new(
+            client.clone(),
+            ProducerConfig {
+                batch_bytes_max: 4_000,
+                ..producer_config()
+            },
+        );
+        for i in 0..20_000u32 {
+            producer
+                .enqueue(ProducerRecord::new("trimmed", format!("0:{i:010}")))
+                .await
+                .unwrap();
+        }
+        producer.flush().await.unwrap();
+        // Retention trims every replica (and moves Raft's purge point).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let logs = converged_on(&cluster, &[0, 1, 2], "trimmed", 1).await;
+            let starts: Vec<u64> = logs[0]
+                .iter()
+                .map(|(_, l)| l.records.first().map_or(0, |r| r.0))
+                .collect();
+            if starts.iter().all(|s| *s > 0) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "retention did not run: {starts:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // A new broker takes a replica: the entries it needs were deleted,
+        // so it must catch up from a snapshot carrying the retained batches.
+        let four = cluster.start_joining(dir.path(), &["--retention-check-ms", "200"]);
+        let peer = cluster.brokers[four].peer_addr.clone();
+        admin.add_broker(4, &peer).await.unwrap();
+        cluster.brokers[four].wait_ready();
+        let target = vec![1, 2, 4];
+        admin
+            .reassign_partition("trimmed", 0, &target)
+            .await
+            .unwrap();
+        for i in 20_000..20_100u32 {
+            producer
+                .send(ProducerRecord::new("trimmed", format!("0:{i:010}")))
+                .await
+                .unwrap();
+        }
+        let logs = converged_on(&cluster, &[0, 1, 3], "trimmed", 1).await;
+        println!("{}", check(&logs, &[], &[]));
+        let newcomer = &logs[0].iter().find(|(i, _)| *i == 3).unwrap().1;
+        assert!(
+            newcomer.records.len() > 100,
+            "the snapshot carried the retained records"
+        );
+        let m = cluster.brokers[four].http("/metrics").unwrap().1;
+        assert!(
+            tern_tests::metric_sum(&m, "tern_raft_snapshots_installed_total") >= 1.0,
+            "caught up through a snapshot"
+        );
     })
     .await;
 }

@@ -569,7 +569,8 @@ impl RaftNode {
         let group = partition_group(topic.id, partition);
         let log = Arc::new(self.store.partition_log(topic.id, partition)?);
         let log_store = LogStore::new(self.store.clone(), group)
-            .with_write_hook(self.hooks.on_log_write.clone());
+            .with_write_hook(self.hooks.on_log_write.clone())
+            .keeping_purged_entries();
         let cfg_err = |e: openraft::StorageError<NodeId>| RaftStartError::Group {
             group,
             message: e.to_string(),

@@ -119,6 +119,10 @@ pub struct LogStore {
     store: Store,
     group: u64,
     on_write: WriteHook,
+    /// Whether a purge deletes entries (the metadata group) or only moves
+    /// Raft's purge point (a partition, whose entries are its data and are
+    /// deleted by retention alone).
+    purge_deletes: bool,
 }
 
 /// Observes each log write: entries, seconds.
@@ -131,7 +135,15 @@ impl LogStore {
             store,
             group,
             on_write: std::sync::Arc::new(|_, _| {}),
+            purge_deletes: true,
         }
+    }
+
+    /// A partition's log: purging keeps the entries (they are the records
+    /// consumers read until retention removes them).
+    pub fn keeping_purged_entries(mut self) -> LogStore {
+        self.purge_deletes = false;
+        self
     }
 
     /// Reports every append to `hook`.
@@ -222,6 +234,11 @@ impl RaftLogStorage<TernRaft> for LogStore {
         let last_purged_log_id: Option<LogId> = self.get_meta("purged")?;
         let last = self.store.raft_last_entry(self.group).map_err(read_err)?;
         let last_log_id = match last {
+            // Entries at or below the purge point are data only (e.g. from
+            // an installed snapshot), not Raft's log.
+            Some((index, _)) if last_purged_log_id.is_some_and(|p| index <= p.index) => {
+                last_purged_log_id
+            }
             Some((_, v)) => Some(decode_entry(&v).map_err(read_err)?.log_id),
             None => last_purged_log_id,
         };
@@ -302,6 +319,9 @@ impl RaftLogStorage<TernRaft> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
         self.put_meta("purged", &log_id, true)?;
+        if !self.purge_deletes {
+            return Ok(());
+        }
         blocking(|| self.store.raft_delete_below(self.group, log_id.index + 1)).map_err(write_err)
     }
 }

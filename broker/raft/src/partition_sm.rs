@@ -50,6 +50,17 @@ struct SmState {
     log_end: u64,
 }
 
+/// What a partition snapshot carries: the state machine's state and, when
+/// sent to a replica behind the purge point, every retained batch up to the
+/// snapshot (`(base_offset, raft_index, bytes)`). A snapshot built only to
+/// let Raft purge its log carries no batches; the data is read when a
+/// replica actually needs it ([`RaftStateMachine::get_current_snapshot`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct PartitionSnapshot {
+    state: SmState,
+    batches: Vec<(u64, u64, bytes::Bytes)>,
+}
+
 /// Called after each applied group of batches (wakes long polls, fills the
 /// read cache).
 pub type OnApply = Arc<dyn Fn(&[AppendedBatch], u64) + Send + Sync>;
@@ -134,8 +145,19 @@ impl PartitionStateMachine {
         }
     }
 
-    fn snapshot_now(&self) -> Result<Snapshot<TernRaft>, RaftStorageError> {
-        let data = bincode::serialize(&self.state).map_err(sm_err)?;
+    fn snapshot_now(&self, with_batches: bool) -> Result<Snapshot<TernRaft>, RaftStorageError> {
+        let batches = match (with_batches, self.state.applied) {
+            (true, Some(applied)) => {
+                let log = self.log.clone();
+                blocking(move || log.batches_upto(applied.index)).map_err(sm_err)?
+            }
+            _ => Vec::new(),
+        };
+        let data = bincode::serialize(&PartitionSnapshot {
+            state: self.state.clone(),
+            batches,
+        })
+        .map_err(sm_err)?;
         let last = self.state.applied;
         Ok(Snapshot {
             meta: SnapshotMeta {
@@ -232,7 +254,7 @@ impl RaftStateMachine<TernRaft> for PartitionStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        PartitionSnapshotBuilder(self.snapshot_now())
+        PartitionSnapshotBuilder(self.snapshot_now(false))
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
@@ -244,16 +266,23 @@ impl RaftStateMachine<TernRaft> for PartitionStateMachine {
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), RaftStorageError> {
-        // A snapshot carries the partition's state, not its records: this
-        // replica restarts its log at the snapshot's log end. (Snapshots are
-        // only sent to a replica that is behind the leader's purge point.)
-        let mut state: SmState = bincode::deserialize(snapshot.get_ref()).map_err(sm_err)?;
+        let snapshot: PartitionSnapshot =
+            bincode::deserialize(snapshot.get_ref()).map_err(sm_err)?;
+        let mut state = snapshot.state;
         state.applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
+        let log_start = snapshot
+            .batches
+            .first()
+            .map_or(state.log_end, |(base, _, _)| *base);
         let bytes = bincode::serialize(&state).map_err(sm_err)?;
         let log = self.log.clone();
-        let start = state.log_end;
-        blocking(move || log.reset(start, &bytes)).map_err(sm_err)?;
+        let (upto, end, batches) = (
+            meta.last_log_id.map_or(0, |l| l.index),
+            state.log_end,
+            snapshot.batches,
+        );
+        blocking(move || log.install(upto, log_start, end, batches, &bytes)).map_err(sm_err)?;
         self.state = state;
         (self.on_snapshot_installed)();
         (self.on_apply)(&[], self.log.log_end());
@@ -266,6 +295,6 @@ impl RaftStateMachine<TernRaft> for PartitionStateMachine {
         if self.state.applied.is_none() {
             return Ok(None);
         }
-        self.snapshot_now().map(Some)
+        self.snapshot_now(true).map(Some)
     }
 }

@@ -271,6 +271,131 @@ impl PartitionLog {
         Ok(appended)
     }
 
+    /// Every stored batch whose Raft entry is at or below `raft_index`, as
+    /// `(base_offset, raft_index, batch bytes)` in offset order: the data of
+    /// a snapshot sent to a replica that is behind the purge point.
+    #[allow(clippy::type_complexity)]
+    pub fn batches_upto(&self, raft_index: u64) -> Result<Vec<(u64, u64, Bytes)>, StorageError> {
+        let metas: Vec<(u64, BatchMeta)> = {
+            let state = self.state.read().expect("log state lock");
+            state
+                .index
+                .iter()
+                .filter(|(_, m)| m.raft_index <= raft_index)
+                .map(|(b, m)| (*b, *m))
+                .collect()
+        };
+        let mut out = Vec::with_capacity(metas.len());
+        for (base, meta) in metas {
+            match self.read_batch(base) {
+                Ok(bytes) => out.push((base, meta.raft_index, bytes)),
+                // Retention removed it meanwhile: the snapshot starts later.
+                Err(StorageError::OffsetOutOfRange { .. }) => out.clear(),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces everything up to Raft index `upto` by a snapshot's content:
+    /// `batches` (`(base_offset, raft_index, bytes)`, contiguous, each
+    /// CRC-checked here) stored under their Raft indexes, the log starting at
+    /// `log_start` and ending at `log_end`. Entries after `upto` are kept.
+    #[allow(clippy::type_complexity)]
+    pub fn install(
+        &self,
+        upto: u64,
+        log_start: u64,
+        log_end: u64,
+        batches: Vec<(u64, u64, Bytes)>,
+        sm_state: &[u8],
+    ) -> Result<(), StorageError> {
+        let _writer = self.write_lock.lock().expect("log write lock");
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.delete_range_cf(
+            self.store.cf(CF_INDEX),
+            group_key(self.group, 0),
+            group_key(self.group, u64::MAX),
+        );
+        wb.delete_range_cf(
+            self.store.cf(CF_LOG),
+            group_key(self.group, 0),
+            group_key(self.group, upto.saturating_add(1)),
+        );
+        let mut state = LogState {
+            log_start,
+            log_end,
+            ..Default::default()
+        };
+        for (base, raft_index, bytes) in batches {
+            let mut patched = BytesMut::from(&bytes[..]);
+            BatchView::set_base_offset(&mut patched, base);
+            let view =
+                BatchView::check_crc(patched.freeze()).map_err(|cause| StorageError::Corrupt {
+                    topic_id: self.topic_id,
+                    partition: self.partition,
+                    offset: base,
+                    cause,
+                })?;
+            let meta = BatchMeta {
+                records: view.record_count(),
+                bytes: view.bytes().len() as u32,
+                max_timestamp: view.max_timestamp(),
+                raft_index,
+            };
+            wb.put_cf(
+                self.store.cf(CF_LOG),
+                group_key(self.group, raft_index),
+                crate::raft::join_raft_value(&[], view.bytes()),
+            );
+            wb.put_cf(
+                self.store.cf(CF_INDEX),
+                group_key(self.group, base),
+                meta.encode(),
+            );
+            state.bytes += meta.bytes as u64;
+            state.index.insert(base, meta);
+        }
+        wb.put_cf(
+            self.store.cf(CF_META),
+            start_marker_key(self.group),
+            log_start.to_le_bytes(),
+        );
+        wb.put_cf(self.store.cf(CF_META), sm_state_key(self.group), sm_state);
+        let mut w = rocksdb::WriteOptions::default();
+        w.set_sync(true);
+        self.store
+            .db
+            .write_opt(wb, &w)
+            .map_err(|e| StorageError::rocks("install snapshot", e))?;
+        *self.state.write().expect("log state lock") = state;
+        Ok(())
+    }
+
+    /// The Raft index below which retention would delete now (the entry of
+    /// the first batch it keeps), or `None` if it would delete nothing.
+    pub fn retention_cut(
+        &self,
+        now_ms: i64,
+        retention_ms: i64,
+        retention_bytes: i64,
+    ) -> Option<u64> {
+        let state = self.state.read().expect("log state lock");
+        let mut remaining = state.bytes;
+        let mut cut = None;
+        let mut entries = state.index.values().peekable();
+        while let Some(meta) = entries.next() {
+            let too_old = retention_ms >= 0 && meta.max_timestamp < now_ms - retention_ms;
+            let too_big = retention_bytes >= 0 && remaining > retention_bytes as u64;
+            if !(too_old || too_big) {
+                break;
+            }
+            remaining -= meta.bytes as u64;
+            cut = Some(entries.peek().map_or(meta.raft_index + 1, |m| m.raft_index));
+        }
+        cut
+    }
+
     /// Replaces the whole partition by an empty log spanning
     /// `[log_start, log_start)` (a state machine installing a snapshot).
     pub fn reset(&self, log_start: u64, sm_state: &[u8]) -> Result<(), StorageError> {

@@ -1041,21 +1041,6 @@ impl Partition {
         }
     }
 
-    /// Raft entries below this index may be deleted by retention: every
-    /// replica this node knows of has them (on a follower: what it applied).
-    pub fn retention_keep_from(&self) -> u64 {
-        let m = self.raft.metrics().borrow().clone();
-        match &m.replication {
-            Some(followers) => followers
-                .values()
-                .map(|matched| matched.map_or(0, |l| l.index + 1))
-                .min()
-                .unwrap_or(u64::MAX)
-                .min(m.last_applied.map_or(0, |l| l.index + 1)),
-            None => m.last_applied.map_or(0, |l| l.index + 1),
-        }
-    }
-
     fn describe(&self, me: NodeId, replicas: Vec<u32>) -> PartitionInfo {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader.unwrap_or(0) as u32;
