@@ -436,7 +436,7 @@ async fn seeded_fault_campaign_loses_duplicates_and_reorders_nothing() {
     println!("fault campaign: seed {seed}, {secs} s (replay: TERN_CAMPAIGN_SEED={seed} TERN_CAMPAIGN_SECS={secs})");
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start_partitionable(dir.path(), 3, &[]);
-    let limit = Duration::from_secs(secs + 240);
+    let limit = Duration::from_secs(secs + 600);
     bounded(limit, async {
         const TOPIC: &str = "campaign";
         const PARTITIONS: u32 = 3;
