@@ -11,10 +11,7 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
-use openraft::{
-    AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
-    StorageIOError,
-};
+use openraft::{AnyError, EntryPayload, OptionalSend, Snapshot, SnapshotMeta, StorageIOError};
 use serde::{Deserialize, Serialize};
 use tern_protocol::ErrorCode;
 use tern_storage::Store;
@@ -22,8 +19,8 @@ use tokio::sync::watch;
 
 use crate::log_store::blocking;
 use crate::types::{
-    BrokerEntry, Catalogue, Command, CommandResponse, Entry, LogId, NodeId, RaftStorageError,
-    StoredMembership, TernRaft, TopicEntry,
+    BrokerEntry, Catalogue, Command, CommandResponse, Entry, LogId, NodeId, PrebuiltSnapshot,
+    RaftStorageError, StoredMembership, TernRaft, TopicEntry,
 };
 
 const STATE_KEY: &[u8] = b"sm/meta";
@@ -183,23 +180,8 @@ impl MetaStateMachine {
     }
 }
 
-/// Builds a metadata snapshot from a copy of the state.
-pub struct MetaSnapshotBuilder(Result<Snapshot<TernRaft>, RaftStorageError>);
-
-impl RaftSnapshotBuilder<TernRaft> for MetaSnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TernRaft>, RaftStorageError> {
-        match &self.0 {
-            Ok(s) => Ok(Snapshot {
-                meta: s.meta.clone(),
-                snapshot: Box::new(Cursor::new(s.snapshot.get_ref().clone())),
-            }),
-            Err(e) => Err(e.clone()),
-        }
-    }
-}
-
 impl RaftStateMachine<TernRaft> for MetaStateMachine {
-    type SnapshotBuilder = MetaSnapshotBuilder;
+    type SnapshotBuilder = PrebuiltSnapshot;
 
     async fn applied_state(
         &mut self,
@@ -229,7 +211,7 @@ impl RaftStateMachine<TernRaft> for MetaStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        MetaSnapshotBuilder(self.snapshot_now())
+        PrebuiltSnapshot(self.snapshot_now())
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {

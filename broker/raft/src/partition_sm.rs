@@ -13,17 +13,15 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
-use openraft::{
-    AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
-    StorageIOError,
-};
+use openraft::{AnyError, EntryPayload, OptionalSend, Snapshot, SnapshotMeta, StorageIOError};
 use serde::{Deserialize, Serialize};
 use tern_protocol::{BatchView, ErrorCode};
 use tern_storage::{AppendedBatch, ApplyBatch, PartitionLog};
 
 use crate::log_store::blocking;
 use crate::types::{
-    Command, CommandResponse, Entry, LogId, NodeId, RaftStorageError, StoredMembership, TernRaft,
+    Command, CommandResponse, Entry, LogId, NodeId, PrebuiltSnapshot, RaftStorageError,
+    StoredMembership, TernRaft,
 };
 
 /// Batches remembered per producer for de-duplicating retries (a producer
@@ -170,23 +168,8 @@ impl PartitionStateMachine {
     }
 }
 
-/// Builds a snapshot from a copy of the state.
-pub struct PartitionSnapshotBuilder(Result<Snapshot<TernRaft>, RaftStorageError>);
-
-impl RaftSnapshotBuilder<TernRaft> for PartitionSnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TernRaft>, RaftStorageError> {
-        match &self.0 {
-            Ok(s) => Ok(Snapshot {
-                meta: s.meta.clone(),
-                snapshot: Box::new(Cursor::new(s.snapshot.get_ref().clone())),
-            }),
-            Err(e) => Err(e.clone()),
-        }
-    }
-}
-
 impl RaftStateMachine<TernRaft> for PartitionStateMachine {
-    type SnapshotBuilder = PartitionSnapshotBuilder;
+    type SnapshotBuilder = PrebuiltSnapshot;
 
     async fn applied_state(
         &mut self,
@@ -254,7 +237,7 @@ impl RaftStateMachine<TernRaft> for PartitionStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        PartitionSnapshotBuilder(self.snapshot_now(false))
+        PrebuiltSnapshot(self.snapshot_now(false))
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {

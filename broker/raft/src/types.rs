@@ -32,6 +32,22 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNo
 /// Storage failure as openraft wants it.
 pub type RaftStorageError = openraft::StorageError<NodeId>;
 
+/// A snapshot taken when openraft asked for a builder (the state is copied
+/// then, so building never races with applying); both state machines use it.
+pub struct PrebuiltSnapshot(pub(crate) Result<openraft::Snapshot<TernRaft>, RaftStorageError>);
+
+impl openraft::RaftSnapshotBuilder<TernRaft> for PrebuiltSnapshot {
+    async fn build_snapshot(&mut self) -> Result<openraft::Snapshot<TernRaft>, RaftStorageError> {
+        match &self.0 {
+            Ok(s) => Ok(openraft::Snapshot {
+                meta: s.meta.clone(),
+                snapshot: Box::new(Cursor::new(s.snapshot.get_ref().clone())),
+            }),
+            Err(e) => Err(e.clone()),
+        }
+    }
+}
+
 /// Settings of a topic, as replicated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicSettings {

@@ -396,37 +396,6 @@ impl PartitionLog {
         cut
     }
 
-    /// Replaces the whole partition by an empty log spanning
-    /// `[log_start, log_start)` (a state machine installing a snapshot).
-    pub fn reset(&self, log_start: u64, sm_state: &[u8]) -> Result<(), StorageError> {
-        let _writer = self.write_lock.lock().expect("log write lock");
-        let mut wb = rocksdb::WriteBatch::default();
-        wb.delete_range_cf(
-            self.store.cf(CF_INDEX),
-            group_key(self.group, 0),
-            group_key(self.group, u64::MAX),
-        );
-        wb.put_cf(
-            self.store.cf(CF_META),
-            start_marker_key(self.group),
-            log_start.to_le_bytes(),
-        );
-        wb.put_cf(self.store.cf(CF_META), sm_state_key(self.group), sm_state);
-        let mut w = rocksdb::WriteOptions::default();
-        w.set_sync(true);
-        self.store
-            .db
-            .write_opt(wb, &w)
-            .map_err(|e| StorageError::rocks("reset", e))?;
-        let mut state = self.state.write().expect("log state lock");
-        *state = LogState {
-            log_start,
-            log_end: log_start,
-            ..Default::default()
-        };
-        Ok(())
-    }
-
     /// Reads whole batches starting with the one that contains `offset`,
     /// until `max_bytes` is reached (at least one batch is always returned
     /// when any exists, so a large batch can never stall a consumer).
@@ -795,16 +764,34 @@ mod tests {
     }
 
     #[test]
-    fn reset_empties_the_log_at_a_new_start() {
+    fn a_snapshot_install_replaces_the_start_and_keeps_later_entries() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Durability::PageCache).unwrap();
-        let log = store.partition_log(6, 0).unwrap();
-        commit(&log, 1, vec![batch(4, 1)]);
-        log.reset(100, b"snap").unwrap();
-        assert_eq!((log.log_start(), log.log_end()), (100, 100));
-        drop(log);
-        let log = store.partition_log(6, 0).unwrap();
-        assert_eq!((log.log_start(), log.log_end()), (100, 100));
-        assert_eq!(log.sm_state().unwrap().unwrap(), b"snap");
+        let leader = store.partition_log(6, 0).unwrap();
+        commit(&leader, 1, vec![batch(4, 1), batch(2, 1), batch(3, 1)]);
+        let shipped = leader.batches_upto(2).unwrap();
+        assert_eq!(
+            shipped.iter().map(|(b, r, _)| (*b, *r)).collect::<Vec<_>>(),
+            vec![(0, 1), (4, 2)]
+        );
+        let follower = store.partition_log(6, 1).unwrap();
+        // An entry after the snapshot point, already replicated: kept.
+        store
+            .raft_append(
+                follower.group(),
+                &[(3, join_raft_value(b"h", &batch(3, 1)))],
+            )
+            .unwrap();
+        follower.install(2, 0, 6, shipped, b"snap").unwrap();
+        assert_eq!((follower.log_start(), follower.log_end()), (0, 6));
+        assert_eq!(
+            follower.read_batch(4).unwrap(),
+            leader.read_batch(4).unwrap()
+        );
+        assert!(store.raft_entry(follower.group(), 3).unwrap().is_some());
+        drop(follower);
+        let follower = store.partition_log(6, 1).unwrap();
+        assert_eq!((follower.log_start(), follower.log_end()), (0, 6));
+        assert_eq!(follower.sm_state().unwrap().unwrap(), b"snap");
     }
 }
