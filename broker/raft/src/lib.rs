@@ -607,7 +607,15 @@ impl RaftNode {
                 .iter()
                 .filter_map(|n| self.peer_addr(*n).map(|a| (*n, a)))
                 .collect();
+            let preferred = bootstrap.first() == Some(&self.node_id);
             initialize(&raft, group, members(bootstrap, &addrs)).await?;
+            // The first replica (spread evenly over brokers by the
+            // placement) campaigns at once: leaders start balanced instead
+            // of going to whichever broker's timer fires first, and a new
+            // topic is writable without waiting for an election timeout.
+            if preferred {
+                let _ = raft.trigger().elect().await;
+            }
         }
         Ok((raft, log))
     }
