@@ -103,10 +103,15 @@ impl Admin {
     pub async fn add_broker(&self, node_id: u32, peer_addr: &str) -> Result<(), ClientError> {
         match self
             .client
-            .request_any(Request::AddBroker {
-                node_id,
-                peer_addr: peer_addr.to_owned(),
-            })
+            .any_connection()
+            .await?
+            .request_with(
+                Request::AddBroker {
+                    node_id,
+                    peer_addr: peer_addr.to_owned(),
+                },
+                MEMBERSHIP_WAIT,
+            )
             .await?
         {
             Response::AddBroker => Ok(()),
@@ -134,7 +139,8 @@ impl Admin {
         loop {
             attempts += 1;
             let answer = match self.client.leader(topic, partition).await {
-                Ok(conn) => conn.request(request.clone()).await,
+                // The leader answers once the new replicas caught up.
+                Ok(conn) => conn.request_with(request.clone(), MEMBERSHIP_WAIT).await,
                 Err(e) => Err(e),
             };
             match answer {
@@ -200,7 +206,9 @@ impl Admin {
         }
         match self
             .client
-            .request_any(Request::RemoveBroker { node_id })
+            .any_connection()
+            .await?
+            .request_with(Request::RemoveBroker { node_id }, MEMBERSHIP_WAIT)
             .await?
         {
             Response::RemoveBroker => Ok(()),
@@ -350,6 +358,11 @@ impl Admin {
         }
     }
 }
+
+/// Extra time membership requests may take beyond the request timeout
+/// (a new replica copies the partition before the broker answers; brokers
+/// give up after 15 s).
+pub(crate) const MEMBERSHIP_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// One replica's committed log, summarised by [`Admin::replica_digest`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -33,13 +33,19 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback port (bound then released; racy but fine on loopback).
+/// A free loopback port for a broker to bind later. Chosen below Linux's
+/// ephemeral range (32768–60999), which outgoing connections and `:0`
+/// listeners draw from: a port found free there could be taken by a
+/// client's connection before the broker binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    use rand::Rng;
+    let mut rng = rand::rng();
+    loop {
+        let port = rng.random_range(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running `ternd` process.

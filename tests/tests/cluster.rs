@@ -54,7 +54,25 @@ fn producer_config() -> ProducerConfig {
 struct ReplicaLog {
     log_end: u64,
     records: Vec<(u64, Bytes)>,
-    digest: u64,
+    /// `(base offset, XXH3 of the batch bytes)` of every batch.
+    batches: Vec<(u64, u64)>,
+}
+
+impl ReplicaLog {
+    /// Digest of the batches from `start` on (replicas trim by retention
+    /// independently, so their logs are compared from a common start).
+    fn digest_from(&self, start: u64) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for (base, batch) in self.batches.iter().filter(|(b, _)| *b >= start) {
+            h.update(&base.to_le_bytes());
+            h.update(&batch.to_le_bytes());
+        }
+        h.digest()
+    }
+
+    fn start(&self) -> u64 {
+        self.batches.first().map_or(self.log_end, |(b, _)| *b)
+    }
 }
 
 /// Reads a partition from one broker's own replica (fetch is served by any
@@ -63,11 +81,10 @@ async fn read_replica(addr: &str, topic: &str, partition: u32) -> Result<Replica
     let conn = Connection::connect(addr, Duration::from_secs(1), Duration::from_secs(10))
         .await
         .map_err(|e| e.to_string())?;
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut out = ReplicaLog {
         log_end: 0,
         records: Vec::new(),
-        digest: 0,
+        batches: Vec::new(),
     };
     let mut offset = 0;
     loop {
@@ -107,7 +124,8 @@ async fn read_replica(addr: &str, topic: &str, partition: u32) -> Result<Replica
         }
         for view in tern_protocol::record::split_batches(r.records.clone()) {
             let view = view.map_err(|e| e.to_string())?;
-            hasher.update(view.bytes());
+            out.batches
+                .push((view.base_offset(), xxhash_rust::xxh3::xxh3_64(view.bytes())));
             for rec in view.records() {
                 let rec = rec.map_err(|e| e.to_string())?;
                 out.records
@@ -119,7 +137,6 @@ async fn read_replica(addr: &str, topic: &str, partition: u32) -> Result<Replica
             break;
         }
     }
-    out.digest = hasher.digest();
     Ok(out)
 }
 
@@ -281,9 +298,10 @@ fn check(
         let reference = &replicas[0].1;
         let at: HashMap<u64, &Bytes> = reference.records.iter().map(|(o, v)| (*o, v)).collect();
         let acked_here: Vec<&Acked> = acked.iter().filter(|a| a.partition == p).collect();
+        // Records below the log start were deleted by retention, not lost.
         let lost = acked_here
             .iter()
-            .filter(|a| at.get(&a.offset) != Some(&&a.value))
+            .filter(|a| a.offset >= reference.start() && at.get(&a.offset) != Some(&&a.value))
             .count();
         let mut seen: HashMap<&Bytes, usize> = HashMap::new();
         for (_, v) in &reference.records {
@@ -306,11 +324,14 @@ fn check(
             .iter()
             .filter(|(cp, o, v)| *cp == p && at.get(o) != Some(&v))
             .count();
+        let common = replicas.iter().map(|(_, l)| l.start()).max().unwrap_or(0);
         let digests: Vec<String> = replicas
             .iter()
-            .map(|(i, l)| format!("node{}={:016x}", i + 1, l.digest))
+            .map(|(i, l)| format!("node{}={:016x}", i + 1, l.digest_from(common)))
             .collect();
-        let identical = replicas.iter().all(|(_, l)| l.digest == reference.digest);
+        let identical = replicas
+            .iter()
+            .all(|(_, l)| l.digest_from(common) == reference.digest_from(common));
         broken |= lost > 0 || duplicates > 0 || reordered > 0 || phantom > 0 || !identical;
         report.push_str(&format!(
             "partition {p}: log end {}, acked {}, lost {lost}, duplicates {duplicates}, reordered {reordered}, \
@@ -590,21 +611,50 @@ async fn a_fourth_broker_joins_and_another_leaves_online_without_loss() {
         target.retain(|r| *r != 1);
         target.push(4);
         admin.reassign_partition(TOPIC, 0, &target).await.unwrap();
-        let after = admin.describe_topic(TOPIC).await.unwrap();
-        let mut got = after.partitions[0].replicas.clone();
-        got.sort();
         target.sort();
-        assert_eq!(got, target, "partition 0 moved");
+        // Metadata is read from any broker's copy of the catalogue, which
+        // follows the metadata leader within moments.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let after = admin.describe_topic(TOPIC).await.unwrap();
+            let mut got = after.partitions[0].replicas.clone();
+            got.sort();
+            if got == target {
+                break;
+            }
+            assert!(Instant::now() < deadline, "partition 0 not moved: {got:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
 
         // ...then remove broker 3 altogether: its replicas move first.
         admin.remove_broker(3).await.unwrap();
-        let described = admin.describe_topic(TOPIC).await.unwrap();
-        for p in &described.partitions {
-            assert!(!p.replicas.contains(&3), "{p:?}");
-            assert_eq!(p.replicas.len(), 3, "replication factor kept: {p:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let described = admin.describe_topic(TOPIC).await.unwrap();
+            let done = described
+                .partitions
+                .iter()
+                .all(|p| !p.replicas.contains(&3) && p.replicas.len() == 3);
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker 3's replicas not moved with the replication factor kept: {:?}",
+                described.partitions
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        client.controller().await.unwrap();
-        assert!(!client.brokers().iter().any(|(id, _)| *id == 3));
+        // Every broker's copy of the catalogue soon forgets broker 3.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            client.controller().await.unwrap();
+            if !client.brokers().iter().any(|(id, _)| *id == 3) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{:?}", client.brokers());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         cluster.brokers[2].kill9();
 
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -477,6 +477,30 @@ impl RaftNode {
         }
     }
 
+    /// The leader of a group this node does not host, as one of its
+    /// `replicas` sees it (asked in order; `None` if none answers).
+    pub async fn leader_of(&self, group: u64, replicas: &[NodeId]) -> Option<NodeId> {
+        for r in replicas.iter().filter(|r| **r != self.node_id) {
+            let answer = self
+                .transport
+                .call(
+                    *r,
+                    None,
+                    group,
+                    network::KIND_LEADER_OF,
+                    Vec::new(),
+                    Duration::from_millis(300),
+                )
+                .await;
+            if let Ok(a) = answer {
+                if let Ok(Some(leader)) = network::decode::<Option<NodeId>>(&a) {
+                    return Some(leader);
+                }
+            }
+        }
+        None
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.node_id

@@ -53,6 +53,9 @@ pub(crate) const KIND_CLUSTER_CHANGE: u8 = 6;
 /// starting broker whose data directory is empty).
 pub(crate) const KIND_WAS_MEMBER: u8 = 7;
 
+/// "Who leads this group?", asked of a replica by a broker that hosts none.
+pub(crate) const KIND_LEADER_OF: u8 = 8;
+
 /// Answers [`KIND_WAS_MEMBER`] from the local catalogue.
 pub type WasMemberHandler = Arc<dyn Fn(NodeId) -> bool + Send + Sync>;
 
@@ -423,6 +426,11 @@ impl Transport {
             let node: NodeId = decode(&body)?;
             let handler = self.was_member.read().expect("handler lock").clone();
             return encode(&handler.is_some_and(|h| h(node)));
+        }
+        if kind == KIND_LEADER_OF {
+            let raft = self.group(group).ok_or("group not hosted here")?;
+            let leader = raft.metrics().borrow().current_leader;
+            return encode(&leader);
         }
         if kind == KIND_CLUSTER_CHANGE {
             let change: crate::ClusterChange = decode(&body)?;

@@ -109,7 +109,13 @@ pub struct Broker {
     plugins: Plugins,
     cache: Option<Arc<ReadCache>>,
     raft: Arc<RaftNode>,
+    /// Leaders of partitions hosted elsewhere, as their replicas said, and
+    /// when: metadata answers with them instead of a guess.
+    remote_leaders: std::sync::Mutex<HashMap<(String, u32), (NodeId, Instant)>>,
 }
+
+/// How long a remote partition's leader is trusted without asking again.
+const REMOTE_LEADER_TTL: Duration = Duration::from_millis(500);
 
 type CommitReceiver = oneshot::Receiver<
     Result<ClientWriteResponse<TernRaft>, ClientWriteError<NodeId, openraft::BasicNode>>,
@@ -156,6 +162,7 @@ impl Broker {
             plugins,
             cache: cache.map(Arc::new),
             raft,
+            remote_leaders: std::sync::Mutex::new(HashMap::new()),
         });
         broker.reconcile().await;
         broker
@@ -469,7 +476,10 @@ impl Broker {
             } => Ok(self
                 .fetch(max_wait_ms, min_bytes, max_bytes, partitions)
                 .await),
-            Request::Metadata { topics } => Ok(self.metadata(topics)),
+            Request::Metadata { topics } => {
+                self.learn_remote_leaders(topics.as_deref()).await;
+                Ok(self.metadata(topics))
+            }
             Request::CreateTopic { name, config } => self.create_topic(name, config).await,
             Request::DeleteTopic { name } => self.delete_topic(name).await,
             Request::AddBroker { node_id, peer_addr } => {
@@ -673,9 +683,57 @@ impl Broker {
         }
     }
 
+    /// Asks, for each wanted partition this broker does not host, one of
+    /// its replicas who leads it (cached briefly).
+    async fn learn_remote_leaders(&self, wanted: Option<&[String]>) {
+        let now = Instant::now();
+        let mut asks = Vec::new();
+        {
+            let topics = self.topics.read().expect("topics lock");
+            let cache = self.remote_leaders.lock().expect("leader cache lock");
+            for t in topics.values() {
+                if wanted.is_some_and(|w| !w.contains(&t.entry.name)) {
+                    continue;
+                }
+                for (i, p) in t.partitions.iter().enumerate() {
+                    let key = (t.entry.name.clone(), i as u32);
+                    let fresh = cache
+                        .get(&key)
+                        .is_some_and(|(_, at)| now.duration_since(*at) < REMOTE_LEADER_TTL);
+                    if p.is_none() && !fresh {
+                        let group = tern_storage::partition_group(t.entry.id, i as u32);
+                        let replicas = t.entry.replicas.get(i).cloned().unwrap_or_default();
+                        asks.push((key, group, replicas));
+                    }
+                }
+            }
+        }
+        let answers =
+            futures::future::join_all(asks.into_iter().map(|(key, group, replicas)| async move {
+                (key, self.raft.leader_of(group, &replicas).await)
+            }))
+            .await;
+        let mut cache = self.remote_leaders.lock().expect("leader cache lock");
+        for (key, leader) in answers {
+            match leader {
+                Some(l) => {
+                    cache.insert(key, (l, now));
+                }
+                None => {
+                    cache.remove(&key);
+                }
+            }
+        }
+    }
+
     fn metadata(&self, wanted: Option<Vec<String>>) -> Response {
         let me = self.raft.node_id();
         let topics = self.topics.read().expect("topics lock");
+        let remote = self
+            .remote_leaders
+            .lock()
+            .expect("leader cache lock")
+            .clone();
         let describe = |t: &Topic| TopicInfo {
             error: ErrorCode::None,
             name: t.entry.name.clone(),
@@ -698,11 +756,16 @@ impl Broker {
                         .unwrap_or_default();
                     match p {
                         Some(p) => p.describe(me, replicas),
-                        // Hosted elsewhere: the first replica is a hint; the
-                        // client is redirected if it is not the leader.
+                        // Hosted elsewhere: the leader its replicas named, else
+                        // the first replica as a hint (the client is told
+                        // `not_leader` if it is wrong and asks again).
                         None => PartitionInfo {
                             partition: i as u32,
-                            leader: replicas.first().copied().unwrap_or(0),
+                            leader: remote
+                                .get(&(t.entry.name.clone(), i as u32))
+                                .map(|(l, _)| *l as u32)
+                                .or_else(|| replicas.first().copied())
+                                .unwrap_or(0),
                             in_sync: replicas.clone(),
                             replicas,
                             log_start: 0,
