@@ -801,3 +801,52 @@ async fn a_replica_added_after_retention_catches_up_from_a_snapshot() {
     })
     .await;
 }
+
+/// Writes one peer-protocol frame: u32 big-endian length, then the body.
+fn peer_frame(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+fn hello(version: u16, from: u64, to: u64, cluster: &str) -> Vec<u8> {
+    let mut b = vec![1u8]; // hello
+    b.extend_from_slice(&version.to_be_bytes());
+    b.extend_from_slice(&from.to_be_bytes());
+    b.extend_from_slice(&to.to_be_bytes());
+    b.extend_from_slice(cluster.as_bytes());
+    peer_frame(&b)
+}
+
+#[test]
+fn peers_of_another_cluster_version_or_node_id_are_refused_and_logged() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = tern_tests::Broker::start(&dir.path().join("n1"), &["--cluster-name", "blue"]);
+    // A vote request for the metadata group (kind 3, request id 7, group 0)
+    // with a body that would not even decode: it must never be answered.
+    let mut request = vec![3u8];
+    request.extend_from_slice(&7u64.to_be_bytes());
+    request.extend_from_slice(&0u64.to_be_bytes());
+    request.extend_from_slice(b"junk");
+    for (what, greeting) in [
+        ("another cluster", hello(1, 9, 1, "green")),
+        ("another protocol version", hello(99, 9, 1, "blue")),
+        ("another node id", hello(1, 9, 5, "blue")),
+        ("no hello", peer_frame(&request)),
+    ] {
+        let mut s = std::net::TcpStream::connect(&broker.peer_addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&greeting).unwrap();
+        let _ = s.write_all(&peer_frame(&request));
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "{what}: the broker answered instead of closing");
+    }
+    // The broker logged why, and still serves.
+    std::thread::sleep(Duration::from_millis(200));
+    let log = broker.log();
+    assert!(log.matches("refused peer").count() >= 3, "{log}");
+    assert!(log.contains("peer sent no hello"), "{log}");
+    assert_eq!(broker.http("/ready").map(|(c, _)| c), Some(200));
+}
