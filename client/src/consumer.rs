@@ -259,7 +259,24 @@ impl Consumer {
             let extra = self.config.max_wait;
             async move { conn.request_with(request, extra).await }
         });
-        let answers = futures::future::join_all(requests).await;
+        // Answer with the first broker that has something: waiting for every
+        // broker would hold ready records back for the long poll of a broker
+        // whose partitions are drained. The other fetches are dropped; their
+        // partitions' positions did not move, so nothing is skipped.
+        let mut in_flight: futures::stream::FuturesUnordered<_> = requests.collect();
+        let mut answers = Vec::new();
+        while let Some(answer) = in_flight.next().await {
+            let has_news = match &answer {
+                Ok(Response::Fetch(results)) => results
+                    .iter()
+                    .any(|r| !r.records.is_empty() || r.error != ErrorCode::None),
+                _ => true,
+            };
+            answers.push(answer);
+            if has_news {
+                break;
+            }
+        }
         for answer in answers {
             let results = match answer {
                 Ok(Response::Fetch(results)) => results,
