@@ -850,3 +850,29 @@ fn peers_of_another_cluster_version_or_node_id_are_refused_and_logged() {
     assert!(log.contains("peer sent no hello"), "{log}");
     assert_eq!(broker.http("/ready").map(|(c, _)| c), Some(200));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_with_another_lock_plugin_is_refused_when_it_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    bounded(Duration::from_secs(120), async {
+        let client = Client::connect_with(&cluster.seeds(), client_config())
+            .await
+            .unwrap();
+        let admin = Admin::new(client);
+        // The cluster runs the default `exclusive` lock plugin.
+        let four = cluster.start_joining(dir.path(), &["--lock-plugin", "read-write"]);
+        let peer = cluster.brokers[four].peer_addr.clone();
+        admin.add_broker(4, &peer).await.unwrap();
+        let exited = cluster.brokers[four].wait_exit(Duration::from_secs(30));
+        assert_eq!(exited, Some(false), "the broker must stop with an error");
+        let log = cluster.brokers[four].log();
+        assert!(
+            log.contains("runs lock plugin \"read-write\" but the cluster runs \"exclusive\""),
+            "{log}"
+        );
+        // It had been made a voter before it registered: take it out again.
+        admin.remove_broker(4).await.unwrap();
+    })
+    .await;
+}

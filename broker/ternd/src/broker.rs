@@ -112,6 +112,8 @@ pub struct Broker {
     /// Leaders of partitions hosted elsewhere, as their replicas said, and
     /// when: metadata answers with them instead of a guess.
     remote_leaders: std::sync::Mutex<HashMap<(String, u32), (NodeId, Instant)>>,
+    /// Why the cluster refused this broker, if it did.
+    refusal: std::sync::Mutex<Option<String>>,
 }
 
 /// How long a remote partition's leader is trusted without asking again.
@@ -163,6 +165,7 @@ impl Broker {
             cache: cache.map(Arc::new),
             raft,
             remote_leaders: std::sync::Mutex::new(HashMap::new()),
+            refusal: std::sync::Mutex::new(None),
         });
         broker.reconcile().await;
         broker
@@ -191,6 +194,16 @@ impl Broker {
     /// The replication node.
     pub fn raft(&self) -> &Arc<RaftNode> {
         &self.raft
+    }
+
+    /// Records that the cluster refused this broker (it then stops).
+    pub fn set_refusal(&self, reason: String) {
+        *self.refusal.lock().expect("refusal lock") = Some(reason);
+    }
+
+    /// Why the cluster refused this broker, if it did.
+    pub fn refusal(&self) -> Option<String> {
+        self.refusal.lock().expect("refusal lock").clone()
     }
 
     /// Marks the broker as serving (listeners bound, topics opened).

@@ -232,6 +232,7 @@ async fn register(broker: Arc<Broker>, shutdown: CancellationToken) {
         match outcome {
             Ok(tern_raft::CommandResponse::Rejected { message, .. }) => {
                 tracing::error!(%message, "the cluster refused this broker; stopping");
+                broker.set_refusal(format!("the cluster refused this broker: {message}"));
                 broker.set_ready(false);
                 shutdown.cancel();
                 return;

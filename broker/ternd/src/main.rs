@@ -32,10 +32,17 @@ fn main() -> anyhow::Result<()> {
             durability = ?config.durability,
             "ternd ready"
         );
-        wait_for_signal().await;
+        let stopped_by_itself = tokio::select! {
+            _ = wait_for_signal() => false,
+            _ = running.shutdown.cancelled() => true,
+        };
         tracing::info!("shutting down");
+        let refusal = running.broker.refusal();
         running.stop().await;
-        anyhow::Ok(())
+        match refusal {
+            Some(reason) if stopped_by_itself => anyhow::bail!("{reason}"),
+            _ => anyhow::Ok(()),
+        }
     })
 }
 
