@@ -106,6 +106,9 @@ pub struct ClusterConfig {
     /// Join an existing cluster (never bootstrap): the node waits until a
     /// broker of the cluster adds it (`tern cluster add-broker`).
     pub join: bool,
+    /// Name of the lock plugin this broker runs: it decides replicated
+    /// state, so a broker is only added to a cluster running the same one.
+    pub lock_plugin: String,
 }
 
 /// A change of the cluster's brokers (the metadata group's voters).
@@ -178,6 +181,7 @@ pub struct RaftNode {
     partition_config: Arc<openraft::Config>,
     initial_cluster: BTreeMap<NodeId, String>,
     hooks: RaftHooks,
+    lock_plugin: String,
 }
 
 fn raft_config(
@@ -312,7 +316,10 @@ impl RaftNode {
             partition_config,
             initial_cluster: cluster.initial_cluster,
             hooks,
+            lock_plugin: cluster.lock_plugin.clone(),
         });
+        let plugin = cluster.lock_plugin.clone();
+        transport.on_lock_plugin(Arc::new(move || plugin.clone()));
         let catalogue_view = node.catalogue.clone();
         transport.on_was_member(Arc::new(move |n| {
             catalogue_view.borrow().brokers.contains_key(&n)
@@ -373,7 +380,10 @@ impl RaftNode {
                         Ok(answer) => {
                             return match network::decode::<Result<(), String>>(&answer) {
                                 Ok(Ok(())) => Ok(()),
-                                Ok(Err(e)) => Err(WriteError::Membership(e)),
+                                Ok(Err(e)) => Err(WriteError::Membership(
+                                    e.trim_start_matches("membership change failed: ")
+                                        .to_owned(),
+                                )),
                                 Err(e) => Err(WriteError::Fatal(e)),
                             }
                         }
@@ -396,6 +406,33 @@ impl RaftNode {
         match change {
             ClusterChange::Add(node, addr) => {
                 self.transport.set_addr(node, addr.clone());
+                // Refuse before it becomes a voter: its lock plugin must be
+                // ours. (It may still be starting: ask for a few seconds.)
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                let theirs = loop {
+                    let answer = self
+                        .transport
+                        .call(
+                            node,
+                            Some(&addr),
+                            META_GROUP,
+                            network::KIND_LOCK_PLUGIN,
+                            Vec::new(),
+                            Duration::from_secs(2),
+                        )
+                        .await;
+                    match answer {
+                        Ok(a) => break network::decode::<String>(&a).map_err(|e| fail(&e))?,
+                        Err(e) if tokio::time::Instant::now() >= deadline => return Err(fail(&e)),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                };
+                if theirs != self.lock_plugin {
+                    return Err(WriteError::Membership(format!(
+                        "broker {node} runs lock plugin {theirs:?} but the cluster runs {:?}",
+                        self.lock_plugin
+                    )));
+                }
                 self.meta
                     .add_learner(node, BasicNode { addr }, true)
                     .await

@@ -56,6 +56,12 @@ pub(crate) const KIND_WAS_MEMBER: u8 = 7;
 /// "Who leads this group?", asked of a replica by a broker that hosts none.
 pub(crate) const KIND_LEADER_OF: u8 = 8;
 
+/// "Which lock plugin do you run?", asked of a broker before adding it.
+pub(crate) const KIND_LOCK_PLUGIN: u8 = 9;
+
+/// Answers [`KIND_LOCK_PLUGIN`].
+pub type LockPluginHandler = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Answers [`KIND_WAS_MEMBER`] from the local catalogue.
 pub type WasMemberHandler = Arc<dyn Fn(NodeId) -> bool + Send + Sync>;
 
@@ -117,6 +123,7 @@ pub struct Transport {
     rtt_observer: RwLock<Option<RttHook>>,
     cluster_change: RwLock<Option<ClusterChangeHandler>>,
     was_member: RwLock<Option<WasMemberHandler>>,
+    lock_plugin: RwLock<Option<LockPluginHandler>>,
 }
 
 impl Transport {
@@ -132,6 +139,7 @@ impl Transport {
             rtt_observer: RwLock::new(None),
             cluster_change: RwLock::new(None),
             was_member: RwLock::new(None),
+            lock_plugin: RwLock::new(None),
         })
     }
 
@@ -143,6 +151,11 @@ impl Transport {
     /// Sets what runs a forwarded cluster change.
     pub fn on_cluster_change(&self, handler: ClusterChangeHandler) {
         *self.cluster_change.write().expect("handler lock") = Some(handler);
+    }
+
+    /// Sets what answers "which lock plugin?".
+    pub fn on_lock_plugin(&self, handler: LockPluginHandler) {
+        *self.lock_plugin.write().expect("handler lock") = Some(handler);
     }
 
     /// Sets what answers "was this node a member?".
@@ -426,6 +439,10 @@ impl Transport {
             let node: NodeId = decode(&body)?;
             let handler = self.was_member.read().expect("handler lock").clone();
             return encode(&handler.is_some_and(|h| h(node)));
+        }
+        if kind == KIND_LOCK_PLUGIN {
+            let handler = self.lock_plugin.read().expect("handler lock").clone();
+            return encode(&handler.map(|h| h()).unwrap_or_default());
         }
         if kind == KIND_LEADER_OF {
             let raft = self.group(group).ok_or("group not hosted here")?;

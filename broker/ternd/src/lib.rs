@@ -171,6 +171,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             election_max_ms: config.election_timeout_ms * 2,
         },
         join: config.join,
+        lock_plugin: plugins.lock.info().name.clone(),
     };
     let raft = tern_raft::RaftNode::start(
         cluster,
