@@ -541,12 +541,14 @@ impl Broker {
                         ),
                     ));
                 }
+                // Catalogue first, while the broker is still a voter and the
+                // metadata group is stable; then the membership change.
+                self.catalogue_write(Command::RemoveBroker { node_id: node })
+                    .await?;
                 self.raft
                     .change_cluster(ClusterChange::Remove(node), ADMIN_TIMEOUT)
                     .await
                     .map_err(write_failure)?;
-                self.catalogue_write(Command::RemoveBroker { node_id: node })
-                    .await?;
                 Ok(Response::RemoveBroker)
             }
             Request::ReassignPartition {

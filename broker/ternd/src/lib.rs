@@ -194,6 +194,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tokio::spawn(broker.clone().follow_catalogue(shutdown.clone())),
         tokio::spawn(register(broker.clone(), shutdown.clone())),
     ];
+    tokio::spawn(stop_when_removed(broker.clone(), shutdown.clone()));
     // Ends by itself when the group shuts down (not awaited by `stop`).
     tokio::spawn(broker::count_leader_changes(
         broker.raft().meta().clone(),
@@ -211,6 +212,36 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown,
         tasks,
     })
+}
+
+/// Stops the broker once the metadata group no longer counts it as a voter
+/// (it was removed): a removed broker that kept campaigning would only
+/// disturb the others' elections.
+async fn stop_when_removed(broker: Arc<Broker>, shutdown: CancellationToken) {
+    let me = broker.raft().node_id();
+    let mut metrics = broker.raft().meta().metrics();
+    let mut was_voter = false;
+    loop {
+        let is_voter = metrics
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == me);
+        if was_voter && !is_voter {
+            tracing::warn!(node_id = me, "removed from the cluster; stopping");
+            // Let in-flight answers (the removal's own, maybe) go out first.
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            broker.set_refusal(format!("broker {me} was removed from the cluster"));
+            shutdown.cancel();
+            return;
+        }
+        was_voter |= is_voter;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 /// Announces this broker's client address (and lock plugin) in the
