@@ -210,6 +210,27 @@ struct Acked {
     value: Bytes,
 }
 
+/// Sends record `0:i` to `partition` and waits for its acknowledgement,
+/// which it records.
+async fn send_acked(
+    producer: &Producer,
+    topic: &str,
+    partition: u32,
+    i: u32,
+    acked: &mut Vec<Acked>,
+) {
+    let value = Bytes::from(format!("0:{i:010}"));
+    let m = producer
+        .send(ProducerRecord::new(topic, value.clone()).with_partition(partition))
+        .await
+        .unwrap();
+    acked.push(Acked {
+        partition: m.partition,
+        offset: m.offset,
+        value,
+    });
+}
+
 /// Values are `producer:sequence`; parses them back.
 fn parse_value(v: &[u8]) -> Option<(u32, u64)> {
     let s = std::str::from_utf8(v).ok()?;
@@ -367,32 +388,14 @@ async fn a_killed_leader_fails_over_within_seconds_and_loses_nothing() {
         let producer = Producer::new(client.clone(), producer_config());
         let mut acked = Vec::new();
         for i in 0..2_000u32 {
-            let v = Bytes::from(format!("0:{i:010}"));
-            let m = producer
-                .send(ProducerRecord::new("ha", v.clone()).with_partition(0))
-                .await
-                .unwrap();
-            acked.push(Acked {
-                partition: 0,
-                offset: m.offset,
-                value: v,
-            });
+            send_acked(&producer, "ha", 0, i, &mut acked).await;
         }
         let victim = leader_of(&client, "ha", 0).await;
         cluster.brokers[victim].kill9();
         let killed = Instant::now();
         // The first record sent after the kill: acknowledged by the new leader.
-        let v = Bytes::from(format!("0:{:010}", 2_000));
-        let m = producer
-            .send(ProducerRecord::new("ha", v.clone()).with_partition(0))
-            .await
-            .unwrap();
+        send_acked(&producer, "ha", 0, 2_000, &mut acked).await;
         let failover = killed.elapsed();
-        acked.push(Acked {
-            partition: 0,
-            offset: m.offset,
-            value: v,
-        });
         let new_leader = leader_of(&client, "ha", 0).await;
         assert_ne!(new_leader, victim, "a new leader took over");
         println!(
@@ -404,16 +407,7 @@ async fn a_killed_leader_fails_over_within_seconds_and_loses_nothing() {
             "failover took {failover:?}"
         );
         for i in 2_001..3_000u32 {
-            let v = Bytes::from(format!("0:{i:010}"));
-            let m = producer
-                .send(ProducerRecord::new("ha", v.clone()).with_partition(0))
-                .await
-                .unwrap();
-            acked.push(Acked {
-                partition: 0,
-                offset: m.offset,
-                value: v,
-            });
+            send_acked(&producer, "ha", 0, i, &mut acked).await;
         }
         // The killed broker comes back and catches up.
         cluster.brokers[victim].restart_no_wait();
@@ -686,16 +680,7 @@ async fn a_broker_whose_data_was_wiped_refuses_to_start_and_rejoins_with_join() 
         let producer = Producer::new(client.clone(), producer_config());
         let mut acked = Vec::new();
         for i in 0..500u32 {
-            let v = Bytes::from(format!("0:{i:010}"));
-            let m = producer
-                .send(ProducerRecord::new("wiped", v.clone()).with_partition(i % 2))
-                .await
-                .unwrap();
-            acked.push(Acked {
-                partition: m.partition,
-                offset: m.offset,
-                value: v,
-            });
+            send_acked(&producer, "wiped", i % 2, i, &mut acked).await;
         }
         // Broker 3 comes back with an empty data directory: refused.
         cluster.brokers[2].kill9();

@@ -220,29 +220,46 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 async fn stop_when_removed(broker: Arc<Broker>, shutdown: CancellationToken) {
     let me = broker.raft().node_id();
     let mut metrics = broker.raft().meta().metrics();
-    let mut was_voter = false;
-    loop {
-        let is_voter = metrics
-            .borrow()
-            .membership_config
+    let is_voter = |m: &openraft::RaftMetrics<u64, openraft::BasicNode>| {
+        m.membership_config
             .membership()
             .voter_ids()
-            .any(|id| id == me);
-        if was_voter && !is_voter {
-            tracing::warn!(node_id = me, "removed from the cluster; stopping");
-            // Let in-flight answers (the removal's own, maybe) go out first.
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            broker.set_refusal(format!("broker {me} was removed from the cluster"));
-            shutdown.cancel();
-            return;
+            .any(|id| id == me)
+    };
+    let mut was_voter = false;
+    loop {
+        let voter = is_voter(&metrics.borrow());
+        if was_voter && !voter {
+            // A broker re-added after losing its data replays the group's
+            // history, in which it was once removed: only a removal that
+            // lasts is real.
+            let settled = tokio::time::timeout(REMOVAL_SETTLE, async {
+                while metrics.changed().await.is_ok() {
+                    if is_voter(&metrics.borrow()) {
+                        return;
+                    }
+                }
+                std::future::pending::<()>().await;
+            })
+            .await;
+            if settled.is_err() {
+                tracing::warn!(node_id = me, "removed from the cluster; stopping");
+                broker.set_refusal(format!("broker {me} was removed from the cluster"));
+                shutdown.cancel();
+                return;
+            }
+            continue;
         }
-        was_voter |= is_voter;
+        was_voter |= voter;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = metrics.changed() => if changed.is_err() { return },
         }
     }
 }
+
+/// How long a broker must stay out of the voters before it stops itself.
+const REMOVAL_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Announces this broker's client address (and lock plugin) in the
 /// catalogue, retrying until the metadata group has a leader. A refusal (the
