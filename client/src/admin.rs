@@ -1,11 +1,15 @@
-//! Topic administration.
+//! Cluster administration: topics, brokers, consumer groups.
+
+use std::time::Duration;
 
 use tern_protocol::api::{
     FetchPartition, OffsetSpec, TopicConfig, TopicInfo, RETENTION_BROKER_DEFAULT,
 };
+use tern_protocol::coord::{GroupInfo, GroupRequest, GroupResponse};
 use tern_protocol::{ErrorCode, Request, Response};
 
 use crate::client::Client;
+use crate::consumer::Offset;
 use crate::error::ClientError;
 
 /// Settings of a topic to create.
@@ -333,6 +337,69 @@ impl Admin {
         }
         digest.xxh3 = hasher.digest();
         Ok(digest)
+    }
+
+    /// Names of every consumer group.
+    pub async fn list_groups(&self) -> Result<Vec<String>, ClientError> {
+        match self
+            .client
+            .coordinate(Request::Group(GroupRequest::List), Duration::ZERO)
+            .await?
+        {
+            Response::Group(GroupResponse::List(names)) => Ok(names),
+            other => Err(ClientError::Decode(format!("answered with {other:?}"))),
+        }
+    }
+
+    /// One group: members, assignment, committed offsets. The high
+    /// watermarks are each partition leader's, so lag is exact.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupInfo, ClientError> {
+        let request = Request::Group(GroupRequest::Describe {
+            group: group.to_owned(),
+        });
+        let mut info = match self.client.coordinate(request, Duration::ZERO).await? {
+            Response::Group(GroupResponse::Describe(info)) => info,
+            other => return Err(ClientError::Decode(format!("answered with {other:?}"))),
+        };
+        for o in &mut info.offsets {
+            if let Ok(end) = self
+                .list_offset(&o.topic, o.partition, OffsetSpec::Latest)
+                .await
+            {
+                o.high_watermark = end;
+            }
+        }
+        Ok(info)
+    }
+
+    /// Sets a group's committed offsets for every partition of `topic`
+    /// (the group must have no members): to each partition's first or
+    /// next offset, or to one offset everywhere.
+    pub async fn reset_group_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        to: Offset,
+    ) -> Result<Vec<(String, u32, u64)>, ClientError> {
+        let partitions = self.client.topic(topic).await?.partitions.len() as u32;
+        let mut offsets = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            let offset = match to {
+                Offset::Earliest => self.list_offset(topic, p, OffsetSpec::Earliest).await?,
+                Offset::Latest => self.list_offset(topic, p, OffsetSpec::Latest).await?,
+                Offset::At(o) => o,
+                Offset::Timestamp(t) => {
+                    self.list_offset(topic, p, OffsetSpec::Timestamp(t)).await?
+                }
+            };
+            offsets.push((topic.to_owned(), p, offset));
+        }
+        let request = Request::Group(GroupRequest::ResetOffsets {
+            group: group.to_owned(),
+            offsets: offsets.clone(),
+        });
+        self.client.coordinate(request, Duration::ZERO).await?;
+        Ok(offsets)
     }
 
     /// An offset of a partition: earliest, latest, or by timestamp.

@@ -9,6 +9,10 @@ use tern_protocol::api::{BrokerInfo, TopicInfo};
 use tern_protocol::{ErrorCode, Request, Response};
 
 use crate::connection::Connection;
+
+/// How long a coordination answer may take beyond the time the broker may
+/// hold it.
+const COORDINATION_MARGIN: Duration = Duration::from_secs(3);
 use crate::error::ClientError;
 
 /// Connection settings.
@@ -216,6 +220,42 @@ impl Client {
         }
     }
 
+    /// Sends a coordination request (lock, group) to any broker, allowing it
+    /// `hold` to answer (a lock wait, a held heartbeat) plus a short margin.
+    /// A broker that does not answer in time, or whose connection fails, is
+    /// skipped by the next call: a paused or cut-off broker must not hold
+    /// a lease hostage.
+    pub async fn coordinate(
+        &self,
+        request: Request,
+        hold: Duration,
+    ) -> Result<Response, ClientError> {
+        let conn = self.any_connection().await?;
+        let limit = hold + COORDINATION_MARGIN;
+        let answer = tokio::time::timeout(limit, conn.request_with(request, hold)).await;
+        let answer = answer.unwrap_or(Err(ClientError::Timeout(limit)));
+        if let Err(e) = &answer {
+            if matches!(
+                e,
+                ClientError::Timeout(_)
+                    | ClientError::ConnectionClosed { .. }
+                    | ClientError::Connect { .. }
+            ) || e.code() == Some(ErrorCode::LeaderNotAvailable)
+            {
+                self.skip_broker(conn.addr()).await;
+            }
+        }
+        answer
+    }
+
+    /// Stops preferring `addr`: drops its connection and moves the seed
+    /// rotation past it.
+    async fn skip_broker(&self, addr: &str) {
+        self.inner.connections.lock().await.remove(addr);
+        let mut good = self.inner.last_good_seed.lock().expect("seed lock");
+        *good = (*good + 1) % self.inner.seeds.len();
+    }
+
     /// Known brokers (node id, client address), from the last metadata.
     pub fn brokers(&self) -> Vec<(u32, String)> {
         let mut out: Vec<(u32, String)> = self
@@ -268,4 +308,18 @@ impl Client {
             None => self.any_connection().await,
         }
     }
+}
+
+/// 64 random bits (producer ids, lock owners, group members): std's
+/// randomly keyed hasher over the time, so no RNG dependency is needed.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
 }

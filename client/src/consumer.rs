@@ -18,15 +18,18 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use tern_protocol::api::{FetchPartition, OffsetSpec};
+use tern_protocol::coord::{GroupRequest, GroupResponse};
 use tern_protocol::record::split_batches;
 use tern_protocol::{ErrorCode, Request, Response};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use crate::client::Client;
+use crate::client::{random_u64, Client};
 use crate::error::ClientError;
 
 /// Where to start reading a partition.
@@ -64,8 +67,16 @@ pub struct ConsumerConfig {
     pub max_bytes: u32,
     /// Most bytes per partition per fetch.
     pub partition_max_bytes: u32,
-    /// Policy when a position falls out of the log.
+    /// Policy when a position falls out of the log, and where a group
+    /// member starts a partition with no committed offset (`Fail` starts at
+    /// the earliest record).
     pub offset_reset: OffsetReset,
+    /// Group members: removed from the group after this long without a
+    /// heartbeat (heartbeats go every third of it).
+    pub session_timeout: Duration,
+    /// Group members: commit consumed offsets this often (`None`: only
+    /// on [`Consumer::commit`] and [`Consumer::close`]).
+    pub auto_commit_interval: Option<Duration>,
 }
 
 impl Default for ConsumerConfig {
@@ -76,6 +87,8 @@ impl Default for ConsumerConfig {
             max_bytes: 8 * 1024 * 1024,
             partition_max_bytes: 2 * 1024 * 1024,
             offset_reset: OffsetReset::Earliest,
+            session_timeout: Duration::from_secs(10),
+            auto_commit_interval: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -99,12 +112,17 @@ pub struct ConsumerRecord {
     pub headers: Vec<(String, Bytes)>,
 }
 
-/// A consumer of explicitly assigned partitions.
+/// A consumer of explicitly assigned partitions, or of the partitions a
+/// consumer group gives it ([`Consumer::subscribe`]).
 pub struct Consumer {
     client: Client,
     config: ConsumerConfig,
     positions: BTreeMap<(String, u32), u64>,
     buffered: VecDeque<ConsumerRecord>,
+    /// Offset after the last record handed to the application, per
+    /// partition: what a commit records (at-least-once).
+    consumed: BTreeMap<(String, u32), u64>,
+    group: Option<GroupMembership>,
 }
 
 impl Consumer {
@@ -115,6 +133,8 @@ impl Consumer {
             config,
             positions: BTreeMap::new(),
             buffered: VecDeque::new(),
+            consumed: BTreeMap::new(),
+            group: None,
         }
     }
 
@@ -204,7 +224,10 @@ impl Consumer {
     /// The next record, waiting for one if none is buffered.
     pub async fn next_record(&mut self) -> Result<ConsumerRecord, ClientError> {
         loop {
+            self.follow_group().await?;
             if let Some(r) = self.buffered.pop_front() {
+                self.consumed
+                    .insert((r.topic.clone(), r.partition), r.offset + 1);
                 return Ok(r);
             }
             self.fetch_once().await?;
@@ -214,10 +237,178 @@ impl Consumer {
     /// One round of fetches; returns what arrived (possibly nothing after
     /// `max_wait`).
     pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>, ClientError> {
+        self.follow_group().await?;
         if self.buffered.is_empty() {
             self.fetch_once().await?;
         }
-        Ok(self.buffered.drain(..).collect())
+        let records: Vec<ConsumerRecord> = self.buffered.drain(..).collect();
+        for r in &records {
+            self.consumed
+                .insert((r.topic.clone(), r.partition), r.offset + 1);
+        }
+        Ok(records)
+    }
+
+    /// Joins consumer group `group` for `topics`: the group's members share
+    /// the topics' partitions (the cluster's balancer plugin assigns them),
+    /// each partition starting at the group's committed offset. Heartbeats
+    /// run in the background; a rebalance takes effect at the next
+    /// [`Consumer::poll`] or [`Consumer::next_record`].
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn subscribe(&mut self, group: &str, topics: &[&str]) -> Result<(), ClientError> {
+        if self.group.is_some() {
+            return Err(ClientError::InvalidArgument(
+                "this consumer is already in a group".into(),
+            ));
+        }
+        let member = random_u64();
+        let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
+        let session = self.config.session_timeout;
+        let first = join(&self.client, group, member, &topics, session).await?;
+        let (tx, mut rx) = watch::channel(first);
+        rx.mark_changed();
+        let heartbeat = tokio::spawn(heartbeat(
+            self.client.clone(),
+            group.to_owned(),
+            member,
+            topics,
+            session,
+            tx,
+        ));
+        self.positions.clear();
+        self.buffered.clear();
+        self.consumed.clear();
+        self.group = Some(GroupMembership {
+            name: group.to_owned(),
+            member,
+            generation: 0,
+            assignment: rx,
+            heartbeat,
+            last_commit: Instant::now(),
+        });
+        self.follow_group().await
+    }
+
+    /// The group generation this consumer reads in (0 outside a group).
+    pub fn generation(&self) -> u64 {
+        self.group.as_ref().map_or(0, |g| g.generation)
+    }
+
+    /// This consumer's member id in its group.
+    pub fn member_id(&self) -> Option<u64> {
+        self.group.as_ref().map(|g| g.member)
+    }
+
+    /// Partitions this consumer reads now.
+    pub fn assignment(&self) -> Vec<(String, u32)> {
+        self.positions.keys().cloned().collect()
+    }
+
+    /// Commits the offsets of every record handed out so far (group
+    /// members only). Refused with `IllegalGeneration` once the group has
+    /// rebalanced: the partitions may be someone else's now.
+    pub async fn commit(&mut self) -> Result<(), ClientError> {
+        let Some(g) = &mut self.group else {
+            return Err(ClientError::InvalidArgument(
+                "commit needs a group: subscribe first".into(),
+            ));
+        };
+        g.last_commit = Instant::now();
+        let offsets: Vec<(String, u32, u64)> = self
+            .consumed
+            .iter()
+            .filter(|(k, _)| self.positions.contains_key(*k))
+            .map(|((t, p), o)| (t.clone(), *p, *o))
+            .collect();
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let request = Request::Group(GroupRequest::Commit {
+            group: g.name.clone(),
+            member: g.member,
+            generation: g.generation,
+            offsets,
+        });
+        let mut attempts = 0;
+        loop {
+            match self
+                .client
+                .coordinate(request.clone(), Duration::ZERO)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_retriable() && attempts < 20 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Commits (group members), leaves the group so its partitions move at
+    /// once, and stops heartbeating.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        if self.group.is_none() {
+            return Ok(());
+        }
+        let committed = self.commit().await;
+        let g = self.group.take().expect("checked above");
+        g.heartbeat.abort();
+        let leave = Request::Group(GroupRequest::Leave {
+            group: g.name.clone(),
+            member: g.member,
+        });
+        self.client.coordinate(leave, Duration::ZERO).await?;
+        committed
+    }
+
+    /// Applies a new assignment from the heartbeat task, and auto-commits.
+    async fn follow_group(&mut self) -> Result<(), ClientError> {
+        let Some(g) = &mut self.group else {
+            return Ok(());
+        };
+        let due = self
+            .config
+            .auto_commit_interval
+            .is_some_and(|i| g.last_commit.elapsed() >= i);
+        if !g.assignment.has_changed().unwrap_or(false) {
+            if due {
+                if let Err(e) = self.commit().await {
+                    tracing::warn!(error = %e, "auto-commit failed");
+                }
+            }
+            return Ok(());
+        }
+        // Commit what was consumed under the old generation while it may
+        // still be accepted (the group moved on: usually refused, harmless).
+        if g.generation != 0 {
+            if let Err(e) = self.commit().await {
+                tracing::debug!(error = %e, "commit at rebalance refused");
+            }
+        }
+        let g = self.group.as_mut().expect("in a group");
+        let view = g.assignment.borrow_and_update().clone();
+        g.generation = view.generation;
+        tracing::info!(group = %g.name, generation = view.generation, partitions = view.partitions.len(), "group assignment");
+        self.positions.clear();
+        self.buffered.clear();
+        self.consumed.clear();
+        let start = match self.config.offset_reset {
+            OffsetReset::Latest => Offset::Latest,
+            OffsetReset::Earliest | OffsetReset::Fail => Offset::Earliest,
+        };
+        for (topic, partition, committed) in view.partitions {
+            let from = if committed == u64::MAX {
+                start
+            } else {
+                Offset::At(committed)
+            };
+            self.seek(&topic, partition, from).await?;
+            let at = self.positions[&(topic.clone(), partition)];
+            self.consumed.insert((topic, partition), at);
+        }
+        Ok(())
     }
 
     /// Turns the consumer into a stream of records.
@@ -231,6 +422,11 @@ impl Consumer {
 
     async fn fetch_once(&mut self) -> Result<(), ClientError> {
         if self.positions.is_empty() {
+            if let Some(g) = &mut self.group {
+                // A member with no partitions waits for a rebalance.
+                let _ = tokio::time::timeout(self.config.max_wait, g.assignment.changed()).await;
+                return Ok(());
+            }
             return Err(ClientError::InvalidArgument("no partition assigned".into()));
         }
         // Group partitions by leader connection address.
@@ -361,5 +557,114 @@ impl Consumer {
             }
         }
         Ok(())
+    }
+}
+
+/// A member's view of its group, as the heartbeat task last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GroupView {
+    generation: u64,
+    /// `(topic, partition, committed offset or u64::MAX)`.
+    partitions: Vec<(String, u32, u64)>,
+}
+
+struct GroupMembership {
+    name: String,
+    member: u64,
+    /// Generation the consumer reads in now.
+    generation: u64,
+    assignment: watch::Receiver<GroupView>,
+    heartbeat: JoinHandle<()>,
+    last_commit: Instant,
+}
+
+impl Drop for GroupMembership {
+    fn drop(&mut self) {
+        // Without `close`, the member's session simply runs out.
+        self.heartbeat.abort();
+    }
+}
+
+fn member_view(answer: Response) -> Result<GroupView, ClientError> {
+    match answer {
+        Response::Group(GroupResponse::Member {
+            generation,
+            assignment,
+        }) => Ok(GroupView {
+            generation,
+            partitions: assignment,
+        }),
+        other => Err(ClientError::Decode(format!(
+            "group request answered with {other:?}"
+        ))),
+    }
+}
+
+async fn join(
+    client: &Client,
+    group: &str,
+    member: u64,
+    topics: &[String],
+    session: Duration,
+) -> Result<GroupView, ClientError> {
+    let request = Request::Group(GroupRequest::Join {
+        group: group.to_owned(),
+        member,
+        topics: topics.to_vec(),
+        session_timeout_ms: session.as_millis() as u64,
+    });
+    let deadline = Instant::now() + session.max(Duration::from_secs(10));
+    loop {
+        match client.coordinate(request.clone(), Duration::ZERO).await {
+            Ok(answer) => return member_view(answer),
+            Err(e) if e.is_retriable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Heartbeats every third of the session; the broker holds each answer
+/// until the group's generation changes, so a rebalance is seen at once.
+/// A member the group forgot (its session ran out) joins again.
+async fn heartbeat(
+    client: Client,
+    group: String,
+    member: u64,
+    topics: Vec<String>,
+    session: Duration,
+    view: watch::Sender<GroupView>,
+) {
+    let hold = session / 3;
+    loop {
+        let generation = view.borrow().generation;
+        let request = Request::Group(GroupRequest::Heartbeat {
+            group: group.clone(),
+            member,
+            generation,
+            wait_ms: hold.as_millis() as u64,
+        });
+        match client.coordinate(request, hold).await.and_then(member_view) {
+            Ok(v) => {
+                view.send_if_modified(|current| {
+                    let changed = v.generation != current.generation;
+                    if changed {
+                        *current = v;
+                    }
+                    changed
+                });
+            }
+            Err(e) if e.code() == Some(ErrorCode::UnknownMember) => {
+                tracing::warn!(%group, member, "the group forgot this member; joining again");
+                if let Ok(v) = join(&client, &group, member, &topics, session).await {
+                    view.send_replace(v);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%group, error = %e, "heartbeat failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }

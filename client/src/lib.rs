@@ -15,6 +15,7 @@ mod client;
 mod connection;
 mod consumer;
 mod error;
+mod lock;
 mod producer;
 
 pub use admin::{Admin, NewTopic, ReplicaDigest};
@@ -22,8 +23,10 @@ pub use client::{Client, ClientConfig};
 pub use connection::Connection;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Offset, OffsetReset};
 pub use error::ClientError;
+pub use lock::{LockClient, LockGuard, LockOptions};
 pub use producer::{Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
 pub use tern_protocol::api::{Acks, OffsetSpec, PartitionInfo, TopicInfo};
+pub use tern_protocol::coord::{GroupInfo, LockInfo, LockMode};
 pub use tern_protocol::ErrorCode;
 
 /// The README's Rust example, compiled as a doc test so it stays true.

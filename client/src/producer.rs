@@ -680,15 +680,7 @@ async fn send_batch(
 /// A random positive producer id (collisions between producers of one
 /// partition are what matters; 63 random bits make them negligible).
 fn random_producer_id() -> i64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    (h.finish() & i64::MAX as u64) as i64
+    (crate::client::random_u64() & i64::MAX as u64) as i64
 }
 
 fn now_ms() -> i64 {

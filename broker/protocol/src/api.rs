@@ -11,6 +11,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::coord::{GroupRequest, GroupResponse, LockRequest, LockResponse};
 use crate::error::{DecodeError, ErrorCode};
 use crate::frame::{FRAME_BYTES_MAX, PROTOCOL_VERSION};
 use crate::wire::{put_bytes, put_string, Reader};
@@ -37,11 +38,15 @@ pub enum ApiKey {
     RemoveBroker = 7,
     /// Move a partition's replicas to another set of brokers.
     ReassignPartition = 8,
+    /// Distributed locks (see [`crate::coord`]).
+    Lock = 9,
+    /// Consumer groups (see [`crate::coord`]).
+    Group = 10,
 }
 
 impl ApiKey {
     /// All request types, for metrics registration.
-    pub const ALL: [ApiKey; 9] = [
+    pub const ALL: [ApiKey; 11] = [
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::Metadata,
@@ -51,6 +56,8 @@ impl ApiKey {
         ApiKey::AddBroker,
         ApiKey::RemoveBroker,
         ApiKey::ReassignPartition,
+        ApiKey::Lock,
+        ApiKey::Group,
     ];
 
     fn from_u16(v: u16) -> Result<ApiKey, DecodeError> {
@@ -72,6 +79,8 @@ impl ApiKey {
             ApiKey::AddBroker => "add_broker",
             ApiKey::RemoveBroker => "remove_broker",
             ApiKey::ReassignPartition => "reassign_partition",
+            ApiKey::Lock => "lock",
+            ApiKey::Group => "group",
         }
     }
 }
@@ -307,6 +316,10 @@ pub enum Request {
         /// The brokers that will hold it.
         replicas: Vec<u32>,
     },
+    /// A lock operation.
+    Lock(LockRequest),
+    /// A consumer-group operation.
+    Group(GroupRequest),
 }
 
 /// A successful response (errors of a whole request travel in the frame).
@@ -340,6 +353,10 @@ pub enum Response {
         /// The offset.
         offset: u64,
     },
+    /// A lock answer.
+    Lock(LockResponse),
+    /// A consumer-group answer.
+    Group(GroupResponse),
 }
 
 impl Request {
@@ -355,6 +372,8 @@ impl Request {
             Request::AddBroker { .. } => ApiKey::AddBroker,
             Request::RemoveBroker { .. } => ApiKey::RemoveBroker,
             Request::ReassignPartition { .. } => ApiKey::ReassignPartition,
+            Request::Lock(_) => ApiKey::Lock,
+            Request::Group(_) => ApiKey::Group,
         }
     }
 
@@ -429,6 +448,8 @@ impl Request {
                 out.put_u32_le(*partition);
                 put_u32_list(out, replicas);
             }
+            Request::Lock(l) => l.encode(out),
+            Request::Group(g) => g.encode(out),
         }
     }
 
@@ -519,6 +540,8 @@ impl Request {
                 partition: r.u32("partition")?,
                 replicas: u32_list(r, "replicas")?,
             },
+            ApiKey::Lock => Request::Lock(LockRequest::decode(r)?),
+            ApiKey::Group => Request::Group(GroupRequest::decode(r)?),
         })
     }
 }
@@ -563,6 +586,8 @@ impl Response {
             Response::AddBroker => ApiKey::AddBroker,
             Response::RemoveBroker => ApiKey::RemoveBroker,
             Response::ReassignPartition => ApiKey::ReassignPartition,
+            Response::Lock(_) => ApiKey::Lock,
+            Response::Group(_) => ApiKey::Group,
         }
     }
 
@@ -623,6 +648,8 @@ impl Response {
             | Response::RemoveBroker
             | Response::ReassignPartition => {}
             Response::ListOffsets { offset } => out.put_u64_le(*offset),
+            Response::Lock(l) => l.encode(out),
+            Response::Group(g) => g.encode(out),
         }
     }
 
@@ -707,6 +734,8 @@ impl Response {
             ApiKey::ListOffsets => Response::ListOffsets {
                 offset: r.u64("offset")?,
             },
+            ApiKey::Lock => Response::Lock(LockResponse::decode(r)?),
+            ApiKey::Group => Response::Group(GroupResponse::decode(r)?),
         })
     }
 }
@@ -953,6 +982,110 @@ mod tests {
             },
         ];
         for f in frames {
+            let mut buf = BytesMut::new();
+            f.encode(&mut buf);
+            assert_eq!(ResponseFrame::decode(buf.freeze()).unwrap(), f);
+        }
+    }
+
+    #[test]
+    fn coordination_messages_round_trip() {
+        use crate::coord::*;
+        let requests = [
+            Request::Lock(LockRequest::Acquire {
+                name: "l".into(),
+                owner: 7,
+                mode: LockMode::Shared,
+                lease_ms: 10_000,
+                wait_ms: 5,
+            }),
+            Request::Lock(LockRequest::KeepAlive {
+                name: "l".into(),
+                owner: 7,
+            }),
+            Request::Lock(LockRequest::Release {
+                name: "l".into(),
+                owner: 7,
+            }),
+            Request::Lock(LockRequest::List),
+            Request::Group(GroupRequest::Join {
+                group: "g".into(),
+                member: 3,
+                topics: vec!["a".into(), "b".into()],
+                session_timeout_ms: 6000,
+            }),
+            Request::Group(GroupRequest::Heartbeat {
+                group: "g".into(),
+                member: 3,
+                generation: 9,
+                wait_ms: 1000,
+            }),
+            Request::Group(GroupRequest::Leave {
+                group: "g".into(),
+                member: 3,
+            }),
+            Request::Group(GroupRequest::Commit {
+                group: "g".into(),
+                member: 3,
+                generation: 9,
+                offsets: vec![("a".into(), 1, 42)],
+            }),
+            Request::Group(GroupRequest::List),
+            Request::Group(GroupRequest::Describe { group: "g".into() }),
+            Request::Group(GroupRequest::ResetOffsets {
+                group: "g".into(),
+                offsets: vec![("a".into(), 0, 5)],
+            }),
+        ];
+        for r in requests {
+            round_trip(r);
+        }
+        let holder = LockHolder {
+            owner: 1,
+            mode: LockMode::Exclusive,
+            token: 12,
+            expires_ms: 99,
+        };
+        let responses = [
+            Response::Lock(LockResponse::Granted {
+                token: 12,
+                expires_ms: 99,
+                remaining_ms: 10,
+            }),
+            Response::Lock(LockResponse::Released { was_holder: true }),
+            Response::Lock(LockResponse::List(vec![LockInfo {
+                name: "l".into(),
+                holders: vec![holder.clone()],
+                waiters: vec![holder],
+            }])),
+            Response::Group(GroupResponse::Member {
+                generation: 2,
+                assignment: vec![("a".into(), 0, u64::MAX)],
+            }),
+            Response::Group(GroupResponse::Done),
+            Response::Group(GroupResponse::List(vec!["g".into()])),
+            Response::Group(GroupResponse::Describe(GroupInfo {
+                group: "g".into(),
+                generation: 2,
+                members: vec![GroupMemberInfo {
+                    member: 3,
+                    topics: vec!["a".into()],
+                    session_timeout_ms: 6000,
+                    assignment: vec![("a".into(), 0)],
+                }],
+                offsets: vec![GroupOffset {
+                    topic: "a".into(),
+                    partition: 0,
+                    committed: 4,
+                    high_watermark: 10,
+                }],
+            })),
+        ];
+        for r in responses {
+            let f = ResponseFrame {
+                correlation_id: 5,
+                result: Ok(r),
+            };
             let mut buf = BytesMut::new();
             f.encode(&mut buf);
             assert_eq!(ResponseFrame::decode(buf.freeze()).unwrap(), f);

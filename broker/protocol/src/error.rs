@@ -48,6 +48,15 @@ pub enum ErrorCode {
     DuplicateSequence = 17,
     /// No leader is known (an election is under way); retry after a backoff.
     LeaderNotAvailable = 18,
+    /// The lock is not held by this owner (its lease ended, or it never held it).
+    LockNotHeld = 19,
+    /// The lock was not granted within the wait time.
+    LockWaitTimeout = 20,
+    /// The consumer-group member is unknown (its session ended): join again.
+    UnknownMember = 21,
+    /// The group moved to another generation, or the partition is not the
+    /// member's in it: the commit was refused.
+    IllegalGeneration = 22,
 }
 
 impl ErrorCode {
@@ -73,6 +82,10 @@ impl ErrorCode {
             16 => InvalidTopicName,
             17 => DuplicateSequence,
             18 => LeaderNotAvailable,
+            19 => LockNotHeld,
+            20 => LockWaitTimeout,
+            21 => UnknownMember,
+            22 => IllegalGeneration,
             _ => Unknown,
         }
     }
@@ -116,6 +129,10 @@ impl ErrorCode {
             InvalidTopicName => "invalid_topic_name",
             DuplicateSequence => "duplicate_sequence",
             LeaderNotAvailable => "leader_not_available",
+            LockNotHeld => "lock_not_held",
+            LockWaitTimeout => "lock_wait_timeout",
+            UnknownMember => "unknown_member",
+            IllegalGeneration => "illegal_generation",
         }
     }
 }

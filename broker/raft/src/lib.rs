@@ -20,6 +20,7 @@
 // large enum); our helpers return it as is rather than boxing and unboxing.
 #![allow(clippy::result_large_err)]
 
+pub mod coord;
 pub mod log_store;
 pub mod meta_sm;
 pub mod network;
@@ -39,8 +40,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use coord::{CoordOp, CoordPlugins, CoordResult, CoordState, LockMode, LockSemantics};
 pub use log_store::LogStore;
-pub use meta_sm::MetaStateMachine;
+pub use meta_sm::{CoordView, MetaStateMachine};
 pub use network::{PeerError, Transport};
 pub use partition_sm::{OnApply, PartitionStateMachine};
 pub use types::{
@@ -106,9 +108,9 @@ pub struct ClusterConfig {
     /// Join an existing cluster (never bootstrap): the node waits until a
     /// broker of the cluster adds it (`tern cluster add-broker`).
     pub join: bool,
-    /// Name of the lock plugin this broker runs: it decides replicated
+    /// The coordination plugins this broker runs (lock and balancer): they decide replicated
     /// state, so a broker is only added to a cluster running the same one.
-    pub lock_plugin: String,
+    pub coord_plugins: String,
 }
 
 /// A change of the cluster's brokers (the metadata group's voters).
@@ -181,7 +183,8 @@ pub struct RaftNode {
     partition_config: Arc<openraft::Config>,
     initial_cluster: BTreeMap<NodeId, String>,
     hooks: RaftHooks,
-    lock_plugin: String,
+    coord_plugins: String,
+    coord: Arc<CoordView>,
 }
 
 fn raft_config(
@@ -225,6 +228,7 @@ impl RaftNode {
         store: Store,
         peer_listener: TcpListener,
         hooks: RaftHooks,
+        plugins: Option<Arc<dyn CoordPlugins>>,
         shutdown: CancellationToken,
     ) -> Result<Arc<RaftNode>, RaftStartError> {
         if !cluster.initial_cluster.contains_key(&cluster.node_id) {
@@ -253,7 +257,7 @@ impl RaftNode {
         let fresh = log
             .is_fresh()
             .map_err(|e| RaftStartError::Config(e.to_string()))?;
-        let (sm, catalogue) = MetaStateMachine::open(store.clone())
+        let (sm, catalogue, coord) = MetaStateMachine::open(store.clone(), plugins)
             .map_err(|e| RaftStartError::Config(e.to_string()))?;
         let meta = Raft::new(
             cluster.node_id,
@@ -316,10 +320,12 @@ impl RaftNode {
             partition_config,
             initial_cluster: cluster.initial_cluster,
             hooks,
-            lock_plugin: cluster.lock_plugin.clone(),
+            coord_plugins: cluster.coord_plugins.clone(),
+            coord,
         });
-        let plugin = cluster.lock_plugin.clone();
-        transport.on_lock_plugin(Arc::new(move || plugin.clone()));
+        tokio::spawn(tick_coordination(Arc::downgrade(&node), shutdown.clone()));
+        let plugin = cluster.coord_plugins.clone();
+        transport.on_coord_plugins(Arc::new(move || plugin.clone()));
         let catalogue_view = node.catalogue.clone();
         transport.on_was_member(Arc::new(move |n| {
             catalogue_view.borrow().brokers.contains_key(&n)
@@ -406,7 +412,7 @@ impl RaftNode {
         match change {
             ClusterChange::Add(node, addr) => {
                 self.transport.set_addr(node, addr.clone());
-                // Refuse before it becomes a voter: its lock plugin must be
+                // Refuse before it becomes a voter: its coordination plugins must be
                 // ours. (It may still be starting: ask for a few seconds.)
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
                 let theirs = loop {
@@ -416,7 +422,7 @@ impl RaftNode {
                             node,
                             Some(&addr),
                             META_GROUP,
-                            network::KIND_LOCK_PLUGIN,
+                            network::KIND_COORD_PLUGINS,
                             Vec::new(),
                             Duration::from_secs(2),
                         )
@@ -427,10 +433,10 @@ impl RaftNode {
                         Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                     }
                 };
-                if theirs != self.lock_plugin {
+                if theirs != self.coord_plugins {
                     return Err(WriteError::Membership(format!(
-                        "broker {node} runs lock plugin {theirs:?} but the cluster runs {:?}",
-                        self.lock_plugin
+                        "broker {node} runs coordination plugins {theirs} but the cluster runs {}",
+                        self.coord_plugins
                     )));
                 }
                 self.meta
@@ -538,6 +544,41 @@ impl RaftNode {
         None
     }
 
+    /// The coordination state (locks, groups) as this node has applied it.
+    pub fn coord(&self) -> &Arc<CoordView> {
+        &self.coord
+    }
+
+    /// Asks every other voter of the metadata group which coordination
+    /// plugins it runs; `Err` names the first that runs others. Brokers that
+    /// do not answer are not counted: a whole-cluster restart may switch
+    /// plugins, a broker joining a running cluster may not.
+    pub async fn check_plugins(&self) -> Result<(), String> {
+        for peer in self.voters().into_iter().filter(|v| *v != self.node_id) {
+            let answer = self
+                .transport
+                .call(
+                    peer,
+                    None,
+                    META_GROUP,
+                    network::KIND_COORD_PLUGINS,
+                    Vec::new(),
+                    Duration::from_secs(1),
+                )
+                .await;
+            if let Ok(theirs) = answer.map(|a| network::decode::<String>(&a)) {
+                let theirs = theirs?;
+                if theirs != self.coord_plugins {
+                    return Err(format!(
+                        "broker {} runs coordination plugins {} but broker {peer} of the cluster runs {theirs}",
+                        self.node_id, self.coord_plugins
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.node_id
@@ -577,7 +618,9 @@ impl RaftNode {
         timeout: Duration,
     ) -> Result<CommandResponse, WriteError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut command = command;
         loop {
+            stamp(&self.meta, &mut command);
             let leader = match self.meta.client_write(command.clone()).await {
                 Ok(r) => return Ok(r.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_id,
@@ -702,6 +745,52 @@ impl RaftNode {
     pub async fn shutdown(&self) {
         for (_, raft) in self.transport.groups() {
             let _ = raft.shutdown().await;
+        }
+    }
+}
+
+/// Stamps a coordination command with this node's clock and term (the
+/// metadata leader restamps what it is forwarded, so the stamp that counts
+/// is always the leader's).
+pub(crate) fn stamp(meta: &Raft, command: &mut Command) {
+    if let Command::Coord { stamp_ms, term, .. } = command {
+        *stamp_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        *term = meta.metrics().borrow().current_term;
+    }
+}
+
+/// On the metadata leader, proposes a `Tick` whenever a lease or session is
+/// due, so expiry happens on the replicated clock within ~20 ms.
+async fn tick_coordination(node: std::sync::Weak<RaftNode>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(Duration::from_millis(20));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let Some(node) = node.upgrade() else { return };
+        if node.meta.metrics().borrow().current_leader != Some(node.node_id) {
+            continue;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let due = node
+            .coord
+            .read(|c| c.next_deadline_ms())
+            .is_some_and(|d| d <= now);
+        if due {
+            let tick = Command::Coord {
+                stamp_ms: 0,
+                term: 0,
+                op: CoordOp::Tick,
+            };
+            if let Err(e) = node.meta_write(tick, Duration::from_secs(2)).await {
+                warn!(error = %e, "coordination tick failed");
+            }
         }
     }
 }

@@ -1,11 +1,13 @@
 //! The state machine of the metadata group: the cluster [`Catalogue`]
-//! (topics, their replica placement, registered brokers).
+//! (topics, their replica placement, registered brokers) and the
+//! coordination state (locks, consumer groups: [`crate::coord`]).
 //!
 //! Every node is a member of the metadata group and applies the same
-//! commands, so every node has the catalogue; changes are published on a
-//! `watch` channel that the broker's reconciler follows to open and close
-//! partition groups. The state is small: it is persisted whole with every
-//! apply and is itself the snapshot.
+//! commands, so every node has the catalogue; catalogue changes are
+//! published on a `watch` channel that the broker's reconciler follows to
+//! open and close partition groups, and coordination changes on another
+//! that waiting lock requests and group heartbeats follow. The state is
+//! small: it is persisted whole with every apply and is itself the snapshot.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use tern_protocol::ErrorCode;
 use tern_storage::Store;
 use tokio::sync::watch;
 
+use crate::coord::{CoordPlugins, CoordState};
 use crate::log_store::blocking;
 use crate::types::{
     BrokerEntry, Catalogue, Command, CommandResponse, Entry, LogId, NodeId, PrebuiltSnapshot,
@@ -38,35 +41,107 @@ fn sm_err(e: impl std::fmt::Display) -> RaftStorageError {
     }
 }
 
+/// Coordination state shared between the state machine (which alone
+/// changes it) and the broker (which reads it to answer lock and group
+/// requests); `applied` moves on every change.
+pub struct CoordView {
+    state: std::sync::Mutex<CoordState>,
+    applied: watch::Sender<u64>,
+}
+
+impl CoordView {
+    /// Reads the state (never hold the guard across an await).
+    pub fn read<T>(&self, f: impl FnOnce(&CoordState) -> T) -> T {
+        f(&self.state.lock().expect("coordination state lock"))
+    }
+
+    /// Follows changes: the value is the log index of the last change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+}
+
 /// The metadata state machine.
 pub struct MetaStateMachine {
     store: Store,
     state: MetaState,
     publish: watch::Sender<Arc<Catalogue>>,
+    coord: Arc<CoordView>,
+    plugins: Option<Arc<dyn CoordPlugins>>,
 }
 
 impl MetaStateMachine {
-    /// Restores the state from `store`; the receiver follows every change.
-    pub fn open(store: Store) -> Result<(Self, watch::Receiver<Arc<Catalogue>>), RaftStorageError> {
-        let mut state: MetaState = match store.meta_get(STATE_KEY).map_err(sm_err)? {
-            Some(v) => bincode::deserialize(&v).map_err(sm_err)?,
-            None => MetaState::default(),
-        };
+    /// Restores the state from `store`; the receivers follow every change.
+    /// Without `plugins`, coordination commands are refused.
+    pub fn open(
+        store: Store,
+        plugins: Option<Arc<dyn CoordPlugins>>,
+    ) -> Result<(Self, watch::Receiver<Arc<Catalogue>>, Arc<CoordView>), RaftStorageError> {
+        let (mut state, coord): (MetaState, CoordState) =
+            match store.meta_get(STATE_KEY).map_err(sm_err)? {
+                Some(v) => bincode::deserialize(&v).map_err(sm_err)?,
+                None => Default::default(),
+            };
         if state.catalogue.next_topic_id == 0 {
             state.catalogue.next_topic_id = 1;
         }
         let (publish, rx) = watch::channel(Arc::new(state.catalogue.clone()));
+        let coord = Arc::new(CoordView {
+            state: std::sync::Mutex::new(coord),
+            applied: watch::channel(0).0,
+        });
         Ok((
             MetaStateMachine {
                 store,
                 state,
                 publish,
+                coord: coord.clone(),
+                plugins,
             },
             rx,
+            coord,
         ))
     }
 
-    fn apply_command(&mut self, command: Command) -> CommandResponse {
+    /// Applies one command; `catalogue_changed` is set when it touched the
+    /// catalogue.
+    fn apply_command(
+        &mut self,
+        index: u64,
+        command: Command,
+        catalogue_changed: &mut bool,
+    ) -> CommandResponse {
+        if let Command::Coord { stamp_ms, term, op } = command {
+            let catalogue = &self.state.catalogue;
+            let topics = |t: &str| catalogue.topics.get(t).map(|e| e.settings.partitions);
+            let mut coord = self.coord.state.lock().expect("coordination state lock");
+            return match coord.apply(self.plugins.as_deref(), index, stamp_ms, term, op, &topics) {
+                Ok(r) => CommandResponse::Coord(r),
+                Err(refusal) => CommandResponse::Rejected {
+                    code: refusal.code as u16,
+                    message: refusal.message,
+                },
+            };
+        }
+        *catalogue_changed = true;
+        let topic_touched = match &command {
+            Command::CreateTopic { name, .. } | Command::DeleteTopic { name } => Some(name.clone()),
+            _ => None,
+        };
+        let response = self.apply_catalogue_command(command);
+        if let Some(topic) = topic_touched {
+            let catalogue = &self.state.catalogue;
+            let topics = |t: &str| catalogue.topics.get(t).map(|e| e.settings.partitions);
+            self.coord
+                .state
+                .lock()
+                .expect("coordination state lock")
+                .topic_changed(self.plugins.as_deref(), &topic, &topics);
+        }
+        response
+    }
+
+    fn apply_catalogue_command(&mut self, command: Command) -> CommandResponse {
         let catalogue = &mut self.state.catalogue;
         match command {
             Command::CreateTopic {
@@ -126,49 +201,52 @@ impl MetaStateMachine {
             Command::RegisterBroker {
                 node_id,
                 client_addr,
-                lock_plugin,
+                coord_plugins,
             } => {
-                // The lock plugin decides replicated lock state: every broker
-                // must run the same one. The first registered broker sets it.
-                let cluster_lock = catalogue
-                    .brokers
-                    .iter()
-                    .find(|(id, _)| **id != node_id)
-                    .map(|(_, b)| b.lock_plugin.clone());
-                if let Some(expected) = cluster_lock.filter(|l| *l != lock_plugin) {
-                    return CommandResponse::Rejected {
-                        code: ErrorCode::InvalidConfig as u16,
-                        message: format!(
-                            "broker {node_id} runs lock plugin {lock_plugin:?} but the cluster runs {expected:?}"
-                        ),
-                    };
-                }
+                // Whether its plugins match the running brokers' was checked
+                // by the broker before proposing (`RaftNode::check_plugins`):
+                // a whole-cluster restart may switch plugins.
                 catalogue.brokers.insert(
                     node_id,
                     BrokerEntry {
                         client_addr,
-                        lock_plugin,
+                        coord_plugins,
                     },
                 );
                 CommandResponse::Done
             }
-            Command::Append(_) => CommandResponse::Rejected {
+            Command::Append(_) | Command::Coord { .. } => CommandResponse::Rejected {
                 code: ErrorCode::InvalidRequest as u16,
-                message: "append sent to the metadata group".into(),
+                message: "not a catalogue command".into(),
             },
         }
     }
 
-    fn persist_and_publish(&self, sync: bool) -> Result<(), RaftStorageError> {
-        let bytes = bincode::serialize(&self.state).map_err(sm_err)?;
+    /// The whole state, as persisted and as snapshot data.
+    fn encode_state(&self) -> Result<Vec<u8>, RaftStorageError> {
+        let coord = self.coord.state.lock().expect("coordination state lock");
+        bincode::serialize(&(&self.state, &*coord)).map_err(sm_err)
+    }
+
+    fn persist_and_publish(
+        &self,
+        sync: bool,
+        catalogue_changed: bool,
+    ) -> Result<(), RaftStorageError> {
+        let bytes = self.encode_state()?;
         blocking(|| self.store.meta_put(STATE_KEY, &bytes, sync)).map_err(sm_err)?;
-        self.publish
-            .send_replace(Arc::new(self.state.catalogue.clone()));
+        if catalogue_changed {
+            self.publish
+                .send_replace(Arc::new(self.state.catalogue.clone()));
+        }
+        self.coord
+            .applied
+            .send_replace(self.state.applied.map_or(0, |l| l.index));
         Ok(())
     }
 
     fn snapshot_now(&self) -> Result<Snapshot<TernRaft>, RaftStorageError> {
-        let data = bincode::serialize(&self.state).map_err(sm_err)?;
+        let data = self.encode_state()?;
         Ok(Snapshot {
             meta: SnapshotMeta {
                 last_log_id: self.state.applied,
@@ -195,6 +273,7 @@ impl RaftStateMachine<TernRaft> for MetaStateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut responses = Vec::new();
+        let mut catalogue_changed = false;
         for entry in entries {
             self.state.applied = Some(entry.log_id);
             responses.push(match entry.payload {
@@ -203,10 +282,12 @@ impl RaftStateMachine<TernRaft> for MetaStateMachine {
                     self.state.membership = StoredMembership::new(Some(entry.log_id), m);
                     CommandResponse::Done
                 }
-                EntryPayload::Normal(c) => self.apply_command(c),
+                EntryPayload::Normal(c) => {
+                    self.apply_command(entry.log_id.index, c, &mut catalogue_changed)
+                }
             });
         }
-        self.persist_and_publish(false)?;
+        self.persist_and_publish(false, catalogue_changed)?;
         Ok(responses)
     }
 
@@ -223,11 +304,13 @@ impl RaftStateMachine<TernRaft> for MetaStateMachine {
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), RaftStorageError> {
-        let mut state: MetaState = bincode::deserialize(snapshot.get_ref()).map_err(sm_err)?;
+        let (mut state, coord): (MetaState, CoordState) =
+            bincode::deserialize(snapshot.get_ref()).map_err(sm_err)?;
         state.applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
         self.state = state;
-        self.persist_and_publish(true)
+        *self.coord.state.lock().expect("coordination state lock") = coord;
+        self.persist_and_publish(true, true)
     }
 
     async fn get_current_snapshot(
@@ -256,7 +339,7 @@ mod tests {
             let store =
                 Store::open(dir.path(), tern_storage::Durability::PageCache).map_err(sm_err)?;
             let log = LogStore::new(store.clone(), 0);
-            let (sm, _rx) = MetaStateMachine::open(store)?;
+            let (sm, _rx, _coord) = MetaStateMachine::open(store, None)?;
             Ok((dir, log, sm))
         }
     }

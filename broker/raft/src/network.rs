@@ -56,11 +56,11 @@ pub(crate) const KIND_WAS_MEMBER: u8 = 7;
 /// "Who leads this group?", asked of a replica by a broker that hosts none.
 pub(crate) const KIND_LEADER_OF: u8 = 8;
 
-/// "Which lock plugin do you run?", asked of a broker before adding it.
-pub(crate) const KIND_LOCK_PLUGIN: u8 = 9;
+/// "Which coordination (lock, balancer) plugins do you run?", asked of a broker before adding it.
+pub(crate) const KIND_COORD_PLUGINS: u8 = 9;
 
-/// Answers [`KIND_LOCK_PLUGIN`].
-pub type LockPluginHandler = Arc<dyn Fn() -> String + Send + Sync>;
+/// Answers [`KIND_COORD_PLUGINS`].
+pub type CoordPluginsHandler = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Answers [`KIND_WAS_MEMBER`] from the local catalogue.
 pub type WasMemberHandler = Arc<dyn Fn(NodeId) -> bool + Send + Sync>;
@@ -123,7 +123,7 @@ pub struct Transport {
     rtt_observer: RwLock<Option<RttHook>>,
     cluster_change: RwLock<Option<ClusterChangeHandler>>,
     was_member: RwLock<Option<WasMemberHandler>>,
-    lock_plugin: RwLock<Option<LockPluginHandler>>,
+    coord_plugins: RwLock<Option<CoordPluginsHandler>>,
 }
 
 impl Transport {
@@ -139,7 +139,7 @@ impl Transport {
             rtt_observer: RwLock::new(None),
             cluster_change: RwLock::new(None),
             was_member: RwLock::new(None),
-            lock_plugin: RwLock::new(None),
+            coord_plugins: RwLock::new(None),
         })
     }
 
@@ -153,9 +153,9 @@ impl Transport {
         *self.cluster_change.write().expect("handler lock") = Some(handler);
     }
 
-    /// Sets what answers "which lock plugin?".
-    pub fn on_lock_plugin(&self, handler: LockPluginHandler) {
-        *self.lock_plugin.write().expect("handler lock") = Some(handler);
+    /// Sets what answers "which coordination plugins?".
+    pub fn on_coord_plugins(&self, handler: CoordPluginsHandler) {
+        *self.coord_plugins.write().expect("handler lock") = Some(handler);
     }
 
     /// Sets what answers "was this node a member?".
@@ -440,8 +440,8 @@ impl Transport {
             let handler = self.was_member.read().expect("handler lock").clone();
             return encode(&handler.is_some_and(|h| h(node)));
         }
-        if kind == KIND_LOCK_PLUGIN {
-            let handler = self.lock_plugin.read().expect("handler lock").clone();
+        if kind == KIND_COORD_PLUGINS {
+            let handler = self.coord_plugins.read().expect("handler lock").clone();
             return encode(&handler.map(|h| h()).unwrap_or_default());
         }
         if kind == KIND_LEADER_OF {
@@ -476,7 +476,8 @@ impl Transport {
                 encode(&raft.install_snapshot(rpc).await)
             }
             KIND_META_WRITE => {
-                let command: Command = decode(&body)?;
+                let mut command: Command = decode(&body)?;
+                crate::stamp(&raft, &mut command);
                 encode(&raft.client_write(command).await.map(|r| r.data))
             }
             other => Err(format!("unknown peer request kind {other}")),

@@ -103,8 +103,18 @@ pub enum Command {
         node_id: NodeId,
         /// host:port for clients.
         client_addr: String,
-        /// Name of the lock plugin it runs (all brokers must agree).
-        lock_plugin: String,
+        /// The coordination plugins it runs (all brokers must agree).
+        coord_plugins: String,
+    },
+    /// Metadata group: a lock or consumer-group operation, stamped by the
+    /// metadata leader with its clock and term when it proposed it.
+    Coord {
+        /// Leader wall clock, ms since the epoch.
+        stamp_ms: u64,
+        /// Leader term.
+        term: u64,
+        /// The operation.
+        op: crate::coord::CoordOp,
     },
 }
 
@@ -128,6 +138,8 @@ pub enum CommandResponse {
     },
     /// Done (membership, blank, catalogue changes).
     Done,
+    /// A coordination command's outcome.
+    Coord(crate::coord::CoordResult),
 }
 
 /// The cluster catalogue held by the metadata group.
@@ -146,8 +158,8 @@ pub struct Catalogue {
 pub struct BrokerEntry {
     /// host:port for clients.
     pub client_addr: String,
-    /// Its lock plugin.
-    pub lock_plugin: String,
+    /// Its coordination plugins (lock and balancer, which decide replicated state).
+    pub coord_plugins: String,
 }
 
 /// A topic in the catalogue.

@@ -39,6 +39,8 @@ use crate::metrics::{Metrics, PARTITION_SERIES_MAX};
 use crate::plugins::Plugins;
 use crate::read_cache::ReadCache;
 
+mod coordination;
+
 /// Most partitions one topic may have.
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
 /// Longest topic name.
@@ -556,6 +558,8 @@ impl Broker {
                 partition,
                 replicas,
             } => self.reassign(topic, partition, replicas).await,
+            Request::Lock(l) => self.lock(l).await,
+            Request::Group(g) => self.group(g).await,
             Request::ListOffsets {
                 topic,
                 partition,
@@ -1002,6 +1006,7 @@ impl Broker {
                 .set(p.log.size_bytes() as i64);
         }
         self.update_raft_gauges();
+        self.update_coordination_gauges();
         let prop = |name| self.store.int_property(name).unwrap_or(0) as i64;
         self.metrics
             .rocksdb_sst_bytes
@@ -1182,7 +1187,9 @@ pub async fn finish_produce(
                             (ErrorCode::None, base_offset)
                         }
                         CommandResponse::Rejected { code, .. } => (ErrorCode::from_u16(code), 0),
-                        CommandResponse::Done => (ErrorCode::Unknown, 0),
+                        CommandResponse::Done | CommandResponse::Coord(_) => {
+                            (ErrorCode::Unknown, 0)
+                        }
                     },
                     Ok(Ok(Err(ClientWriteError::ForwardToLeader(_)))) => (ErrorCode::NotLeader, 0),
                     Ok(Ok(Err(_))) => (ErrorCode::Unknown, 0),

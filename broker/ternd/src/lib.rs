@@ -171,13 +171,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             election_max_ms: config.election_timeout_ms * 2,
         },
         join: config.join,
-        lock_plugin: plugins.lock.info().name.clone(),
+        coord_plugins: plugins.coordination_id(),
     };
     let raft = tern_raft::RaftNode::start(
         cluster,
         store.clone(),
         peer_listener,
         metrics.raft_hooks(),
+        Some(plugins.coordination()),
         shutdown.clone(),
     )
     .await?;
@@ -261,15 +262,23 @@ async fn stop_when_removed(broker: Arc<Broker>, shutdown: CancellationToken) {
 /// How long a broker must stay out of the voters before it stops itself.
 const REMOVAL_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Announces this broker's client address (and lock plugin) in the
-/// catalogue, retrying until the metadata group has a leader. A refusal (the
-/// cluster runs another lock plugin) stops the broker.
+/// Announces this broker's client address (and coordination plugins) in
+/// the catalogue, retrying until the metadata group has a leader. A broker
+/// whose lock or balancer plugin differs from a running peer's stops: the
+/// plugins decide replicated state, so all brokers must run the same.
 async fn register(broker: Arc<Broker>, shutdown: CancellationToken) {
     let command = tern_raft::Command::RegisterBroker {
         node_id: broker.raft().node_id(),
         client_addr: broker.config().advertise.clone(),
-        lock_plugin: broker.plugins().lock.info().name.clone(),
+        coord_plugins: broker.plugins().coordination_id(),
     };
+    if let Err(message) = broker.raft().check_plugins().await {
+        tracing::error!(%message, "this broker's plugins differ from the cluster's; stopping");
+        broker.set_refusal(format!("the cluster refused this broker: {message}"));
+        broker.set_ready(false);
+        shutdown.cancel();
+        return;
+    }
     loop {
         let attempt = broker
             .raft()

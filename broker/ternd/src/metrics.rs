@@ -90,6 +90,31 @@ pub struct Metrics {
     pub raft_groups: IntGaugeVec,
     /// Leader elections observed by this node's groups, by group kind.
     pub raft_leader_changes: IntCounterVec,
+    /// Locks with a holder or a waiter.
+    pub locks: IntGauge,
+    /// Lock holders (shared locks may have several).
+    pub lock_holders: IntGauge,
+    /// Waiters queued for locks.
+    pub lock_waiters: IntGauge,
+    /// Lock grants (replicated count, the same on every broker).
+    pub lock_grants: IntCounter,
+    /// Leases that ended without a release (replicated count).
+    pub lock_expirations: IntCounter,
+    /// From an acquire request arriving at this broker to its grant.
+    pub lock_acquire_seconds: Histogram,
+    /// Members per consumer group.
+    pub group_members: IntGaugeVec,
+    /// Generation per consumer group.
+    pub group_generation: IntGaugeVec,
+    /// Rebalances per consumer group (replicated count).
+    pub group_rebalances: IntCounterVec,
+    /// Members removed because their session ended (replicated count).
+    pub group_sessions_expired: IntCounter,
+    /// Committed offset per group and partition.
+    pub group_committed_offset: IntGaugeVec,
+    /// Records after the committed offset, per group and partition (from
+    /// the partition's leader only).
+    pub group_lag: IntGaugeVec,
     /// Term of the metadata group.
     pub raft_metadata_term: IntGauge,
     /// Entries in local Raft logs not yet applied, summed over groups.
@@ -310,6 +335,66 @@ impl Metrics {
                     "Leader changes seen by this node's Raft groups, by group kind."
                 ),
                 &["group"]
+            )),
+            locks: reg!(IntGauge::new(
+                "tern_locks",
+                "Locks with a holder or a waiter."
+            )),
+            lock_holders: reg!(IntGauge::new(
+                "tern_lock_holders",
+                "Lock holders (a shared lock may have several)."
+            )),
+            lock_waiters: reg!(IntGauge::new(
+                "tern_lock_waiters",
+                "Requests queued for a lock."
+            )),
+            lock_grants: reg!(IntCounter::new(
+                "tern_lock_grants_total",
+                "Lock grants since the cluster began (replicated: every broker reports the same)."
+            )),
+            lock_expirations: reg!(IntCounter::new(
+                "tern_lock_expirations_total",
+                "Leases that ended without a release (replicated: every broker reports the same)."
+            )),
+            lock_acquire_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "tern_lock_acquire_seconds",
+                    "From an acquire request arriving at this broker to its grant (waiting included)."
+                )
+                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 20).expect("valid buckets"))
+            )),
+            group_members: reg!(IntGaugeVec::new(
+                Opts::new("tern_group_members", "Members of each consumer group."),
+                &["group"]
+            )),
+            group_generation: reg!(IntGaugeVec::new(
+                Opts::new("tern_group_generation", "Generation of each consumer group."),
+                &["group"]
+            )),
+            group_rebalances: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tern_group_rebalances_total",
+                    "Rebalances of each consumer group (replicated: every broker reports the same)."
+                ),
+                &["group"]
+            )),
+            group_sessions_expired: reg!(IntCounter::new(
+                "tern_group_sessions_expired_total",
+                "Group members removed because they stopped heartbeating (replicated)."
+            )),
+            group_committed_offset: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "tern_group_committed_offset",
+                    "Committed offset (next to consume) per group and partition."
+                ),
+                &["group", "topic", "partition"]
+            )),
+            group_lag: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "tern_group_lag_records",
+                    "Records after the committed offset per group and partition, reported by the partition's leader."
+                ),
+                &["group", "topic", "partition"]
             )),
             raft_metadata_term: reg!(IntGauge::new(
                 "tern_raft_metadata_term",

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tern_plugin_host::{Balancer, Plugin, PluginError, PluginKind};
+use tern_plugin_host::{Balancer, Grant, LockMachine, Member, Plugin, PluginError, PluginKind};
 use tracing::info;
 
 use crate::metrics::Metrics;
@@ -79,4 +79,80 @@ pub fn load(
         balancer: Balancer::new(&balancer),
         cache,
     })
+}
+
+impl Plugins {
+    /// What the coordination state machine runs; all brokers of a cluster
+    /// must agree on it (checked at registration and at add-broker).
+    pub fn coordination_id(&self) -> String {
+        format!(
+            "lock={} balancer={}",
+            self.lock.info().name,
+            self.balancer.plugin().info().name
+        )
+    }
+
+    /// The lock and balancer plugins as the coordination state machine
+    /// calls them.
+    pub fn coordination(&self) -> std::sync::Arc<dyn tern_raft::CoordPlugins> {
+        std::sync::Arc::new(Coordination {
+            lock: self.lock.clone(),
+            balancer: self.balancer.clone(),
+        })
+    }
+}
+
+struct Coordination {
+    lock: Plugin,
+    balancer: Balancer,
+}
+
+struct PluginLock(LockMachine);
+
+impl tern_raft::LockSemantics for PluginLock {
+    fn acquire(
+        &mut self,
+        owner: u64,
+        mode: u32,
+        lease_ms: u64,
+        now_ms: u64,
+        token: u64,
+    ) -> Result<bool, String> {
+        self.0
+            .acquire(owner, mode, lease_ms, now_ms, token)
+            .map(|(held, _)| held)
+            .map_err(|e| e.to_string())
+    }
+
+    fn release(&mut self, owner: u64, now_ms: u64, token: u64) -> Result<(), String> {
+        self.0
+            .release(owner, now_ms, token)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn expire(&mut self, now_ms: u64, token: u64) -> Result<(), String> {
+        self.0
+            .expire(now_ms, token)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn holders(&self) -> Result<Vec<Grant>, String> {
+        self.0.holders().map_err(|e| e.to_string())
+    }
+}
+
+impl tern_raft::CoordPlugins for Coordination {
+    fn new_lock(&self) -> Result<Box<dyn tern_raft::LockSemantics>, String> {
+        LockMachine::new(&self.lock)
+            .map(|m| Box::new(PluginLock(m)) as Box<dyn tern_raft::LockSemantics>)
+            .map_err(|e| e.to_string())
+    }
+
+    fn assign(&self, members: &[Member], current: &[u64]) -> Result<Vec<u64>, String> {
+        self.balancer
+            .assign(members, current)
+            .map_err(|e| e.to_string())
+    }
 }

@@ -3,6 +3,8 @@
 mod bench;
 mod cluster;
 mod consume;
+mod group;
+mod lock;
 mod produce;
 mod topic;
 
@@ -41,12 +43,18 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print records to stdout, one per line.
     Consume(consume::ConsumeArgs),
+    /// Distributed locks: acquire, run a command under a lock, list.
+    #[command(subcommand)]
+    Lock(lock::LockCommand),
+    /// Consumer groups: list, describe (lag), reset offsets.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Load generator: throughput and latency percentiles.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -65,12 +73,15 @@ fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("connect to {}", cli.broker))
         };
+        let ok = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
         match cli.command {
-            Command::Topic(c) => topic::run(connect().await?, c).await,
-            Command::Cluster(c) => cluster::run(connect().await?, c).await,
-            Command::Produce(a) => produce::run(connect().await?, a).await,
-            Command::Consume(a) => consume::run(connect().await?, a).await,
-            Command::Bench(b) => bench::run(&cli.broker, b).await,
+            Command::Topic(c) => ok(topic::run(connect().await?, c).await),
+            Command::Cluster(c) => ok(cluster::run(connect().await?, c).await),
+            Command::Produce(a) => ok(produce::run(connect().await?, a).await),
+            Command::Consume(a) => ok(consume::run(connect().await?, a).await),
+            Command::Lock(c) => lock::run(connect().await?, c).await,
+            Command::Group(c) => ok(group::run(connect().await?, c).await),
+            Command::Bench(b) => ok(bench::run(&cli.broker, b).await),
         }
     })
 }

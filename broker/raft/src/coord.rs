@@ -1,0 +1,1105 @@
+//! Coordination state: named locks and consumer groups, applied by the
+//! metadata group's state machine ([`crate::meta_sm`]).
+//!
+//! **What it owns.** The replicated records of every lock (holders with
+//! their lease and fencing token, waiters in arrival order) and every
+//! consumer group (members and their sessions, generation, assignment,
+//! committed offsets), and the replicated clock they are judged by.
+//!
+//! **Time.** Nothing here reads a clock. The metadata leader stamps every
+//! coordination command with its wall-clock time and term when it proposes
+//! it; applying takes `clock = max(clock, stamp)`, so every replica judges
+//! leases and sessions by the same, never-decreasing time. A command
+//! stamped in a newer term than any before refreshes every lease and
+//! session (the way etcd refreshes leases on a leader change): clients could
+//! not reach anyone while there was no leader, and must not lose their locks
+//! or group membership for it.
+//!
+//! **Plugins.** Lock semantics come from the lock plugin and assignments
+//! from the balancer plugin ([`CoordPlugins`]). The host keeps the record;
+//! for every command it rebuilds the plugin's state from the record
+//! (holders, then waiters, in order), applies the one call, and reads the
+//! holders back. A plugin's state is therefore a function of the record, so
+//! a snapshot is just the record, and a replica restored from one decides
+//! exactly like a replica that applied the whole history. The contract for
+//! plugins: their decisions depend only on the calls made (no hidden
+//! counters), which both bundled plugins meet.
+//!
+//! **Must never:** read time or randomness, or decide anything from local
+//! state that is not in the record — every replica must reach the same
+//! state from the same commands.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use tern_plugin_abi::{Grant, Member, LOCK_EXCLUSIVE, LOCK_SHARED, UNOWNED};
+use tern_protocol::ErrorCode;
+
+/// The state of one lock as a plugin keeps it, rebuilt per command.
+pub trait LockSemantics {
+    /// `owner` asks for the lock (or renews it); returns whether it holds it.
+    fn acquire(
+        &mut self,
+        owner: u64,
+        mode: u32,
+        lease_ms: u64,
+        now_ms: u64,
+        token: u64,
+    ) -> Result<bool, String>;
+    /// `owner` releases it or stops waiting.
+    fn release(&mut self, owner: u64, now_ms: u64, token: u64) -> Result<(), String>;
+    /// Leases ending at or before `now_ms` end.
+    fn expire(&mut self, now_ms: u64, token: u64) -> Result<(), String>;
+    /// Who holds it now.
+    fn holders(&self) -> Result<Vec<Grant>, String>;
+}
+
+/// The strategies coordination runs (the loaded lock and balancer plugins).
+pub trait CoordPlugins: Send + Sync {
+    /// A new, free lock.
+    fn new_lock(&self) -> Result<Box<dyn LockSemantics>, String>;
+    /// New owner of every partition (`current[i]` is partition `i`'s owner
+    /// now or [`UNOWNED`]); `members` is non-empty and sorted by id.
+    fn assign(&self, members: &[Member], current: &[u64]) -> Result<Vec<u64>, String>;
+}
+
+/// Lock mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockMode {
+    /// One holder.
+    Exclusive,
+    /// Many holders, where the plugin supports it (read-write).
+    Shared,
+}
+
+impl LockMode {
+    fn abi(self) -> u32 {
+        match self {
+            LockMode::Exclusive => LOCK_EXCLUSIVE,
+            LockMode::Shared => LOCK_SHARED,
+        }
+    }
+
+    fn from_abi(mode: u32) -> LockMode {
+        if mode == LOCK_SHARED {
+            LockMode::Shared
+        } else {
+            LockMode::Exclusive
+        }
+    }
+}
+
+/// Where a reset moves a group's offsets (resolved to numbers by the
+/// broker before proposing, since only partition leaders know log ends).
+pub type OffsetMap = BTreeMap<(String, u32), u64>;
+
+/// A coordination command (inside [`crate::Command::Coord`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordOp {
+    /// Acquire (or wait for) a lock.
+    Acquire {
+        /// Lock name.
+        name: String,
+        /// Caller-chosen owner id (one per acquisition).
+        owner: u64,
+        /// Mode.
+        mode: LockMode,
+        /// Lease length.
+        lease_ms: u64,
+    },
+    /// Renew a held lease.
+    KeepAlive {
+        /// Lock name.
+        name: String,
+        /// Holder.
+        owner: u64,
+    },
+    /// Release a lock or stop waiting for it.
+    Release {
+        /// Lock name.
+        name: String,
+        /// Holder or waiter.
+        owner: u64,
+    },
+    /// Join (or re-join) a consumer group.
+    Join {
+        /// Group.
+        group: String,
+        /// Member id (chosen by the consumer).
+        member: u64,
+        /// Topics it consumes.
+        topics: Vec<String>,
+        /// Removed after this long without a heartbeat.
+        session_timeout_ms: u64,
+    },
+    /// A member is alive.
+    Heartbeat {
+        /// Group.
+        group: String,
+        /// Member.
+        member: u64,
+    },
+    /// A member leaves cleanly.
+    Leave {
+        /// Group.
+        group: String,
+        /// Member.
+        member: u64,
+    },
+    /// A member commits offsets of partitions it owns in `generation`.
+    Commit {
+        /// Group.
+        group: String,
+        /// Member.
+        member: u64,
+        /// Generation the member consumed in.
+        generation: u64,
+        /// Next offset to consume, per partition.
+        offsets: Vec<(String, u32, u64)>,
+    },
+    /// Admin: set committed offsets of a group with no members.
+    SetOffsets {
+        /// Group.
+        group: String,
+        /// New offsets.
+        offsets: Vec<(String, u32, u64)>,
+    },
+    /// Time passed: end expired leases and sessions.
+    Tick,
+}
+
+/// A coordination command's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordResult {
+    /// The caller holds the lock.
+    Granted {
+        /// Fencing token.
+        token: u64,
+        /// Lease end, replicated clock.
+        expires_ms: u64,
+    },
+    /// The caller waits for the lock.
+    Waiting,
+    /// Released (`was_holder`: it held it rather than waited).
+    Released {
+        /// Whether it held the lock.
+        was_holder: bool,
+    },
+    /// Group state as one member sees it.
+    Member {
+        /// Current generation.
+        generation: u64,
+        /// Partitions it owns in that generation.
+        assignment: Vec<(String, u32)>,
+    },
+    /// Done.
+    Done,
+}
+
+/// One holder of a lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// Owner id.
+    pub owner: u64,
+    /// Mode.
+    pub mode: LockMode,
+    /// Fencing token of its grant.
+    pub token: u64,
+    /// Lease end (replicated clock).
+    pub expires_ms: u64,
+    /// Lease length it renews to.
+    pub lease_ms: u64,
+}
+
+/// One waiter of a lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiter {
+    /// Owner id.
+    pub owner: u64,
+    /// Mode.
+    pub mode: LockMode,
+    /// Lease it asked for.
+    pub lease_ms: u64,
+    /// When it started waiting (replicated clock).
+    pub since_ms: u64,
+}
+
+/// A lock's replicated record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    /// Holders in grant order.
+    pub holders: Vec<Holder>,
+    /// Waiters in arrival order.
+    pub waiters: Vec<Waiter>,
+}
+
+/// A consumer-group member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// Topics it consumes.
+    pub topics: Vec<String>,
+    /// Session length.
+    pub session_timeout_ms: u64,
+    /// Last heartbeat (replicated clock).
+    pub last_seen_ms: u64,
+}
+
+/// A consumer group's replicated record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// Bumped by every rebalance; commits of older generations are refused.
+    pub generation: u64,
+    /// Members by id.
+    pub members: BTreeMap<u64, MemberRecord>,
+    /// Owner of each partition in this generation.
+    pub assignment: BTreeMap<(String, u32), u64>,
+    /// Committed offsets (next offset to consume).
+    pub offsets: OffsetMap,
+    /// Rebalances so far.
+    pub rebalances: u64,
+}
+
+impl GroupRecord {
+    /// Partitions `member` owns now.
+    pub fn assigned_to(&self, member: u64) -> Vec<(String, u32)> {
+        self.assignment
+            .iter()
+            .filter(|(_, m)| **m == member)
+            .map(|(tp, _)| tp.clone())
+            .collect()
+    }
+}
+
+/// Counts since the cluster began (replicated, so every broker reports the
+/// same values).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordCounters {
+    /// Lock grants.
+    pub grants: u64,
+    /// Leases that ended without a release.
+    pub expirations: u64,
+    /// Group members removed because their session ended.
+    pub sessions_expired: u64,
+}
+
+/// All replicated coordination state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordState {
+    /// Replicated clock (ms since the epoch, never decreasing).
+    pub clock_ms: u64,
+    /// Highest leader term that stamped a command.
+    pub term: u64,
+    /// Locks with a holder or a waiter.
+    pub locks: BTreeMap<String, LockRecord>,
+    /// Consumer groups (kept while they have members or offsets).
+    pub groups: BTreeMap<String, GroupRecord>,
+    /// Counters.
+    pub counters: CoordCounters,
+}
+
+/// Why a coordination command was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Wire error code.
+    pub code: ErrorCode,
+    /// For humans.
+    pub message: String,
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
+impl CoordState {
+    /// The earliest time at which a [`CoordOp::Tick`] would change anything.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        let leases = self
+            .locks
+            .values()
+            .flat_map(|l| l.holders.iter().map(|h| h.expires_ms));
+        let sessions = self.groups.values().flat_map(|g| {
+            g.members
+                .values()
+                .map(|m| m.last_seen_ms.saturating_add(m.session_timeout_ms))
+        });
+        leases.chain(sessions).min()
+    }
+
+    /// Applies one command at log index `index` (the fencing token of any
+    /// grant it makes). `topics` gives partition counts of existing topics.
+    pub fn apply(
+        &mut self,
+        plugins: Option<&dyn CoordPlugins>,
+        index: u64,
+        stamp_ms: u64,
+        term: u64,
+        op: CoordOp,
+        topics: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<CoordResult, Refusal> {
+        let plugins = plugins.ok_or_else(|| {
+            refuse(
+                ErrorCode::InvalidConfig,
+                "coordination is not available: no lock/balancer plugin loaded",
+            )
+        })?;
+        self.clock_ms = self.clock_ms.max(stamp_ms);
+        if term > self.term {
+            if self.term != 0 {
+                self.refresh_after_leader_change();
+            }
+            self.term = term;
+        }
+        let now = self.clock_ms;
+        match op {
+            CoordOp::Acquire {
+                name,
+                owner,
+                mode,
+                lease_ms,
+            } => {
+                if lease_ms == 0 {
+                    return Err(refuse(ErrorCode::InvalidRequest, "lease must be positive"));
+                }
+                let record = self.locks.entry(name.clone()).or_default();
+                if !record.holders.iter().any(|h| h.owner == owner)
+                    && !record.waiters.iter().any(|w| w.owner == owner)
+                {
+                    record.waiters.push(Waiter {
+                        owner,
+                        mode,
+                        lease_ms,
+                        since_ms: now,
+                    });
+                }
+                self.run_lock(plugins, &name, now, index, None, |l| {
+                    l.acquire(owner, mode.abi(), lease_ms, now, index)
+                        .map(|_| ())
+                })?;
+                Ok(self.lock_answer(&name, owner))
+            }
+            CoordOp::KeepAlive { name, owner } => {
+                let held = self
+                    .locks
+                    .get(&name)
+                    .and_then(|l| l.holders.iter().find(|h| h.owner == owner))
+                    .filter(|h| h.expires_ms > now)
+                    .cloned();
+                let Some(h) = held else {
+                    // An expired lease is over even if no tick has run yet.
+                    return Err(refuse(
+                        ErrorCode::LockNotHeld,
+                        format!("lock {name:?} is not held by owner {owner:x} (lease expired?)"),
+                    ));
+                };
+                self.run_lock(plugins, &name, now, index, None, |l| {
+                    l.acquire(owner, h.mode.abi(), h.lease_ms, now, index)
+                        .map(|_| ())
+                })?;
+                Ok(self.lock_answer(&name, owner))
+            }
+            CoordOp::Release { name, owner } => {
+                let was_holder = self
+                    .locks
+                    .get(&name)
+                    .is_some_and(|l| l.holders.iter().any(|h| h.owner == owner));
+                if self.locks.contains_key(&name) {
+                    self.run_lock(plugins, &name, now, index, Some(owner), |l| {
+                        l.release(owner, now, index)
+                    })?;
+                }
+                Ok(CoordResult::Released { was_holder })
+            }
+            CoordOp::Join {
+                group,
+                member,
+                topics: wanted,
+                session_timeout_ms,
+            } => {
+                if wanted.is_empty() {
+                    return Err(refuse(ErrorCode::InvalidRequest, "subscribe to a topic"));
+                }
+                if let Some(t) = wanted.iter().find(|t| topics(t).is_none()) {
+                    return Err(refuse(
+                        ErrorCode::UnknownTopicOrPartition,
+                        format!("no topic {t:?}"),
+                    ));
+                }
+                let g = self.groups.entry(group.clone()).or_default();
+                let record = MemberRecord {
+                    topics: wanted,
+                    session_timeout_ms: session_timeout_ms.max(1),
+                    last_seen_ms: now,
+                };
+                let changed = g
+                    .members
+                    .get(&member)
+                    .is_none_or(|m| m.topics != record.topics);
+                g.members.insert(member, record);
+                if changed {
+                    self.rebalance(plugins, &group, topics)?;
+                }
+                Ok(self.member_answer(&group, member))
+            }
+            CoordOp::Heartbeat { group, member } => {
+                let m = self
+                    .groups
+                    .get_mut(&group)
+                    .and_then(|g| g.members.get_mut(&member))
+                    .ok_or_else(|| unknown_member(&group, member))?;
+                m.last_seen_ms = now;
+                Ok(self.member_answer(&group, member))
+            }
+            CoordOp::Leave { group, member } => {
+                let left = self
+                    .groups
+                    .get_mut(&group)
+                    .is_some_and(|g| g.members.remove(&member).is_some());
+                if left {
+                    self.rebalance(plugins, &group, topics)?;
+                }
+                Ok(CoordResult::Done)
+            }
+            CoordOp::Commit {
+                group,
+                member,
+                generation,
+                offsets,
+            } => {
+                let g = self
+                    .groups
+                    .get_mut(&group)
+                    .filter(|g| g.members.contains_key(&member))
+                    .ok_or_else(|| unknown_member(&group, member))?;
+                if generation != g.generation {
+                    return Err(refuse(
+                        ErrorCode::IllegalGeneration,
+                        format!(
+                            "group {group:?} is in generation {}, the commit was for {generation}",
+                            g.generation
+                        ),
+                    ));
+                }
+                for (topic, partition, _) in &offsets {
+                    if g.assignment.get(&(topic.clone(), *partition)) != Some(&member) {
+                        return Err(refuse(
+                            ErrorCode::IllegalGeneration,
+                            format!("{topic}/{partition} is not assigned to member {member:x}"),
+                        ));
+                    }
+                }
+                for (topic, partition, offset) in offsets {
+                    g.offsets.insert((topic, partition), offset);
+                }
+                Ok(CoordResult::Done)
+            }
+            CoordOp::SetOffsets { group, offsets } => {
+                let g = self.groups.entry(group.clone()).or_default();
+                if !g.members.is_empty() {
+                    return Err(refuse(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "group {group:?} has {} active members: stop them before resetting offsets",
+                            g.members.len()
+                        ),
+                    ));
+                }
+                for (topic, partition, offset) in offsets {
+                    g.offsets.insert((topic, partition), offset);
+                }
+                Ok(CoordResult::Done)
+            }
+            CoordOp::Tick => {
+                self.expire(plugins, now, index, topics)?;
+                Ok(CoordResult::Done)
+            }
+        }
+    }
+
+    /// A catalogue change: groups consuming `topic` rebalance.
+    pub fn topic_changed(
+        &mut self,
+        plugins: Option<&dyn CoordPlugins>,
+        topic: &str,
+        topics: &dyn Fn(&str) -> Option<u32>,
+    ) {
+        let Some(plugins) = plugins else { return };
+        let affected: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| {
+                g.members
+                    .values()
+                    .any(|m| m.topics.iter().any(|t| t == topic))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for group in affected {
+            // A balancer failure leaves the old assignment; the next
+            // membership change retries.
+            let _ = self.rebalance(plugins, &group, topics);
+        }
+        for g in self.groups.values_mut() {
+            g.offsets
+                .retain(|(t, p), _| topics(t).is_some_and(|n| *p < n));
+        }
+    }
+
+    fn lock_answer(&self, name: &str, owner: u64) -> CoordResult {
+        match self
+            .locks
+            .get(name)
+            .and_then(|l| l.holders.iter().find(|h| h.owner == owner))
+        {
+            Some(h) => CoordResult::Granted {
+                token: h.token,
+                expires_ms: h.expires_ms,
+            },
+            None => CoordResult::Waiting,
+        }
+    }
+
+    fn member_answer(&self, group: &str, member: u64) -> CoordResult {
+        let g = &self.groups[group];
+        CoordResult::Member {
+            generation: g.generation,
+            assignment: g.assigned_to(member),
+        }
+    }
+
+    /// Rebuilds the lock's plugin state from its record, runs `call`, and
+    /// stores the outcome back into the record (`forget`: an owner the call
+    /// removed from the queue, which the record must forget too).
+    fn run_lock(
+        &mut self,
+        plugins: &dyn CoordPlugins,
+        name: &str,
+        now: u64,
+        index: u64,
+        forget: Option<u64>,
+        call: impl FnOnce(&mut dyn LockSemantics) -> Result<(), String>,
+    ) -> Result<(), Refusal> {
+        let plugin_failed =
+            |e: String| refuse(ErrorCode::StorageError, format!("lock plugin: {e}"));
+        let record = self.locks.get(name).cloned().unwrap_or_default();
+        let mut lock = plugins.new_lock().map_err(plugin_failed)?;
+        // Replay at a time before every lease ends, so nothing expires while
+        // rebuilding; each holder gets back its own token and lease end.
+        let replay_now = record
+            .holders
+            .iter()
+            .map(|h| h.expires_ms.saturating_sub(1))
+            .min()
+            .unwrap_or(now)
+            .min(now);
+        for h in &record.holders {
+            let lease = h.expires_ms.saturating_sub(replay_now).max(1);
+            lock.acquire(h.owner, h.mode.abi(), lease, replay_now, h.token)
+                .map_err(plugin_failed)?;
+        }
+        let waiting: Vec<&Waiter> = record
+            .waiters
+            .iter()
+            .filter(|w| !record.holders.iter().any(|h| h.owner == w.owner))
+            .collect();
+        for w in &waiting {
+            lock.acquire(w.owner, w.mode.abi(), w.lease_ms, replay_now, index)
+                .map_err(plugin_failed)?;
+        }
+        call(lock.as_mut()).map_err(plugin_failed)?;
+        let grants = lock.holders().map_err(plugin_failed)?;
+        let lease_of = |owner: u64| {
+            record
+                .holders
+                .iter()
+                .find(|h| h.owner == owner)
+                .map(|h| h.lease_ms)
+                .or_else(|| {
+                    record
+                        .waiters
+                        .iter()
+                        .find(|w| w.owner == owner)
+                        .map(|w| w.lease_ms)
+                })
+        };
+        let mut holders = Vec::with_capacity(grants.len());
+        for g in grants {
+            let lease_ms =
+                lease_of(g.owner).unwrap_or_else(|| g.expires_ms.saturating_sub(now).max(1));
+            if !record
+                .holders
+                .iter()
+                .any(|h| h.owner == g.owner && h.token == g.token)
+            {
+                self.counters.grants += 1;
+            }
+            holders.push(Holder {
+                owner: g.owner,
+                mode: LockMode::from_abi(g.mode),
+                token: g.token,
+                expires_ms: g.expires_ms,
+                lease_ms,
+            });
+        }
+        let updated = LockRecord {
+            waiters: record
+                .waiters
+                .into_iter()
+                .filter(|w| !holders.iter().any(|h| h.owner == w.owner))
+                .filter(|w| forget != Some(w.owner))
+                .collect(),
+            holders,
+        };
+        if updated.holders.is_empty() && updated.waiters.is_empty() {
+            self.locks.remove(name);
+        } else {
+            self.locks.insert(name.to_owned(), updated);
+        }
+        Ok(())
+    }
+
+    fn expire(
+        &mut self,
+        plugins: &dyn CoordPlugins,
+        now: u64,
+        index: u64,
+        topics: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<(), Refusal> {
+        let due: Vec<String> = self
+            .locks
+            .iter()
+            .filter(|(_, l)| l.holders.iter().any(|h| h.expires_ms <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            let before = self.locks.get(&name).map_or(0, |l| {
+                l.holders.iter().filter(|h| h.expires_ms <= now).count() as u64
+            });
+            self.run_lock(plugins, &name, now, index, None, |l| l.expire(now, index))?;
+            self.counters.expirations += before;
+        }
+        let mut changed = Vec::new();
+        for (name, g) in &mut self.groups {
+            let before = g.members.len();
+            g.members
+                .retain(|_, m| m.last_seen_ms.saturating_add(m.session_timeout_ms) > now);
+            let removed = (before - g.members.len()) as u64;
+            if removed > 0 {
+                self.counters.sessions_expired += removed;
+                changed.push(name.clone());
+            }
+        }
+        for group in changed {
+            self.rebalance(plugins, &group, topics)?;
+        }
+        Ok(())
+    }
+
+    fn refresh_after_leader_change(&mut self) {
+        let now = self.clock_ms;
+        for l in self.locks.values_mut() {
+            for h in &mut l.holders {
+                h.expires_ms = h.expires_ms.max(now.saturating_add(h.lease_ms));
+            }
+        }
+        for g in self.groups.values_mut() {
+            for m in g.members.values_mut() {
+                m.last_seen_ms = m.last_seen_ms.max(now);
+            }
+        }
+    }
+
+    /// Recomputes a group's assignment with the balancer and starts a new
+    /// generation. An empty group keeps only its committed offsets.
+    fn rebalance(
+        &mut self,
+        plugins: &dyn CoordPlugins,
+        group: &str,
+        topics: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<(), Refusal> {
+        let Some(g) = self.groups.get_mut(group) else {
+            return Ok(());
+        };
+        let subscribed: BTreeSet<&String> =
+            g.members.values().flat_map(|m| m.topics.iter()).collect();
+        let partitions: Vec<(String, u32)> = subscribed
+            .iter()
+            .flat_map(|t| (0..topics(t).unwrap_or(0)).map(move |p| ((*t).clone(), p)))
+            .collect();
+        let assignment = if g.members.is_empty() || partitions.is_empty() {
+            BTreeMap::new()
+        } else {
+            let members: Vec<Member> = g
+                .members
+                .keys()
+                .map(|id| Member { id: *id, weight: 1 })
+                .collect();
+            let current: Vec<u64> = partitions
+                .iter()
+                .map(|tp| *g.assignment.get(tp).unwrap_or(&UNOWNED))
+                .map(|o| {
+                    if g.members.contains_key(&o) {
+                        o
+                    } else {
+                        UNOWNED
+                    }
+                })
+                .collect();
+            let owners = plugins
+                .assign(&members, &current)
+                .map_err(|e| refuse(ErrorCode::StorageError, format!("balancer plugin: {e}")))?;
+            if owners.len() != partitions.len() || owners.iter().any(|o| !g.members.contains_key(o))
+            {
+                return Err(refuse(
+                    ErrorCode::StorageError,
+                    "balancer plugin returned an invalid assignment",
+                ));
+            }
+            partitions.into_iter().zip(owners).collect()
+        };
+        g.assignment = assignment;
+        g.generation += 1;
+        g.rebalances += 1;
+        if g.members.is_empty() && g.offsets.is_empty() {
+            self.groups.remove(group);
+        }
+        Ok(())
+    }
+}
+
+fn unknown_member(group: &str, member: u64) -> Refusal {
+    refuse(
+        ErrorCode::UnknownMember,
+        format!("member {member:x} is not in group {group:?} (session expired?): join again"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A FIFO exclusive lock, like the bundled `exclusive` plugin.
+    #[derive(Default)]
+    struct Fifo {
+        holder: Option<Grant>,
+        waiters: Vec<(u64, u64)>,
+    }
+
+    impl Fifo {
+        fn next(&mut self, now: u64, token: u64) {
+            if self.holder.is_none() && !self.waiters.is_empty() {
+                let (owner, lease) = self.waiters.remove(0);
+                self.holder = Some(Grant {
+                    owner,
+                    token,
+                    expires_ms: now + lease,
+                    mode: LOCK_EXCLUSIVE,
+                });
+            }
+        }
+    }
+
+    impl LockSemantics for Fifo {
+        fn acquire(
+            &mut self,
+            o: u64,
+            _m: u32,
+            lease: u64,
+            now: u64,
+            t: u64,
+        ) -> Result<bool, String> {
+            self.expire(now, t)?;
+            if let Some(h) = &mut self.holder {
+                if h.owner == o {
+                    h.expires_ms = now + lease;
+                    return Ok(true);
+                }
+            }
+            if !self.waiters.iter().any(|(w, _)| *w == o) {
+                self.waiters.push((o, lease));
+            }
+            self.next(now, t);
+            Ok(self.holder.is_some_and(|h| h.owner == o))
+        }
+        fn release(&mut self, o: u64, now: u64, t: u64) -> Result<(), String> {
+            if self.holder.is_some_and(|h| h.owner == o) {
+                self.holder = None;
+            }
+            self.waiters.retain(|(w, _)| *w != o);
+            self.next(now, t);
+            Ok(())
+        }
+        fn expire(&mut self, now: u64, t: u64) -> Result<(), String> {
+            if self.holder.is_some_and(|h| h.expires_ms <= now) {
+                self.holder = None;
+            }
+            self.next(now, t);
+            Ok(())
+        }
+        fn holders(&self) -> Result<Vec<Grant>, String> {
+            Ok(self.holder.into_iter().collect())
+        }
+    }
+
+    struct Plugins;
+
+    impl CoordPlugins for Plugins {
+        fn new_lock(&self) -> Result<Box<dyn LockSemantics>, String> {
+            Ok(Box::<Fifo>::default())
+        }
+        fn assign(&self, members: &[Member], current: &[u64]) -> Result<Vec<u64>, String> {
+            Ok((0..current.len())
+                .map(|i| members[i % members.len()].id)
+                .collect())
+        }
+    }
+
+    fn topics(t: &str) -> Option<u32> {
+        (t == "orders").then_some(4)
+    }
+
+    struct Harness {
+        state: CoordState,
+        index: u64,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            Harness {
+                state: CoordState::default(),
+                index: 0,
+            }
+        }
+        fn run(&mut self, at: u64, op: CoordOp) -> Result<CoordResult, Refusal> {
+            self.index += 1;
+            self.state
+                .apply(Some(&Plugins), self.index, at, 1, op, &topics)
+        }
+    }
+
+    fn acquire(name: &str, owner: u64, lease_ms: u64) -> CoordOp {
+        CoordOp::Acquire {
+            name: name.into(),
+            owner,
+            mode: LockMode::Exclusive,
+            lease_ms,
+        }
+    }
+
+    #[test]
+    fn waiters_are_granted_in_order_with_growing_tokens() {
+        let mut h = Harness::new();
+        let first = h.run(10, acquire("a", 1, 1000)).unwrap();
+        assert!(matches!(
+            first,
+            CoordResult::Granted {
+                token: 1,
+                expires_ms: 1010
+            }
+        ));
+        assert_eq!(
+            h.run(11, acquire("a", 2, 1000)).unwrap(),
+            CoordResult::Waiting
+        );
+        assert_eq!(
+            h.run(12, acquire("a", 3, 1000)).unwrap(),
+            CoordResult::Waiting
+        );
+        let released = h
+            .run(
+                13,
+                CoordOp::Release {
+                    name: "a".into(),
+                    owner: 1,
+                },
+            )
+            .unwrap();
+        assert_eq!(released, CoordResult::Released { was_holder: true });
+        let rec = &h.state.locks["a"];
+        assert_eq!(rec.holders[0].owner, 2, "first waiter next");
+        assert_eq!(
+            rec.holders[0].token, 4,
+            "token = index of the granting command"
+        );
+        assert_eq!(rec.waiters.len(), 1);
+        // A waiter that gives up leaves the queue.
+        h.run(
+            14,
+            CoordOp::Release {
+                name: "a".into(),
+                owner: 3,
+            },
+        )
+        .unwrap();
+        assert!(h.state.locks["a"].waiters.is_empty());
+        h.run(
+            15,
+            CoordOp::Release {
+                name: "a".into(),
+                owner: 2,
+            },
+        )
+        .unwrap();
+        assert!(h.state.locks.is_empty(), "a free lock leaves no record");
+        assert_eq!(h.state.counters.grants, 2);
+    }
+
+    #[test]
+    fn leases_expire_on_replicated_time_and_keepalive_renews() {
+        let mut h = Harness::new();
+        h.run(0, acquire("a", 1, 100)).unwrap();
+        h.run(1, acquire("a", 2, 100)).unwrap();
+        assert!(matches!(
+            h.run(
+                50,
+                CoordOp::KeepAlive {
+                    name: "a".into(),
+                    owner: 1
+                }
+            )
+            .unwrap(),
+            CoordResult::Granted {
+                token: 1,
+                expires_ms: 150
+            }
+        ));
+        assert_eq!(h.state.next_deadline_ms(), Some(150));
+        h.run(149, CoordOp::Tick).unwrap();
+        assert_eq!(h.state.locks["a"].holders[0].owner, 1);
+        // A stamp from a slower clock never moves time back.
+        h.run(100, CoordOp::Tick).unwrap();
+        assert_eq!(h.state.clock_ms, 149);
+        h.run(150, CoordOp::Tick).unwrap();
+        assert_eq!(h.state.locks["a"].holders[0].owner, 2);
+        assert_eq!(h.state.counters.expirations, 1);
+        let lost = h.run(
+            151,
+            CoordOp::KeepAlive {
+                name: "a".into(),
+                owner: 1,
+            },
+        );
+        assert_eq!(lost.unwrap_err().code, ErrorCode::LockNotHeld);
+    }
+
+    #[test]
+    fn a_new_leader_term_refreshes_leases_and_sessions() {
+        let mut h = Harness::new();
+        h.run(0, acquire("a", 1, 100)).unwrap();
+        h.index += 1;
+        h.state
+            .apply(Some(&Plugins), h.index, 500, 2, CoordOp::Tick, &topics)
+            .unwrap();
+        let holder = &h.state.locks["a"].holders[0];
+        assert_eq!((holder.owner, holder.expires_ms), (1, 600));
+    }
+
+    #[test]
+    fn groups_rebalance_on_join_leave_and_session_end_and_fence_commits() {
+        let mut h = Harness::new();
+        let join = |member| CoordOp::Join {
+            group: "g".into(),
+            member,
+            topics: vec!["orders".into()],
+            session_timeout_ms: 100,
+        };
+        let CoordResult::Member {
+            generation,
+            assignment,
+        } = h.run(0, join(1)).unwrap()
+        else {
+            panic!("member answer")
+        };
+        assert_eq!((generation, assignment.len()), (1, 4));
+        let CoordResult::Member {
+            generation,
+            assignment,
+        } = h.run(10, join(2)).unwrap()
+        else {
+            panic!("member answer")
+        };
+        assert_eq!((generation, assignment.len()), (2, 2));
+        let stale = CoordOp::Commit {
+            group: "g".into(),
+            member: 1,
+            generation: 1,
+            offsets: vec![("orders".into(), 0, 5)],
+        };
+        assert_eq!(
+            h.run(20, stale).unwrap_err().code,
+            ErrorCode::IllegalGeneration
+        );
+        let owned = h.state.groups["g"].assigned_to(2)[0].clone();
+        let commit = CoordOp::Commit {
+            group: "g".into(),
+            member: 2,
+            generation: 2,
+            offsets: vec![(owned.0.clone(), owned.1, 7)],
+        };
+        h.run(30, commit).unwrap();
+        // Member 1 stops heartbeating; member 2 keeps going.
+        h.run(
+            90,
+            CoordOp::Heartbeat {
+                group: "g".into(),
+                member: 2,
+            },
+        )
+        .unwrap();
+        h.run(101, CoordOp::Tick).unwrap();
+        let g = &h.state.groups["g"];
+        assert_eq!(g.members.keys().copied().collect::<Vec<_>>(), vec![2]);
+        assert_eq!((g.generation, g.assigned_to(2).len()), (3, 4));
+        assert_eq!(g.offsets[&owned], 7);
+        let hb = h.run(
+            102,
+            CoordOp::Heartbeat {
+                group: "g".into(),
+                member: 1,
+            },
+        );
+        assert_eq!(hb.unwrap_err().code, ErrorCode::UnknownMember);
+        h.run(
+            103,
+            CoordOp::Leave {
+                group: "g".into(),
+                member: 2,
+            },
+        )
+        .unwrap();
+        let reset = CoordOp::SetOffsets {
+            group: "g".into(),
+            offsets: vec![("orders".into(), 0, 0)],
+        };
+        h.run(104, reset).unwrap();
+        assert_eq!(h.state.groups["g"].offsets[&("orders".to_string(), 0)], 0);
+    }
+
+    #[test]
+    fn rebuilding_from_the_record_decides_like_the_history() {
+        // Two holders cannot exist with Fifo; check one holder + waiters
+        // survive a serialise/restore round trip and keep deciding.
+        let mut h = Harness::new();
+        h.run(0, acquire("a", 1, 100)).unwrap();
+        h.run(1, acquire("a", 2, 100)).unwrap();
+        h.run(2, acquire("a", 3, 100)).unwrap();
+        let bytes = bincode::serialize(&h.state).unwrap();
+        h.state = bincode::deserialize(&bytes).unwrap();
+        h.run(
+            3,
+            CoordOp::Release {
+                name: "a".into(),
+                owner: 1,
+            },
+        )
+        .unwrap();
+        let rec = &h.state.locks["a"];
+        assert_eq!(rec.holders[0].owner, 2);
+        assert_eq!(
+            rec.waiters.iter().map(|w| w.owner).collect::<Vec<_>>(),
+            vec![3]
+        );
+    }
+}

@@ -1,0 +1,494 @@
+//! Lock and consumer-group requests: turns them into coordination commands
+//! of the metadata group, waits for grants and rebalances on this broker's
+//! applied copy of the coordination state, and exports its metrics.
+//!
+//! Any broker serves these requests: writes are forwarded to the metadata
+//! leader (which stamps them with the replicated clock); reads (`list`,
+//! `describe`) answer from this broker's applied state, which may trail the
+//! leader by a few milliseconds.
+//!
+//! Must never: decide anything about a lock or group itself — every
+//! decision is the state machine's, so all replicas agree.
+
+use std::time::{Duration, Instant};
+
+use tern_protocol::coord::{
+    GroupInfo, GroupMemberInfo, GroupOffset, GroupRequest, GroupResponse, LockHolder, LockInfo,
+    LockMode as WireMode, LockRequest, LockResponse,
+};
+use tern_protocol::{ErrorCode, Response};
+use tern_raft::coord::{GroupRecord, LockMode};
+use tern_raft::{Command, CommandResponse, CoordOp, CoordResult, CoordState};
+use tracing::{debug, instrument};
+
+use super::{write_failure, Broker, Failure};
+
+/// Longest a lock request may wait for its grant in one call.
+const LOCK_WAIT_MS_MAX: u64 = 300_000;
+/// Shortest and longest lease.
+const LEASE_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=3_600_000;
+/// Shortest and longest consumer session.
+const SESSION_MS_RANGE: std::ops::RangeInclusive<u64> = 500..=600_000;
+/// Longest a heartbeat answer is held waiting for a rebalance.
+const HEARTBEAT_WAIT_MS_MAX: u64 = 10_000;
+/// Lock and group names: bounded like topic names.
+const NAME_BYTES_MAX: usize = 249;
+/// Most per-partition group series exported.
+const GROUP_PARTITION_SERIES_MAX: usize = 1_000;
+/// Timeout of one coordination write.
+const COORD_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn check_name(kind: &str, name: &str) -> Result<(), Failure> {
+    if name.is_empty() || name.len() > NAME_BYTES_MAX || name.chars().any(char::is_control) {
+        return Err(Failure::new(
+            ErrorCode::InvalidRequest,
+            format!("{kind} name must be 1..={NAME_BYTES_MAX} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_range(what: &str, v: u64, range: &std::ops::RangeInclusive<u64>) -> Result<(), Failure> {
+    if range.contains(&v) {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{what} {v} ms is outside {}..={} ms",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+fn raft_mode(mode: WireMode) -> LockMode {
+    match mode {
+        WireMode::Exclusive => LockMode::Exclusive,
+        WireMode::Shared => LockMode::Shared,
+    }
+}
+
+fn wire_mode(mode: LockMode) -> WireMode {
+    match mode {
+        LockMode::Exclusive => WireMode::Exclusive,
+        LockMode::Shared => WireMode::Shared,
+    }
+}
+
+fn granted(token: u64, expires_ms: u64) -> Response {
+    Response::Lock(LockResponse::Granted {
+        token,
+        expires_ms,
+        remaining_ms: expires_ms.saturating_sub(now_ms()),
+    })
+}
+
+impl Broker {
+    /// Proposes one coordination command and returns its outcome.
+    async fn coord_write(&self, op: CoordOp) -> Result<CoordResult, Failure> {
+        let command = Command::Coord {
+            stamp_ms: 0,
+            term: 0,
+            op,
+        };
+        match self.raft.meta_write(command, COORD_WRITE_TIMEOUT).await {
+            Ok(CommandResponse::Coord(r)) => Ok(r),
+            Ok(CommandResponse::Rejected { code, message }) => {
+                Err(Failure::new(ErrorCode::from_u16(code), message))
+            }
+            Ok(other) => Err(Failure::new(
+                ErrorCode::Unknown,
+                format!("unexpected coordination answer {other:?}"),
+            )),
+            Err(e) => Err(write_failure(e)),
+        }
+    }
+
+    /// Answers a lock request.
+    #[instrument(level = "debug", skip(self))]
+    pub(super) async fn lock(&self, request: LockRequest) -> Result<Response, Failure> {
+        match request {
+            LockRequest::Acquire {
+                name,
+                owner,
+                mode,
+                lease_ms,
+                wait_ms,
+            } => {
+                check_name("lock", &name)?;
+                check_range("lease", lease_ms, &LEASE_MS_RANGE)?;
+                let started = Instant::now();
+                let deadline = started + Duration::from_millis(wait_ms.min(LOCK_WAIT_MS_MAX));
+                let mut changes = self.raft.coord().subscribe();
+                changes.borrow_and_update();
+                let op = CoordOp::Acquire {
+                    name: name.clone(),
+                    owner,
+                    mode: raft_mode(mode),
+                    lease_ms,
+                };
+                if let CoordResult::Granted { token, expires_ms } = self.coord_write(op).await? {
+                    self.metrics
+                        .lock_acquire_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    return Ok(granted(token, expires_ms));
+                }
+                // Queued: the grant arrives with some later command (a
+                // release, an expiry) as this broker applies it.
+                loop {
+                    let holder = self.raft.coord().read(|c| {
+                        c.locks
+                            .get(&name)
+                            .and_then(|l| l.holders.iter().find(|h| h.owner == owner))
+                            .map(|h| (h.token, h.expires_ms))
+                    });
+                    if let Some((token, expires_ms)) = holder {
+                        self.metrics
+                            .lock_acquire_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                        return Ok(granted(token, expires_ms));
+                    }
+                    let changed = tokio::time::timeout_at(deadline.into(), changes.changed()).await;
+                    match changed {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(_)) => {
+                            return Err(Failure::new(ErrorCode::Unknown, "broker stopping"))
+                        }
+                        Err(_) => break,
+                    }
+                }
+                // Gave up: leave the queue. Had the grant just arrived, this
+                // releases it — the caller was told it timed out.
+                let cancel = CoordOp::Release {
+                    name: name.clone(),
+                    owner,
+                };
+                if let Err(e) = self.coord_write(cancel).await {
+                    debug!(lock = %name, error = %e.message, "cancelling a timed-out wait failed");
+                }
+                Err(Failure::new(
+                    ErrorCode::LockWaitTimeout,
+                    format!("lock {name:?} not granted within {wait_ms} ms"),
+                ))
+            }
+            LockRequest::KeepAlive { name, owner } => {
+                check_name("lock", &name)?;
+                match self.coord_write(CoordOp::KeepAlive { name, owner }).await? {
+                    CoordResult::Granted { token, expires_ms } => Ok(granted(token, expires_ms)),
+                    other => Err(Failure::new(
+                        ErrorCode::Unknown,
+                        format!("unexpected keepalive answer {other:?}"),
+                    )),
+                }
+            }
+            LockRequest::Release { name, owner } => {
+                check_name("lock", &name)?;
+                match self.coord_write(CoordOp::Release { name, owner }).await? {
+                    CoordResult::Released { was_holder } => {
+                        Ok(Response::Lock(LockResponse::Released { was_holder }))
+                    }
+                    other => Err(Failure::new(
+                        ErrorCode::Unknown,
+                        format!("unexpected release answer {other:?}"),
+                    )),
+                }
+            }
+            LockRequest::List => Ok(Response::Lock(LockResponse::List(
+                self.raft.coord().read(list_locks),
+            ))),
+        }
+    }
+
+    /// Answers a consumer-group request.
+    #[instrument(level = "debug", skip(self))]
+    pub(super) async fn group(&self, request: GroupRequest) -> Result<Response, Failure> {
+        match request {
+            GroupRequest::Join {
+                group,
+                member,
+                topics,
+                session_timeout_ms,
+            } => {
+                check_name("group", &group)?;
+                check_range("session timeout", session_timeout_ms, &SESSION_MS_RANGE)?;
+                let op = CoordOp::Join {
+                    group: group.clone(),
+                    member,
+                    topics,
+                    session_timeout_ms,
+                };
+                let answer = self.coord_write(op).await?;
+                self.member_view(&group, answer)
+            }
+            GroupRequest::Heartbeat {
+                group,
+                member,
+                generation,
+                wait_ms,
+            } => {
+                check_name("group", &group)?;
+                let mut changes = self.raft.coord().subscribe();
+                changes.borrow_and_update();
+                let op = CoordOp::Heartbeat {
+                    group: group.clone(),
+                    member,
+                };
+                let answer = self.coord_write(op).await?;
+                if matches!(answer, CoordResult::Member { generation: g, .. } if g == generation) {
+                    // Hold the answer until the group changes or the wait ends,
+                    // so members learn of a rebalance at once.
+                    let deadline =
+                        Instant::now() + Duration::from_millis(wait_ms.min(HEARTBEAT_WAIT_MS_MAX));
+                    loop {
+                        let current = self.raft.coord().read(|c| {
+                            c.groups
+                                .get(&group)
+                                .filter(|g| g.members.contains_key(&member))
+                                .map(|g| g.generation)
+                        });
+                        if current != Some(generation) {
+                            break;
+                        }
+                        let changed =
+                            tokio::time::timeout_at(deadline.into(), changes.changed()).await;
+                        if !matches!(changed, Ok(Ok(()))) {
+                            break;
+                        }
+                    }
+                    let view = self.raft.coord().read(|c| {
+                        c.groups
+                            .get(&group)
+                            .filter(|g| g.members.contains_key(&member))
+                            .map(|g| CoordResult::Member {
+                                generation: g.generation,
+                                assignment: g.assigned_to(member),
+                            })
+                    });
+                    return match view {
+                        Some(v) => self.member_view(&group, v),
+                        None => Err(Failure::new(
+                            ErrorCode::UnknownMember,
+                            format!("member {member:x} left group {group:?} (session expired?): join again"),
+                        )),
+                    };
+                }
+                self.member_view(&group, answer)
+            }
+            GroupRequest::Leave { group, member } => {
+                check_name("group", &group)?;
+                self.coord_write(CoordOp::Leave { group, member }).await?;
+                Ok(Response::Group(GroupResponse::Done))
+            }
+            GroupRequest::Commit {
+                group,
+                member,
+                generation,
+                offsets,
+            } => {
+                check_name("group", &group)?;
+                let op = CoordOp::Commit {
+                    group,
+                    member,
+                    generation,
+                    offsets,
+                };
+                self.coord_write(op).await?;
+                Ok(Response::Group(GroupResponse::Done))
+            }
+            GroupRequest::List => Ok(Response::Group(GroupResponse::List(
+                self.raft
+                    .coord()
+                    .read(|c| c.groups.keys().cloned().collect()),
+            ))),
+            GroupRequest::Describe { group } => {
+                let record = self.raft.coord().read(|c| c.groups.get(&group).cloned());
+                let record = record.ok_or_else(|| {
+                    Failure::new(ErrorCode::InvalidRequest, format!("no group {group:?}"))
+                })?;
+                Ok(Response::Group(GroupResponse::Describe(
+                    self.describe_group(group, &record),
+                )))
+            }
+            GroupRequest::ResetOffsets { group, offsets } => {
+                check_name("group", &group)?;
+                let catalogue = self.raft.catalogue().borrow().clone();
+                for (topic, partition, _) in &offsets {
+                    let known = catalogue
+                        .topics
+                        .get(topic)
+                        .is_some_and(|t| *partition < t.settings.partitions);
+                    if !known {
+                        return Err(Failure::new(
+                            ErrorCode::UnknownTopicOrPartition,
+                            format!("no partition {topic}/{partition}"),
+                        ));
+                    }
+                }
+                self.coord_write(CoordOp::SetOffsets { group, offsets })
+                    .await?;
+                Ok(Response::Group(GroupResponse::Done))
+            }
+        }
+    }
+
+    /// A member's answer: its generation and partitions with their
+    /// committed offsets.
+    fn member_view(&self, group: &str, answer: CoordResult) -> Result<Response, Failure> {
+        let CoordResult::Member {
+            generation,
+            assignment,
+        } = answer
+        else {
+            return Err(Failure::new(
+                ErrorCode::Unknown,
+                format!("unexpected group answer {answer:?}"),
+            ));
+        };
+        let offsets = self.raft.coord().read(|c| {
+            c.groups
+                .get(group)
+                .map(|g| g.offsets.clone())
+                .unwrap_or_default()
+        });
+        let assignment = assignment
+            .into_iter()
+            .map(|(t, p)| {
+                let committed = offsets.get(&(t.clone(), p)).copied().unwrap_or(u64::MAX);
+                (t, p, committed)
+            })
+            .collect();
+        Ok(Response::Group(GroupResponse::Member {
+            generation,
+            assignment,
+        }))
+    }
+
+    fn describe_group(&self, group: String, g: &GroupRecord) -> GroupInfo {
+        let members = g
+            .members
+            .iter()
+            .map(|(id, m)| GroupMemberInfo {
+                member: *id,
+                topics: m.topics.clone(),
+                session_timeout_ms: m.session_timeout_ms,
+                assignment: g.assigned_to(*id),
+            })
+            .collect();
+        let mut partitions: Vec<(String, u32)> = g.assignment.keys().cloned().collect();
+        partitions.extend(g.offsets.keys().cloned());
+        partitions.sort();
+        partitions.dedup();
+        let offsets = partitions
+            .into_iter()
+            .map(|(topic, partition)| {
+                let high_watermark = self
+                    .partition(&topic, partition)
+                    .map_or(u64::MAX, |p| p.log.log_end());
+                GroupOffset {
+                    committed: g
+                        .offsets
+                        .get(&(topic.clone(), partition))
+                        .copied()
+                        .unwrap_or(u64::MAX),
+                    topic,
+                    partition,
+                    high_watermark,
+                }
+            })
+            .collect();
+        GroupInfo {
+            group,
+            generation: g.generation,
+            members,
+            offsets,
+        }
+    }
+
+    /// Lock and group gauges from this broker's applied coordination state.
+    pub(super) fn update_coordination_gauges(&self) {
+        let state = self.raft.coord().read(CoordState::clone);
+        let m = &self.metrics;
+        m.locks.set(state.locks.len() as i64);
+        m.lock_holders
+            .set(state.locks.values().map(|l| l.holders.len()).sum::<usize>() as i64);
+        m.lock_waiters
+            .set(state.locks.values().map(|l| l.waiters.len()).sum::<usize>() as i64);
+        let advance = |c: &prometheus::IntCounter, replicated: u64| {
+            c.inc_by(replicated.saturating_sub(c.get()));
+        };
+        advance(&m.lock_grants, state.counters.grants);
+        advance(&m.lock_expirations, state.counters.expirations);
+        advance(&m.group_sessions_expired, state.counters.sessions_expired);
+        m.group_members.reset();
+        m.group_generation.reset();
+        m.group_committed_offset.reset();
+        m.group_lag.reset();
+        let mut series = 0;
+        for (name, g) in &state.groups {
+            m.group_members
+                .with_label_values(&[name])
+                .set(g.members.len() as i64);
+            m.group_generation
+                .with_label_values(&[name])
+                .set(g.generation as i64);
+            advance(&m.group_rebalances.with_label_values(&[name]), g.rebalances);
+            for ((topic, partition), committed) in &g.offsets {
+                if series >= GROUP_PARTITION_SERIES_MAX {
+                    break;
+                }
+                series += 1;
+                let p = partition.to_string();
+                let labels = [name.as_str(), topic.as_str(), p.as_str()];
+                m.group_committed_offset
+                    .with_label_values(&labels)
+                    .set(*committed as i64);
+                // Lag where this broker leads the partition (one series per
+                // partition across the cluster).
+                if let Ok(part) = self.partition(topic, *partition) {
+                    if part.raft.metrics().borrow().current_leader == Some(self.raft.node_id()) {
+                        m.group_lag
+                            .with_label_values(&labels)
+                            .set(part.log.log_end().saturating_sub(*committed) as i64);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn list_locks(c: &CoordState) -> Vec<LockInfo> {
+    c.locks
+        .iter()
+        .map(|(name, l)| LockInfo {
+            name: name.clone(),
+            holders: l
+                .holders
+                .iter()
+                .map(|h| LockHolder {
+                    owner: h.owner,
+                    mode: wire_mode(h.mode),
+                    token: h.token,
+                    expires_ms: h.expires_ms,
+                })
+                .collect(),
+            waiters: l
+                .waiters
+                .iter()
+                .map(|w| LockHolder {
+                    owner: w.owner,
+                    mode: wire_mode(w.mode),
+                    token: 0,
+                    expires_ms: 0,
+                })
+                .collect(),
+        })
+        .collect()
+}

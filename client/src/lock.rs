@@ -1,0 +1,335 @@
+//! Distributed locks: named leases with fencing tokens, kept in the
+//! cluster's replicated coordination state.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tern_client::ClientError> {
+//! use std::time::Duration;
+//! use tern_client::{Client, LockClient};
+//! let client = Client::connect("127.0.0.1:4650").await?;
+//! let locks = LockClient::new(client);
+//! let guard = locks
+//!     .acquire("nightly-report", Duration::from_secs(10), Some(Duration::from_secs(30)))
+//!     .await?;
+//! // Pass the token to every write to the protected resource: a resource
+//! // that refuses tokens smaller than the largest it has seen is safe even
+//! // if this process pauses past its lease.
+//! println!("holding with fencing token {}", guard.token());
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A guard renews its lease in the background (every third of the lease)
+//! while it lives. If renewal fails for a whole lease (the client was cut
+//! off), or the cluster says the lease ended, the guard reports the lock
+//! lost ([`LockGuard::lost`]); the holder must stop using the resource.
+
+use std::time::{Duration, Instant};
+
+use tern_protocol::coord::{LockInfo, LockMode, LockRequest, LockResponse};
+use tern_protocol::{ErrorCode, Request, Response};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::client::{random_u64, Client};
+use crate::error::ClientError;
+
+/// Longest wait the broker accepts in one request; longer waits re-queue.
+const WAIT_PER_REQUEST_MAX: Duration = Duration::from_secs(300);
+/// Pause between attempts after a retriable failure.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// How to acquire a lock.
+#[derive(Debug, Clone)]
+pub struct LockOptions {
+    /// Lease length: the lock is freed this long after the last renewal.
+    pub lease: Duration,
+    /// Longest wait for the lock; `None` waits as long as it takes.
+    pub wait: Option<Duration>,
+    /// Exclusive, or shared (with a read-write lock plugin).
+    pub mode: LockMode,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        LockOptions {
+            lease: Duration::from_secs(10),
+            wait: None,
+            mode: LockMode::Exclusive,
+        }
+    }
+}
+
+/// Acquires and lists locks.
+#[derive(Clone)]
+pub struct LockClient {
+    client: Client,
+}
+
+impl LockClient {
+    /// Locks over `client`'s brokers.
+    pub fn new(client: Client) -> LockClient {
+        LockClient { client }
+    }
+
+    /// Acquires `name` exclusively with `lease`, waiting up to `wait`
+    /// (`None`: forever). Fails with [`ErrorCode::LockWaitTimeout`] when
+    /// the wait ends first.
+    pub async fn acquire(
+        &self,
+        name: &str,
+        lease: Duration,
+        wait: Option<Duration>,
+    ) -> Result<LockGuard, ClientError> {
+        self.acquire_with(
+            name,
+            LockOptions {
+                lease,
+                wait,
+                mode: LockMode::Exclusive,
+            },
+        )
+        .await
+    }
+
+    /// Acquires `name` as `options` say.
+    #[tracing::instrument(level = "debug", skip(self, options), fields(lease = ?options.lease))]
+    pub async fn acquire_with(
+        &self,
+        name: &str,
+        options: LockOptions,
+    ) -> Result<LockGuard, ClientError> {
+        let lease_ms = options.lease.as_millis() as u64;
+        if lease_ms == 0 {
+            return Err(ClientError::InvalidArgument(
+                "lease must be positive".into(),
+            ));
+        }
+        // One owner id for the whole acquisition: a retry after a lost
+        // connection finds its place in the queue (or its grant).
+        let owner = random_u64();
+        let deadline = options.wait.map(|w| Instant::now() + w);
+        loop {
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => WAIT_PER_REQUEST_MAX,
+            };
+            let wait = left.min(WAIT_PER_REQUEST_MAX);
+            let request = Request::Lock(LockRequest::Acquire {
+                name: name.to_owned(),
+                owner,
+                mode: options.mode,
+                lease_ms,
+                wait_ms: wait.as_millis() as u64,
+            });
+            let sent = Instant::now();
+            match self.client.coordinate(request, wait).await {
+                Ok(Response::Lock(LockResponse::Granted {
+                    token,
+                    remaining_ms,
+                    ..
+                })) => {
+                    let expires = sent + Duration::from_millis(remaining_ms.min(lease_ms));
+                    return Ok(LockGuard::start(
+                        self.client.clone(),
+                        name.to_owned(),
+                        owner,
+                        token,
+                        options.lease,
+                        expires,
+                    ));
+                }
+                Ok(other) => {
+                    return Err(ClientError::Decode(format!(
+                        "acquire answered with {other:?}"
+                    )))
+                }
+                Err(e) if e.code() == Some(ErrorCode::LockWaitTimeout) => {
+                    let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
+                    if out_of_time {
+                        return Err(e);
+                    }
+                }
+                Err(e) if e.is_retriable() => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        self.cancel(name, owner).await;
+                        return Err(e);
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Best-effort: leave the queue (or free a grant that arrived late).
+    async fn cancel(&self, name: &str, owner: u64) {
+        let request = Request::Lock(LockRequest::Release {
+            name: name.to_owned(),
+            owner,
+        });
+        let _ = self.client.coordinate(request, Duration::ZERO).await;
+    }
+
+    /// Every lock with a holder or waiter, as one broker knows them.
+    pub async fn list(&self) -> Result<Vec<LockInfo>, ClientError> {
+        match self
+            .client
+            .coordinate(Request::Lock(LockRequest::List), Duration::ZERO)
+            .await?
+        {
+            Response::Lock(LockResponse::List(locks)) => Ok(locks),
+            other => Err(ClientError::Decode(format!("list answered with {other:?}"))),
+        }
+    }
+}
+
+/// A held lock. Renews its lease while it lives; dropping it releases the
+/// lock in the background, [`LockGuard::release`] releases and waits.
+pub struct LockGuard {
+    client: Client,
+    name: String,
+    owner: u64,
+    token: u64,
+    lost: watch::Receiver<bool>,
+    keepalive: JoinHandle<()>,
+    released: bool,
+}
+
+impl LockGuard {
+    fn start(
+        client: Client,
+        name: String,
+        owner: u64,
+        token: u64,
+        lease: Duration,
+        expires: Instant,
+    ) -> LockGuard {
+        let (lost_tx, lost) = watch::channel(false);
+        let keepalive = tokio::spawn(keep_alive(
+            client.clone(),
+            name.clone(),
+            owner,
+            lease,
+            expires,
+            lost_tx,
+        ));
+        LockGuard {
+            client,
+            name,
+            owner,
+            token,
+            lost,
+            keepalive,
+            released: false,
+        }
+    }
+
+    /// The fencing token of this grant: larger than every earlier grant's
+    /// of the same lock.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// This acquisition's owner id (as `tern lock list` shows it).
+    pub fn owner(&self) -> u64 {
+        self.owner
+    }
+
+    /// Whether the lease was lost (expired or refused renewal).
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// Resolves when the lease is lost.
+    pub async fn lost(&mut self) {
+        let _ = self.lost.wait_for(|lost| *lost).await;
+    }
+
+    /// Releases the lock and waits for the cluster to confirm.
+    pub async fn release(mut self) -> Result<(), ClientError> {
+        self.released = true;
+        self.keepalive.abort();
+        let request = Request::Lock(LockRequest::Release {
+            name: self.name.clone(),
+            owner: self.owner,
+        });
+        let mut attempts = 0;
+        loop {
+            match self
+                .client
+                .coordinate(request.clone(), Duration::ZERO)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_retriable() && attempts < 20 => {
+                    attempts += 1;
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+        if self.released {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            let request = Request::Lock(LockRequest::Release {
+                name: self.name.clone(),
+                owner: self.owner,
+            });
+            runtime.spawn(async move {
+                let _ = client.coordinate(request, Duration::ZERO).await;
+            });
+        }
+    }
+}
+
+/// Renews the lease every third of it; reports it lost when the cluster
+/// refuses or when no renewal succeeded before the lease would end.
+async fn keep_alive(
+    client: Client,
+    name: String,
+    owner: u64,
+    lease: Duration,
+    mut expires: Instant,
+    lost: watch::Sender<bool>,
+) {
+    let period = lease / 3;
+    let mut next = Instant::now() + period;
+    loop {
+        tokio::time::sleep_until(next.into()).await;
+        if Instant::now() >= expires {
+            tracing::warn!(lock = %name, "lease expired before it could be renewed");
+            lost.send_replace(true);
+            return;
+        }
+        let request = Request::Lock(LockRequest::KeepAlive {
+            name: name.clone(),
+            owner,
+        });
+        let sent = Instant::now();
+        match client.coordinate(request, Duration::ZERO).await {
+            Ok(Response::Lock(LockResponse::Granted { remaining_ms, .. })) => {
+                expires = sent + Duration::from_millis(remaining_ms).min(lease);
+                next = sent + period;
+            }
+            Err(e) if e.code() == Some(ErrorCode::LockNotHeld) => {
+                tracing::warn!(lock = %name, "the cluster ended the lease");
+                lost.send_replace(true);
+                return;
+            }
+            _ => next = Instant::now() + RETRY_PAUSE,
+        }
+    }
+}
