@@ -347,7 +347,9 @@ impl Consumer {
     }
 
     /// Commits (group members), leaves the group so its partitions move at
-    /// once, and stops heartbeating.
+    /// once, and stops heartbeating. A final commit the group refuses
+    /// because it rebalanced meanwhile is not an error (the records will be
+    /// delivered again: at-least-once).
     pub async fn close(mut self) -> Result<(), ClientError> {
         if self.group.is_none() {
             return Ok(());
@@ -360,7 +362,20 @@ impl Consumer {
             member: g.member,
         });
         self.client.coordinate(leave, Duration::ZERO).await?;
-        committed
+        match committed {
+            // The group rebalanced since the last poll: the partitions are
+            // someone else's, who resumes from the last accepted commit.
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::IllegalGeneration | ErrorCode::UnknownMember)
+                ) =>
+            {
+                tracing::info!(error = %e, "final commit refused after a rebalance");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Applies a new assignment from the heartbeat task, and auto-commits.

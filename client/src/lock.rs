@@ -191,6 +191,9 @@ pub struct LockGuard {
     owner: u64,
     token: u64,
     lost: watch::Receiver<bool>,
+    /// When the lease ends unless renewed (this client's conservative
+    /// view: measured from when the request was sent).
+    expires: watch::Receiver<Instant>,
     keepalive: JoinHandle<()>,
     released: bool,
 }
@@ -205,12 +208,13 @@ impl LockGuard {
         expires: Instant,
     ) -> LockGuard {
         let (lost_tx, lost) = watch::channel(false);
+        let (expires_tx, expires_rx) = watch::channel(expires);
         let keepalive = tokio::spawn(keep_alive(
             client.clone(),
             name.clone(),
             owner,
             lease,
-            expires,
+            expires_tx,
             lost_tx,
         ));
         LockGuard {
@@ -219,6 +223,7 @@ impl LockGuard {
             owner,
             token,
             lost,
+            expires: expires_rx,
             keepalive,
             released: false,
         }
@@ -240,9 +245,10 @@ impl LockGuard {
         self.owner
     }
 
-    /// Whether the lease was lost (expired or refused renewal).
+    /// Whether the lease was lost (refused renewal), or may have ended:
+    /// check before every use of the protected resource.
     pub fn is_lost(&self) -> bool {
-        *self.lost.borrow()
+        *self.lost.borrow() || Instant::now() >= *self.expires.borrow()
     }
 
     /// Resolves when the lease is lost.
@@ -302,9 +308,10 @@ async fn keep_alive(
     name: String,
     owner: u64,
     lease: Duration,
-    mut expires: Instant,
+    expires_tx: watch::Sender<Instant>,
     lost: watch::Sender<bool>,
 ) {
+    let mut expires = *expires_tx.borrow();
     let period = lease / 3;
     let mut next = Instant::now() + period;
     loop {
@@ -322,6 +329,7 @@ async fn keep_alive(
         match client.coordinate(request, Duration::ZERO).await {
             Ok(Response::Lock(LockResponse::Granted { remaining_ms, .. })) => {
                 expires = sent + Duration::from_millis(remaining_ms).min(lease);
+                expires_tx.send_replace(expires);
                 next = sent + period;
             }
             Err(e) if e.code() == Some(ErrorCode::LockNotHeld) => {

@@ -837,7 +837,7 @@ fn peers_of_another_cluster_version_or_node_id_are_refused_and_logged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_with_another_lock_plugin_is_refused_when_it_joins() {
+async fn plugins_must_match_to_join_and_switch_with_a_whole_cluster_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3, &[]);
     bounded(Duration::from_secs(120), async {
@@ -851,8 +851,9 @@ async fn a_broker_with_another_lock_plugin_is_refused_when_it_joins() {
         let peer = cluster.brokers[four].peer_addr.clone();
         let err = admin.add_broker(4, &peer).await.unwrap_err();
         assert!(
-            err.to_string()
-                .contains("runs lock plugin \"read-write\" but the cluster runs \"exclusive\""),
+            err.to_string().contains(
+                "runs coordination plugins lock=read-write balancer=sticky but the cluster runs lock=exclusive balancer=sticky"
+            ),
             "{err}"
         );
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -866,6 +867,51 @@ async fn a_broker_with_another_lock_plugin_is_refused_when_it_joins() {
         let peer = cluster.brokers[four].peer_addr.clone();
         admin.add_broker(5, &peer).await.unwrap();
         cluster.brokers[four].wait_ready();
+
+        // A member restarted alone with another balancer is refused: the
+        // running brokers decide with the old one.
+        let members = [0, 1, 2, four];
+        cluster.brokers[0].add_arg("--balancer-plugin");
+        cluster.brokers[0].add_arg("round-robin");
+        cluster.brokers[0].restart_no_wait();
+        assert_eq!(
+            cluster.brokers[0].wait_exit(Duration::from_secs(20)),
+            Some(false),
+            "a broker with another balancer must stop"
+        );
+        assert!(cluster.brokers[0].log().contains("balancer=round-robin but broker"));
+
+        // The whole cluster restarted with the read-write lock plugin (and
+        // the new balancer) switches semantics: readers now share.
+        for &i in &members[1..] {
+            cluster.brokers[i].terminate();
+            cluster.brokers[i].add_arg("--balancer-plugin");
+            cluster.brokers[i].add_arg("round-robin");
+        }
+        for &i in &members {
+            cluster.brokers[i].add_arg("--lock-plugin");
+            cluster.brokers[i].add_arg("read-write");
+            cluster.brokers[i].restart_no_wait();
+        }
+        for &i in &members {
+            cluster.brokers[i].wait_ready();
+        }
+        let client = Client::connect_with(&cluster.seeds(), client_config())
+            .await
+            .unwrap();
+        let locks = tern_client::LockClient::new(client);
+        let shared = |wait| tern_client::LockOptions {
+            lease: Duration::from_secs(5),
+            wait,
+            mode: tern_client::LockMode::Shared,
+        };
+        let r1 = locks.acquire_with("after-switch", shared(None)).await.unwrap();
+        let r2 = locks
+            .acquire_with("after-switch", shared(Some(Duration::ZERO)))
+            .await
+            .expect("read-write semantics after the switch");
+        r1.release().await.unwrap();
+        r2.release().await.unwrap();
     })
     .await;
 }

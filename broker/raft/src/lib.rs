@@ -554,7 +554,11 @@ impl RaftNode {
     /// do not answer are not counted: a whole-cluster restart may switch
     /// plugins, a broker joining a running cluster may not.
     pub async fn check_plugins(&self) -> Result<(), String> {
-        for peer in self.voters().into_iter().filter(|v| *v != self.node_id) {
+        // A broker waiting to be added has no membership yet: add-broker
+        // checks it before it becomes a voter.
+        let membership = self.meta.metrics().borrow().membership_config.clone();
+        let voters: Vec<NodeId> = membership.membership().voter_ids().collect();
+        for peer in voters.into_iter().filter(|v| *v != self.node_id) {
             let answer = self
                 .transport
                 .call(

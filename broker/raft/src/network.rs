@@ -442,7 +442,10 @@ impl Transport {
         }
         if kind == KIND_COORD_PLUGINS {
             let handler = self.coord_plugins.read().expect("handler lock").clone();
-            return encode(&handler.map(|h| h()).unwrap_or_default());
+            // Not answering until the broker has set it: an empty answer
+            // would read as "runs other plugins".
+            let handler = handler.ok_or("the broker is still starting")?;
+            return encode(&handler());
         }
         if kind == KIND_LEADER_OF {
             let raft = self.group(group).ok_or("group not hosted here")?;
