@@ -106,6 +106,42 @@ DASHBOARDS = [
             panel("Peer round trip p99", [(quantile(0.99, "tern_raft_peer_rtt_seconds", "instance, peer"), "{{instance}} → {{peer}}")], "s"),
         ],
     ]),
+    # Coordination state is replicated: every broker reports the same
+    # values, so panels take max() across brokers instead of sum().
+    dashboard("tern-coordination", "Tern / Coordination: locks and consumer groups", [
+        [
+            panel("Locks, holders and waiters", [
+                ("max(tern_locks)", "locks"),
+                ("max(tern_lock_holders)", "holders"),
+                ("max(tern_lock_waiters)", "waiters"),
+            ]),
+            panel("Lock grants and lease expirations /s", [
+                (f"max(rate(tern_lock_grants_total[{R}]))", "grants"),
+                (f"max(rate(tern_lock_expirations_total[{R}]))", "expired leases"),
+            ], "ops"),
+            panel("Lock acquire time p50 / p99 (waiting included)", [
+                (f"histogram_quantile(0.5, sum by (le) (rate(tern_lock_acquire_seconds_bucket[{R}])))", "p50"),
+                (f"histogram_quantile(0.99, sum by (le) (rate(tern_lock_acquire_seconds_bucket[{R}])))", "p99"),
+            ], "s"),
+        ],
+        [
+            panel("Lock and group requests /s", [(f'sum by (api) (rate(tern_requests_total{{api=~"lock|group"}}[{R}]))', "{{api}}")], "reqps"),
+            panel("Lock and group request latency p99", [(quantile(0.99, 'tern_request_duration_seconds', "api") .replace("tern_request_duration_seconds_bucket[", 'tern_request_duration_seconds_bucket{api=~"lock|group"}['), "{{api}}")], "s"),
+        ],
+        [
+            panel("Group members", [("max by (group) (tern_group_members)", "{{group}}")]),
+            panel("Group generation", [("max by (group) (tern_group_generation)", "{{group}}")]),
+            panel("Rebalances and expired sessions", [
+                ("max by (group) (tern_group_rebalances_total)", "rebalances {{group}}"),
+                ("max(tern_group_sessions_expired_total)", "sessions expired"),
+            ]),
+        ],
+        [
+            panel("Consumer lag (records) by group", [("sum by (group) (tern_group_lag_records)", "{{group}}")]),
+            panel("Consumer lag by partition", [("max by (group, topic, partition) (tern_group_lag_records)", "{{group}} {{topic}}/{{partition}}")]),
+            panel("Committed offset by partition", [("max by (group, topic, partition) (tern_group_committed_offset)", "{{group}} {{topic}}/{{partition}}")]),
+        ],
+    ]),
     dashboard("tern-storage", "Tern / Storage, retention and read cache", [
         [
             panel("Partition size", [("sum by (topic) (tern_partition_size_bytes)", "{{topic}}")], "bytes"),

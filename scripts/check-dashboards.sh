@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Proves the Grafana dashboards against reality: starts a 3-broker cluster
 # and a real Prometheus (Debian's `prometheus`) scraping it, drives load with
-# `tern bench` (plus retention, the read cache, a refused request and a
-# leader kill, so failover shows), then
+# `tern bench` (plus retention, the read cache, a refused request, a leader
+# kill so failover shows, locks and a consumer group), then
 # evaluates every query of every panel through Prometheus's HTTP API and
 # fails if one returns no series or names a metric the broker does not
 # export. Also runs `promtool check metrics` on /metrics and checks the
@@ -71,6 +71,24 @@ for round in 1 2 3; do
   fi
   sleep 1.5
 done
+# Coordination: uncontended lock traffic, a lease that expires (its holder
+# is SIGKILLed), a holder with a waiter queued behind it, and a consumer
+# group with a member that stays and one that commits and leaves.
+tern bench lock --operations 2000 --clients 4 >/dev/null
+"$T/tern" --broker "$BROKER" lock acquire expiring --lease 1s >/dev/null 2>&1 &
+expiring=$!
+"$T/tern" --broker "$BROKER" lock acquire held --lease 10s >/dev/null 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do tern lock list | grep -q "^expiring" && tern lock list | grep -q "^held" && break; sleep 0.1; done
+kill -9 "$expiring"; wait "$expiring" 2>/dev/null || true
+"$T/tern" --broker "$BROKER" lock acquire held --lease 10s >/dev/null 2>&1 &
+pids+=($!)
+"$T/tern" --broker "$BROKER" consume load --group dashboard --from-beginning --follow >/dev/null 2>&1 &
+pids+=($!)
+tern consume load --group dashboard --from-beginning --count 50000 >/dev/null
+tern bench produce --topic load --messages 20000 --size 100 >/dev/null
+for _ in $(seq 1 100); do tern lock list | grep -q "waiter" && break; sleep 0.1; done
+tern group describe dashboard >/dev/null
 sleep 3   # a few more scrapes after the last load
 
 # What the cluster exports: the union of the brokers' /metrics (a broker

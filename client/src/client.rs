@@ -55,6 +55,8 @@ struct Inner {
     brokers: RwLock<HashMap<u32, String>>,
     topics: RwLock<HashMap<String, TopicInfo>>,
     last_good_seed: Mutex<usize>,
+    /// The metadata leader as last reported (0: unknown).
+    controller: std::sync::atomic::AtomicU32,
 }
 
 impl Client {
@@ -82,6 +84,7 @@ impl Client {
                 brokers: RwLock::new(HashMap::new()),
                 topics: RwLock::new(HashMap::new()),
                 last_good_seed: Mutex::new(0),
+                controller: std::sync::atomic::AtomicU32::new(0),
             }),
         };
         client.refresh_metadata(None).await?;
@@ -156,7 +159,9 @@ impl Client {
         let all = topics.is_none();
         let response = self.request_any(Request::Metadata { topics }).await?;
         let Response::Metadata {
-            brokers, topics, ..
+            brokers,
+            topics,
+            controller,
         } = response
         else {
             return Err(ClientError::Decode(
@@ -164,6 +169,9 @@ impl Client {
             ));
         };
         self.store_brokers(&brokers);
+        self.inner
+            .controller
+            .store(controller, std::sync::atomic::Ordering::Relaxed);
         let mut cache = self.inner.topics.write().expect("topics lock");
         if all {
             cache.clear();
@@ -212,6 +220,9 @@ impl Client {
                 ..
             } => {
                 self.store_brokers(&brokers);
+                self.inner
+                    .controller
+                    .store(controller, std::sync::atomic::Ordering::Relaxed);
                 Ok(controller)
             }
             _ => Err(ClientError::Decode(
@@ -230,7 +241,26 @@ impl Client {
         request: Request,
         hold: Duration,
     ) -> Result<Response, ClientError> {
-        let conn = self.any_connection().await?;
+        // Any broker serves coordination (it forwards to the metadata
+        // leader); the leader itself saves the forwarding hop.
+        let controller = self
+            .inner
+            .controller
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let leader_addr = self
+            .inner
+            .brokers
+            .read()
+            .expect("brokers lock")
+            .get(&controller)
+            .cloned();
+        let conn = match leader_addr {
+            Some(addr) => match self.connection(&addr).await {
+                Ok(c) => c,
+                Err(_) => self.any_connection().await?,
+            },
+            None => self.any_connection().await?,
+        };
         let limit = hold + COORDINATION_MARGIN;
         let answer = tokio::time::timeout(limit, conn.request_with(request, hold)).await;
         let answer = answer.unwrap_or(Err(ClientError::Timeout(limit)));
@@ -243,6 +273,14 @@ impl Client {
             ) || e.code() == Some(ErrorCode::LeaderNotAvailable)
             {
                 self.skip_broker(conn.addr()).await;
+                self.inner
+                    .controller
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
+                // Learn the new metadata leader in the background.
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let _ = me.controller().await;
+                });
             }
         }
         answer

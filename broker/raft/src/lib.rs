@@ -185,7 +185,24 @@ pub struct RaftNode {
     hooks: RaftHooks,
     coord_plugins: String,
     coord: Arc<CoordView>,
+    coord_queue: tokio::sync::mpsc::UnboundedSender<QueuedCoordOp>,
+    /// Started with `--join` (not yet necessarily a member).
+    joining: bool,
 }
+
+/// A coordination operation waiting for the next batch, and where its
+/// outcome goes.
+type QueuedCoordOp = (
+    CoordOp,
+    tokio::sync::oneshot::Sender<Result<Result<CoordResult, (u16, String)>, WriteError>>,
+);
+
+/// Coordination batches one node may have in flight at once.
+const COORD_BATCHES_IN_FLIGHT: usize = 2;
+/// Most operations in one batch (tokens number them in 16 bits).
+const COORD_BATCH_OPS_MAX: usize = 1024;
+/// How long one coordination batch may take to commit.
+const COORD_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn raft_config(
     cluster: &ClusterConfig,
@@ -311,6 +328,7 @@ impl RaftNode {
                 "bootstrapped the metadata group"
             );
         }
+        let (coord_queue, coord_rx) = tokio::sync::mpsc::unbounded_channel();
         let node = Arc::new(RaftNode {
             node_id: cluster.node_id,
             store,
@@ -322,8 +340,11 @@ impl RaftNode {
             hooks,
             coord_plugins: cluster.coord_plugins.clone(),
             coord,
+            coord_queue,
+            joining: cluster.join,
         });
         tokio::spawn(tick_coordination(Arc::downgrade(&node), shutdown.clone()));
+        tokio::spawn(batch_coordination(Arc::downgrade(&node), coord_rx));
         let plugin = cluster.coord_plugins.clone();
         transport.on_coord_plugins(Arc::new(move || plugin.clone()));
         let catalogue_view = node.catalogue.clone();
@@ -544,6 +565,23 @@ impl RaftNode {
         None
     }
 
+    /// Proposes one coordination operation: its result, or its refusal
+    /// (wire code, message). Operations queued while earlier batches are in
+    /// flight are proposed together as one Raft entry (group commit: one
+    /// log write and fsync for all of them). Every operation is idempotent,
+    /// so the forwarding retries of [`Self::meta_write`] are harmless.
+    pub async fn coord_write(
+        &self,
+        op: CoordOp,
+    ) -> Result<Result<CoordResult, (u16, String)>, WriteError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.coord_queue
+            .send((op, tx))
+            .map_err(|_| WriteError::Fatal("the node is stopping".into()))?;
+        rx.await
+            .map_err(|_| WriteError::Fatal("the node is stopping".into()))?
+    }
+
     /// The coordination state (locks, groups) as this node has applied it.
     pub fn coord(&self) -> &Arc<CoordView> {
         &self.coord
@@ -554,11 +592,22 @@ impl RaftNode {
     /// do not answer are not counted: a whole-cluster restart may switch
     /// plugins, a broker joining a running cluster may not.
     pub async fn check_plugins(&self) -> Result<(), String> {
-        // A broker waiting to be added has no membership yet: add-broker
-        // checks it before it becomes a voter.
-        let membership = self.meta.metrics().borrow().membership_config.clone();
-        let voters: Vec<NodeId> = membership.membership().voter_ids().collect();
-        for peer in voters.into_iter().filter(|v| *v != self.node_id) {
+        // A broker waiting to be added is checked by add-broker before it
+        // becomes a voter. Others ask the voters they know (the initial
+        // cluster while the group has not loaded its membership yet).
+        let member = self
+            .meta
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .next()
+            .is_some();
+        if self.joining && !member {
+            return Ok(());
+        }
+        for peer in self.voters().into_iter().filter(|v| *v != self.node_id) {
             let answer = self
                 .transport
                 .call(
@@ -787,15 +836,70 @@ async fn tick_coordination(node: std::sync::Weak<RaftNode>, shutdown: Cancellati
             .read(|c| c.next_deadline_ms())
             .is_some_and(|d| d <= now);
         if due {
-            let tick = Command::Coord {
-                stamp_ms: 0,
-                term: 0,
-                op: CoordOp::Tick,
-            };
-            if let Err(e) = node.meta_write(tick, Duration::from_secs(2)).await {
+            if let Err(e) = node.coord_write(CoordOp::Tick).await {
                 warn!(error = %e, "coordination tick failed");
             }
         }
+    }
+}
+
+/// Drains queued coordination operations into batches: while up to
+/// [`COORD_BATCHES_IN_FLIGHT`] batches are being committed, new operations
+/// wait and join the next one.
+async fn batch_coordination(
+    node: std::sync::Weak<RaftNode>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<QueuedCoordOp>,
+) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(COORD_BATCHES_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < COORD_BATCH_OPS_MAX {
+            match queue.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let Some(node) = node.upgrade() else { return };
+        tokio::spawn(async move {
+            let (ops, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let count = ops.len();
+            let command = Command::Coord {
+                stamp_ms: 0,
+                term: 0,
+                ops,
+            };
+            match node.meta_write(command, COORD_WRITE_TIMEOUT).await {
+                Ok(CommandResponse::Coord(answers)) if answers.len() == count => {
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(Ok(answer));
+                    }
+                }
+                Ok(CommandResponse::Rejected { code, message }) => {
+                    for reply in replies {
+                        let _ = reply.send(Ok(Err((code, message.clone()))));
+                    }
+                }
+                Ok(other) => {
+                    for reply in replies {
+                        let message = format!("unexpected coordination answer {other:?}");
+                        let _ = reply.send(Err(WriteError::Fatal(message)));
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for reply in replies {
+                        let _ = reply.send(Err(match &e {
+                            WriteError::NoLeader(t) => WriteError::NoLeader(*t),
+                            _ => WriteError::Fatal(message.clone()),
+                        }));
+                    }
+                }
+            }
+            drop(permit);
+        });
     }
 }
 

@@ -283,7 +283,14 @@ impl RaftLogStorage<TernRaft> for LogStore {
             .map(|e| (e.log_id.index, encode_entry(&e)))
             .collect();
         let started = std::time::Instant::now();
-        let mut result = blocking(|| self.store.raft_append(self.group, &encoded));
+        // Written unsynced (readable at once, as openraft requires), made
+        // durable by the node's WAL sync thread, which reports to openraft
+        // through `callback`: the leader replicates while its own fsync
+        // runs, and concurrent appends of all groups share one fsync.
+        let bytes: usize = encoded.iter().map(|(_, v)| v.len()).sum();
+        let write = || self.store.raft_append_buffered(self.group, &encoded);
+        let large = bytes > 256 << 10;
+        let mut result = if large { blocking(write) } else { write() };
         // A full disk is waited out, not fatal: the group stalls (its
         // leader refuses new produces with DiskFull meanwhile) and resumes
         // when space returns.
@@ -297,12 +304,15 @@ impl RaftLogStorage<TernRaft> for LogStore {
             }
             waited += 1;
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            result = blocking(|| self.store.raft_append(self.group, &encoded));
+            result = blocking(|| self.store.raft_append_buffered(self.group, &encoded));
         }
-        (self.on_write)(encoded.len(), started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                let (on_write, entries) = (self.on_write.clone(), encoded.len());
+                self.store.after_wal_sync(Box::new(move |synced| {
+                    on_write(entries, started.elapsed().as_secs_f64());
+                    callback.log_io_completed(synced.map_err(std::io::Error::other));
+                }));
                 Ok(())
             }
             Err(e) => {

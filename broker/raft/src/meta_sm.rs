@@ -61,6 +61,14 @@ impl CoordView {
     }
 }
 
+/// An opened state machine with the receivers of its catalogue and its
+/// coordination state.
+pub type Opened = (
+    MetaStateMachine,
+    watch::Receiver<Arc<Catalogue>>,
+    Arc<CoordView>,
+);
+
 /// The metadata state machine.
 pub struct MetaStateMachine {
     store: Store,
@@ -76,7 +84,7 @@ impl MetaStateMachine {
     pub fn open(
         store: Store,
         plugins: Option<Arc<dyn CoordPlugins>>,
-    ) -> Result<(Self, watch::Receiver<Arc<Catalogue>>, Arc<CoordView>), RaftStorageError> {
+    ) -> Result<Opened, RaftStorageError> {
         let (mut state, coord): (MetaState, CoordState) =
             match store.meta_get(STATE_KEY).map_err(sm_err)? {
                 Some(v) => bincode::deserialize(&v).map_err(sm_err)?,
@@ -111,17 +119,29 @@ impl MetaStateMachine {
         command: Command,
         catalogue_changed: &mut bool,
     ) -> CommandResponse {
-        if let Command::Coord { stamp_ms, term, op } = command {
+        if let Command::Coord {
+            stamp_ms,
+            term,
+            ops,
+        } = command
+        {
             let catalogue = &self.state.catalogue;
             let topics = |t: &str| catalogue.topics.get(t).map(|e| e.settings.partitions);
             let mut coord = self.coord.state.lock().expect("coordination state lock");
-            return match coord.apply(self.plugins.as_deref(), index, stamp_ms, term, op, &topics) {
-                Ok(r) => CommandResponse::Coord(r),
-                Err(refusal) => CommandResponse::Rejected {
-                    code: refusal.code as u16,
-                    message: refusal.message,
-                },
-            };
+            let plugins = self.plugins.as_deref();
+            let answers = ops
+                .into_iter()
+                .enumerate()
+                .map(|(position, op)| {
+                    // Fencing tokens: log index, then position in the batch,
+                    // so they only grow (a batch holds at most 65,536 ops).
+                    let token = (index << 16) | position as u64;
+                    coord
+                        .apply(plugins, token, stamp_ms, term, op, &topics)
+                        .map_err(|r| (r.code as u16, r.message))
+                })
+                .collect();
+            return CommandResponse::Coord(answers);
         }
         *catalogue_changed = true;
         let topic_touched = match &command {
@@ -234,7 +254,15 @@ impl MetaStateMachine {
         catalogue_changed: bool,
     ) -> Result<(), RaftStorageError> {
         let bytes = self.encode_state()?;
-        blocking(|| self.store.meta_put(STATE_KEY, &bytes, sync)).map_err(sm_err)?;
+        if sync {
+            blocking(|| self.store.meta_put(STATE_KEY, &bytes, true)).map_err(sm_err)?;
+        } else {
+            // An unsynced write of a few KB only reaches RocksDB's memtable
+            // and WAL buffer: cheaper than handing the worker thread off.
+            self.store
+                .meta_put(STATE_KEY, &bytes, false)
+                .map_err(sm_err)?;
+        }
         if catalogue_changed {
             self.publish
                 .send_replace(Arc::new(self.state.catalogue.clone()));

@@ -106,15 +106,17 @@ pub enum Command {
         /// The coordination plugins it runs (all brokers must agree).
         coord_plugins: String,
     },
-    /// Metadata group: a lock or consumer-group operation, stamped by the
-    /// metadata leader with its clock and term when it proposed it.
+    /// Metadata group: lock and consumer-group operations (batched: every
+    /// operation a broker has queued while its previous batch was in
+    /// flight), stamped by the metadata leader with its clock and term when
+    /// it proposed them.
     Coord {
         /// Leader wall clock, ms since the epoch.
         stamp_ms: u64,
         /// Leader term.
         term: u64,
-        /// The operation.
-        op: crate::coord::CoordOp,
+        /// The operations, applied in order.
+        ops: Vec<crate::coord::CoordOp>,
     },
 }
 
@@ -138,8 +140,9 @@ pub enum CommandResponse {
     },
     /// Done (membership, blank, catalogue changes).
     Done,
-    /// A coordination command's outcome.
-    Coord(crate::coord::CoordResult),
+    /// Each coordination operation's outcome, in order: its result, or
+    /// its refusal (wire error code, message).
+    Coord(Vec<Result<crate::coord::CoordResult, (u16, String)>>),
 }
 
 /// The cluster catalogue held by the metadata group.

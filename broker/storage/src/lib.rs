@@ -127,7 +127,12 @@ pub struct Store {
     path: PathBuf,
     /// Set while Raft log writes fail for lack of space.
     disk_full: Arc<std::sync::atomic::AtomicBool>,
+    /// Queue of the WAL sync thread (started on first use).
+    wal_syncer: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<AfterWalSync>>>,
 }
+
+/// Work to run once the WAL is on disk: `Err` carries why syncing failed.
+pub type AfterWalSync = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -167,7 +172,45 @@ impl Store {
             durability,
             path: dir.to_path_buf(),
             disk_full: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            wal_syncer: Arc::default(),
         })
+    }
+
+    /// Runs `job` once every write made so far is durable: at once without
+    /// `fsync` durability, else after the next WAL sync. One sync thread
+    /// serves every Raft group of the node, and one `fsync` covers all the
+    /// writes made while the previous one ran (group commit), so a log
+    /// append never waits for the disk on the caller's thread.
+    pub fn after_wal_sync(&self, job: AfterWalSync) {
+        if self.durability != Durability::Fsync {
+            job(Ok(()));
+            return;
+        }
+        let queue = self.wal_syncer.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<AfterWalSync>();
+            // Only a weak handle: the thread ends when the store is dropped.
+            let db = Arc::downgrade(&self.db);
+            std::thread::Builder::new()
+                .name("tern-wal-sync".into())
+                .spawn(move || {
+                    while let Ok(first) = rx.recv() {
+                        let mut jobs = vec![first];
+                        jobs.extend(rx.try_iter());
+                        let synced = match db.upgrade() {
+                            Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
+                            None => Err("the store is closed".to_owned()),
+                        };
+                        for job in jobs {
+                            job(synced.clone());
+                        }
+                    }
+                })
+                .expect("spawn the WAL sync thread");
+            tx
+        });
+        if let Err(std::sync::mpsc::SendError(job)) = queue.send(job) {
+            job(Err("the WAL sync thread stopped".to_owned()));
+        }
     }
 
     /// Whether the last Raft log write failed because the disk is full

@@ -32,13 +32,32 @@ impl Store {
     /// Writes Raft entries `(index, value)` of `group` in one atomic write,
     /// synced to disk when the node's durability is `fsync`.
     pub fn raft_append(&self, group: u64, entries: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
+        self.raft_append_with(group, entries, &self.write_options())
+    }
+
+    /// Like [`Self::raft_append`] but never syncs: the entries are readable
+    /// at once and durable after the next [`Store::after_wal_sync`].
+    pub fn raft_append_buffered(
+        &self,
+        group: u64,
+        entries: &[(u64, Vec<u8>)],
+    ) -> Result<(), StorageError> {
+        self.raft_append_with(group, entries, &rocksdb::WriteOptions::default())
+    }
+
+    fn raft_append_with(
+        &self,
+        group: u64,
+        entries: &[(u64, Vec<u8>)],
+        options: &rocksdb::WriteOptions,
+    ) -> Result<(), StorageError> {
         let mut wb = rocksdb::WriteBatch::default();
         for (index, value) in entries {
             wb.put_cf(self.cf(CF_LOG), group_key(group, *index), value);
         }
         let result = self
             .db
-            .write_opt(wb, &self.write_options())
+            .write_opt(wb, options)
             .map_err(|e| StorageError::rocks("raft append", e));
         self.note_write(&result);
         result

@@ -22,6 +22,11 @@ pub(crate) enum BenchCommand {
     Produce(BenchArgs),
     /// Consume N records from the beginning and report throughput.
     Consume(BenchArgs),
+    /// Uncontended lock acquire + release: rate and latency (also against
+    /// etcd with --etcd, for comparison).
+    Lock(crate::bench_coord::LockBenchArgs),
+    /// Consumer-group rebalance time when a member joins or leaves cleanly.
+    Rebalance(crate::bench_coord::RebalanceBenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -60,6 +65,8 @@ pub(crate) async fn run(broker: &str, command: BenchCommand) -> anyhow::Result<(
     match command {
         BenchCommand::Produce(a) => produce(broker, a).await,
         BenchCommand::Consume(a) => consume(broker, a).await,
+        BenchCommand::Lock(a) => crate::bench_coord::run(broker, a).await,
+        BenchCommand::Rebalance(a) => crate::bench_coord::rebalance(broker, a).await,
     }
 }
 

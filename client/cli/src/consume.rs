@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use clap::Args;
-use tern_client::{Admin, Client, Consumer, ConsumerConfig, Offset, OffsetSpec};
+use tern_client::{Admin, Client, Consumer, ConsumerConfig, Offset, OffsetReset, OffsetSpec};
 
 #[derive(Args)]
 pub(crate) struct ConsumeArgs {
@@ -31,6 +31,12 @@ pub(crate) struct ConsumeArgs {
     /// Separator printed between key and value.
     #[arg(long, default_value = "\t")]
     key_separator: String,
+    /// Consume as a member of this consumer group: the group's members
+    /// share the partitions, each starts at the group's committed offset
+    /// (a partition with none starts as --from-beginning says), and
+    /// consumed offsets are committed. Ctrl-C leaves the group cleanly.
+    #[arg(long, conflicts_with_all = ["offset", "partition"])]
+    group: Option<String>,
 }
 
 pub(crate) async fn run(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
@@ -57,20 +63,44 @@ pub(crate) async fn run(client: Client, args: ConsumeArgs) -> anyhow::Result<()>
             );
         }
     }
-    let mut consumer = Consumer::new(client, ConsumerConfig::default());
-    consumer.assign(&args.topic, &partitions, start).await?;
+    let mut consumer = match &args.group {
+        Some(group) => {
+            let config = ConsumerConfig {
+                offset_reset: if args.from_beginning {
+                    OffsetReset::Earliest
+                } else {
+                    OffsetReset::Latest
+                },
+                auto_commit_interval: Some(std::time::Duration::from_secs(1)),
+                ..Default::default()
+            };
+            let mut c = Consumer::new(client, config);
+            c.subscribe(group, &[&args.topic]).await?;
+            c
+        }
+        None => {
+            let mut c = Consumer::new(client, ConsumerConfig::default());
+            c.assign(&args.topic, &partitions, start).await?;
+            c
+        }
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut printed = 0u64;
+    // A group member reads only its assigned partitions.
     let done = |c: &Consumer, printed: u64| {
+        let read = |p: u32| c.position(&args.topic, p);
         args.count.is_some_and(|n| printed >= n)
             || (!args.follow
                 && partitions
                     .iter()
-                    .all(|p| c.position(&args.topic, *p).unwrap_or(0) >= ends[p]))
+                    .all(|p| read(*p).is_none_or(|pos| pos >= ends[p])))
     };
     while !done(&consumer, printed) {
-        let records = consumer.poll().await?;
+        let records = tokio::select! {
+            r = consumer.poll() => r?,
+            _ = tokio::signal::ctrl_c() => break,
+        };
         for r in records {
             if !args.follow && r.offset >= ends[&r.partition] {
                 continue;
@@ -93,5 +123,6 @@ pub(crate) async fn run(client: Client, args: ConsumeArgs) -> anyhow::Result<()>
         out.flush()?;
     }
     out.flush()?;
+    consumer.close().await?;
     Ok(())
 }

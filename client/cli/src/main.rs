@@ -1,6 +1,7 @@
 //! `tern`: the command-line client of the Tern broker.
 
 mod bench;
+mod bench_coord;
 mod cluster;
 mod consume;
 mod group;

@@ -18,7 +18,7 @@ use tern_protocol::coord::{
 };
 use tern_protocol::{ErrorCode, Response};
 use tern_raft::coord::{GroupRecord, LockMode};
-use tern_raft::{Command, CommandResponse, CoordOp, CoordResult, CoordState};
+use tern_raft::{CoordOp, CoordResult, CoordState};
 use tracing::{debug, instrument};
 
 use super::{write_failure, Broker, Failure};
@@ -35,8 +35,6 @@ const HEARTBEAT_WAIT_MS_MAX: u64 = 10_000;
 const NAME_BYTES_MAX: usize = 249;
 /// Most per-partition group series exported.
 const GROUP_PARTITION_SERIES_MAX: usize = 1_000;
-/// Timeout of one coordination write.
-const COORD_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -94,20 +92,9 @@ fn granted(token: u64, expires_ms: u64) -> Response {
 impl Broker {
     /// Proposes one coordination command and returns its outcome.
     async fn coord_write(&self, op: CoordOp) -> Result<CoordResult, Failure> {
-        let command = Command::Coord {
-            stamp_ms: 0,
-            term: 0,
-            op,
-        };
-        match self.raft.meta_write(command, COORD_WRITE_TIMEOUT).await {
-            Ok(CommandResponse::Coord(r)) => Ok(r),
-            Ok(CommandResponse::Rejected { code, message }) => {
-                Err(Failure::new(ErrorCode::from_u16(code), message))
-            }
-            Ok(other) => Err(Failure::new(
-                ErrorCode::Unknown,
-                format!("unexpected coordination answer {other:?}"),
-            )),
+        match self.raft.coord_write(op).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err((code, message))) => Err(Failure::new(ErrorCode::from_u16(code), message)),
             Err(e) => Err(write_failure(e)),
         }
     }
