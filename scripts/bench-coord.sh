@@ -25,6 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 CLIENTS="1 8 32 64"
+export RUST_BACKTRACE=0
 echo "== machine: $(nproc) cores, $(uname -r), $(date -u +%FT%TZ)"
 
 echo "== etcd 3 nodes: v3 lock + unlock under one session lease per client"

@@ -286,6 +286,21 @@ impl Client {
         answer
     }
 
+    /// [`Self::coordinate`] without holding, retried through retriable
+    /// failures (an election, a broker going away) for about 2 s.
+    pub async fn coordinate_retrying(&self, request: Request) -> Result<Response, ClientError> {
+        let mut attempts = 0;
+        loop {
+            match self.coordinate(request.clone(), Duration::ZERO).await {
+                Err(e) if e.is_retriable() && attempts < 20 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
     /// Stops preferring `addr`: drops its connection and moves the seed
     /// rotation past it.
     async fn skip_broker(&self, addr: &str) {

@@ -329,21 +329,7 @@ impl Consumer {
             generation: g.generation,
             offsets,
         });
-        let mut attempts = 0;
-        loop {
-            match self
-                .client
-                .coordinate(request.clone(), Duration::ZERO)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_retriable() && attempts < 20 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.client.coordinate_retrying(request).await.map(drop)
     }
 
     /// Commits (group members), leaves the group so its partitions move at
@@ -406,22 +392,36 @@ impl Consumer {
         let view = g.assignment.borrow_and_update().clone();
         g.generation = view.generation;
         tracing::info!(group = %g.name, generation = view.generation, partitions = view.partitions.len(), "group assignment");
+        // A partition this member keeps goes on from what it handed out
+        // (or from the group's commit, if another member got further in
+        // between): no re-delivery for what stays, and commits never go back.
+        let kept = std::mem::take(&mut self.consumed);
         self.positions.clear();
         self.buffered.clear();
-        self.consumed.clear();
         let start = match self.config.offset_reset {
             OffsetReset::Latest => Offset::Latest,
             OffsetReset::Earliest | OffsetReset::Fail => Offset::Earliest,
         };
+        let mut keeps_any = false;
         for (topic, partition, committed) in view.partitions {
-            let from = if committed == u64::MAX {
-                start
-            } else {
-                Offset::At(committed)
+            let key = (topic.clone(), partition);
+            let committed = (committed != u64::MAX).then_some(committed);
+            let from = match (kept.get(&key).copied(), committed) {
+                (Some(mine), c) => {
+                    keeps_any = true;
+                    Offset::At(mine.max(c.unwrap_or(0)))
+                }
+                (None, Some(c)) => Offset::At(c),
+                (None, None) => start,
             };
             self.seek(&topic, partition, from).await?;
-            let at = self.positions[&(topic.clone(), partition)];
-            self.consumed.insert((topic, partition), at);
+            let at = self.positions[&key];
+            self.consumed.insert(key, at);
+        }
+        if keeps_any {
+            if let Err(e) = self.commit().await {
+                tracing::debug!(error = %e, "commit after rebalance failed");
+            }
         }
         Ok(())
     }

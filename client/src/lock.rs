@@ -264,21 +264,7 @@ impl LockGuard {
             name: self.name.clone(),
             owner: self.owner,
         });
-        let mut attempts = 0;
-        loop {
-            match self
-                .client
-                .coordinate(request.clone(), Duration::ZERO)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_retriable() && attempts < 20 => {
-                    attempts += 1;
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.client.coordinate_retrying(request).await.map(drop)
     }
 }
 

@@ -14,6 +14,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Runs `f`, failing the test if it takes longer than `limit`.
+pub async fn bounded<F: std::future::Future<Output = T>, T>(limit: Duration, f: F) -> T {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("test exceeded {limit:?}"))
+}
+
+/// Client settings for fault tests: a paused broker must not hold a
+/// request for long.
+pub fn fault_client_config() -> tern_client::ClientConfig {
+    tern_client::ClientConfig {
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(3),
+    }
+}
+
 /// How long a broker may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -18,26 +18,12 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tern_client::{
-    Admin, Client, ClientConfig, Connection, Consumer, ConsumerConfig, ErrorCode, NewTopic, Offset,
-    Producer, ProducerConfig, ProducerRecord,
+    Admin, Client, Connection, Consumer, ConsumerConfig, ErrorCode, NewTopic, Offset, Producer,
+    ProducerConfig, ProducerRecord,
 };
 use tern_protocol::api::FetchPartition;
 use tern_protocol::{Request, Response};
-use tern_tests::Cluster;
-
-async fn bounded<F: std::future::Future<Output = T>, T>(limit: Duration, f: F) -> T {
-    tokio::time::timeout(limit, f)
-        .await
-        .unwrap_or_else(|_| panic!("test exceeded {limit:?}"))
-}
-
-fn client_config() -> ClientConfig {
-    ClientConfig {
-        connect_timeout: Duration::from_secs(1),
-        // A paused leader must not hold a request for long.
-        request_timeout: Duration::from_secs(3),
-    }
-}
+use tern_tests::{bounded, fault_client_config, Cluster};
 
 fn producer_config() -> ProducerConfig {
     ProducerConfig {
@@ -371,7 +357,7 @@ async fn a_killed_leader_fails_over_within_seconds_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3, &[]);
     bounded(Duration::from_secs(120), async {
-        let client = Client::connect_with(&cluster.seeds(), client_config())
+        let client = Client::connect_with(&cluster.seeds(), fault_client_config())
             .await
             .unwrap();
         let admin = Admin::new(client.clone());
@@ -455,7 +441,7 @@ async fn seeded_fault_campaign_loses_duplicates_and_reorders_nothing() {
     bounded(limit, async {
         const TOPIC: &str = "campaign";
         const PARTITIONS: u32 = 3;
-        let client = Client::connect_with(&cluster.seeds(), client_config())
+        let client = Client::connect_with(&cluster.seeds(), fault_client_config())
             .await
             .unwrap();
         Admin::new(client.clone())
@@ -564,7 +550,7 @@ async fn a_fourth_broker_joins_and_another_leaves_online_without_loss() {
     let mut cluster = Cluster::start(dir.path(), 3, &[]);
     bounded(Duration::from_secs(180), async {
         const TOPIC: &str = "moving";
-        let client = Client::connect_with(&cluster.seeds(), client_config())
+        let client = Client::connect_with(&cluster.seeds(), fault_client_config())
             .await
             .unwrap();
         let admin = Admin::new(client.clone());
@@ -672,7 +658,7 @@ async fn a_broker_whose_data_was_wiped_refuses_to_start_and_rejoins_with_join() 
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3, &[]);
     bounded(Duration::from_secs(180), async {
-        let client = Client::connect_with(&cluster.seeds(), client_config())
+        let client = Client::connect_with(&cluster.seeds(), fault_client_config())
             .await
             .unwrap();
         let admin = Admin::new(client.clone());
@@ -716,7 +702,7 @@ async fn a_replica_added_after_retention_catches_up_from_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3, &["--retention-check-ms", "200"]);
     bounded(Duration::from_secs(180), async {
-        let client = Client::connect_with(&cluster.seeds(), client_config())
+        let client = Client::connect_with(&cluster.seeds(), fault_client_config())
             .await
             .unwrap();
         let admin = Admin::new(client.clone());
@@ -841,7 +827,7 @@ async fn plugins_must_match_to_join_and_switch_with_a_whole_cluster_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3, &[]);
     bounded(Duration::from_secs(120), async {
-        let client = Client::connect_with(&cluster.seeds(), client_config())
+        let client = Client::connect_with(&cluster.seeds(), fault_client_config())
             .await
             .unwrap();
         let admin = Admin::new(client.clone());
@@ -896,7 +882,7 @@ async fn plugins_must_match_to_join_and_switch_with_a_whole_cluster_restart() {
         for &i in &members {
             cluster.brokers[i].wait_ready();
         }
-        let client = Client::connect_with(&cluster.seeds(), client_config())
+        let client = Client::connect_with(&cluster.seeds(), fault_client_config())
             .await
             .unwrap();
         let locks = tern_client::LockClient::new(client);

@@ -15,26 +15,13 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tern_client::{
-    Admin, Client, ClientConfig, Consumer, ConsumerConfig, ErrorCode, LockClient, LockMode,
-    LockOptions, NewTopic, Producer, ProducerConfig, ProducerRecord,
+    Admin, Client, Consumer, ConsumerConfig, ErrorCode, LockClient, LockMode, LockOptions,
+    NewTopic, Producer, ProducerConfig, ProducerRecord,
 };
-use tern_tests::{bin, Cluster};
-
-async fn bounded<F: std::future::Future<Output = T>, T>(limit: Duration, f: F) -> T {
-    tokio::time::timeout(limit, f)
-        .await
-        .unwrap_or_else(|_| panic!("test exceeded {limit:?}"))
-}
-
-fn client_config() -> ClientConfig {
-    ClientConfig {
-        connect_timeout: Duration::from_secs(1),
-        request_timeout: Duration::from_secs(3),
-    }
-}
+use tern_tests::{bin, bounded, fault_client_config, Cluster};
 
 async fn connect(cluster: &Cluster) -> Client {
-    Client::connect_with(&cluster.seeds(), client_config())
+    Client::connect_with(&cluster.seeds(), fault_client_config())
         .await
         .expect("connect")
 }
@@ -351,7 +338,9 @@ async fn lock_safety_holds_under_kills_pauses_and_partitions() {
             seeds.clone(),
         );
         clients.push(tokio::spawn(async move {
-            let client = Client::connect_with(&seeds, client_config()).await.unwrap();
+            let client = Client::connect_with(&seeds, fault_client_config())
+                .await
+                .unwrap();
             let locks = LockClient::new(client);
             let mut rng = StdRng::seed_from_u64(seed ^ id as u64);
             while !stop.load(std::sync::atomic::Ordering::Acquire) {

@@ -91,7 +91,8 @@ async fn client_loop(target: Target, i: usize, ops: u64) -> anyhow::Result<Histo
         Target::Etcd(addr) => {
             let mut etcd = Etcd::connect(&addr).await?;
             // A session lease, as etcd's own clients (concurrency.Session) hold.
-            let grant = etcd.post("/v3/lease/grant", r#"{"TTL":10}"#).await?;
+            // Long enough for any run (real clients keep their session lease alive).
+            let grant = etcd.post("/v3/lease/grant", r#"{"TTL":3600}"#).await?;
             let lease = json_str(&grant, "ID").context("lease id")?;
             let lock = format!(
                 r#"{{"name":"{}","lease":{lease}}}"#,
