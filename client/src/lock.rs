@@ -108,6 +108,14 @@ impl LockClient {
         // connection finds its place in the queue (or its grant).
         let owner = random_u64();
         let deadline = options.wait.map(|w| Instant::now() + w);
+        // If the caller drops this future while it waits (a timeout, a
+        // select), leave the queue: otherwise the lock would later be
+        // granted to nobody and stay taken for one lease.
+        let mut abandoned = CancelOnDrop {
+            client: Some(self.client.clone()),
+            name: name.to_owned(),
+            owner,
+        };
         loop {
             let left = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
@@ -129,6 +137,7 @@ impl LockClient {
                     ..
                 })) => {
                     let expires = sent + Duration::from_millis(remaining_ms.min(lease_ms));
+                    abandoned.client = None;
                     return Ok(LockGuard::start(
                         self.client.clone(),
                         name.to_owned(),
@@ -144,30 +153,22 @@ impl LockClient {
                     )))
                 }
                 Err(e) if e.code() == Some(ErrorCode::LockWaitTimeout) => {
+                    // The broker already left the queue for us.
                     let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
                     if out_of_time {
+                        abandoned.client = None;
                         return Err(e);
                     }
                 }
                 Err(e) if e.is_retriable() => {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
-                        self.cancel(name, owner).await;
-                        return Err(e);
+                        return Err(e); // `abandoned` leaves the queue
                     }
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Best-effort: leave the queue (or free a grant that arrived late).
-    async fn cancel(&self, name: &str, owner: u64) {
-        let request = Request::Lock(LockRequest::Release {
-            name: name.to_owned(),
-            owner,
-        });
-        let _ = self.client.coordinate(request, Duration::ZERO).await;
     }
 
     /// Every lock with a holder or waiter, as one broker knows them.
@@ -179,6 +180,31 @@ impl LockClient {
         {
             Response::Lock(LockResponse::List(locks)) => Ok(locks),
             other => Err(ClientError::Decode(format!("list answered with {other:?}"))),
+        }
+    }
+}
+
+/// Leaves a lock's queue (or frees a grant that arrived too late) in the
+/// background when an acquisition ends without a guard, unless disarmed.
+struct CancelOnDrop {
+    client: Option<Client>,
+    name: String,
+    owner: u64,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let request = Request::Lock(LockRequest::Release {
+                name: std::mem::take(&mut self.name),
+                owner: self.owner,
+            });
+            runtime.spawn(async move {
+                let _ = client.coordinate_retrying(request).await;
+            });
         }
     }
 }
@@ -254,6 +280,14 @@ impl LockGuard {
     /// Resolves when the lease is lost.
     pub async fn lost(&mut self) {
         let _ = self.lost.wait_for(|lost| *lost).await;
+    }
+
+    /// Stops renewing the lease without releasing: the lock is freed when
+    /// the lease runs out, exactly as if this process had crashed (fault
+    /// tests use it to model a paused or dead holder).
+    pub fn abandon(mut self) {
+        self.released = true;
+        self.keepalive.abort();
     }
 
     /// Releases the lock and waits for the cluster to confirm.

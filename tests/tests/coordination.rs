@@ -194,6 +194,21 @@ async fn locks_are_fifo_fenced_and_survive_failover_and_holder_crashes() {
             .acquire_with("busy", exclusive(5_000, None))
             .await
             .unwrap();
+        // An acquire abandoned by its caller leaves the queue.
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(300),
+            locks.acquire_with("busy", exclusive(5_000, None)),
+        )
+        .await;
+        assert!(abandoned.is_err(), "the lock is held: the acquire waits");
+        loop {
+            let list = locks.list().await.unwrap();
+            let busy = list.iter().find(|l| l.name == "busy").unwrap();
+            if busy.waiters.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let refused = locks
             .acquire_with("busy", exclusive(5_000, Some(Duration::ZERO)))
             .await
@@ -350,6 +365,24 @@ async fn lock_safety_holds_under_kills_pauses_and_partitions() {
                     .await;
                 let Ok(guard) = got else { continue };
                 grants.lock().unwrap().push((name, guard.token(), id));
+                // One hold in ten, the holder stalls (a GC pause, a frozen
+                // VM: its renewals stop too) past its lease between checking
+                // its guard and writing: only the fencing token can stop
+                // that write once another client holds the lock.
+                if rng.random_bool(0.1) && !guard.is_lost() {
+                    let token = guard.token();
+                    guard.abandon();
+                    tokio::time::sleep(Duration::from_millis(1_500)).await;
+                    let mut all = resources.lock().unwrap();
+                    let r = all.entry(name).or_default();
+                    if token >= r.top_token {
+                        r.top_token = token;
+                        r.accepted.push((token, id));
+                    } else {
+                        r.fenced += 1;
+                    }
+                    continue;
+                }
                 for _ in 0..rng.random_range(1..6) {
                     if guard.is_lost() {
                         break;
