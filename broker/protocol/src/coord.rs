@@ -2,6 +2,10 @@
 //! (api 10). Each request carries a one-byte operation, then its fields;
 //! the response starts with the same operation byte.
 //!
+//! These are the wire types only: the replicated coordination state has its
+//! own types (`tern_raft::coord`), so the protocol and the Raft log can
+//! evolve separately; the broker converts between them.
+//!
 //! Times on the wire are milliseconds. `expires_ms` values are on the
 //! cluster's replicated clock (the metadata leader's wall clock when it
 //! stamped the command), not on the client's clock; `remaining_ms` says how
