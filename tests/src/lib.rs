@@ -27,6 +27,7 @@ pub fn fault_client_config() -> tern_client::ClientConfig {
     tern_client::ClientConfig {
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(3),
+        ..Default::default()
     }
 }
 
@@ -76,6 +77,8 @@ pub struct Broker {
     /// Data directory.
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
+    /// The `ternd` executable to run (the workspace's by default).
+    program: PathBuf,
 }
 
 impl Broker {
@@ -95,7 +98,14 @@ impl Broker {
             peer_addr: format!("127.0.0.1:{}", free_port()),
             data_dir: data_dir.to_path_buf(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            program: bin("ternd"),
         }
+    }
+
+    /// Runs another `ternd` executable at the next start (e.g. a copy of the
+    /// binary alone in an empty directory).
+    pub fn set_program(&mut self, program: &Path) {
+        self.program = program.to_path_buf();
     }
 
     /// Adds a flag for the next start.
@@ -145,7 +155,7 @@ impl Broker {
             .append(true)
             .open(self.data_dir.with_extension("log"))
             .expect("open broker log");
-        let child = Command::new(bin("ternd"))
+        let child = Command::new(&self.program)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen", &self.addr, "--metrics-listen", &self.http_addr])
@@ -202,6 +212,13 @@ impl Broker {
     pub fn pause(&self) {
         if let Some(pid) = self.pid() {
             signal(pid, libc::SIGSTOP);
+        }
+    }
+
+    /// SIGHUP: reload the TLS material.
+    pub fn hangup(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, libc::SIGHUP);
         }
     }
 
@@ -351,6 +368,8 @@ impl Drop for LinkProxy {
 
 impl Cluster {
     /// Starts `n` brokers with `extra_args` and waits until all are ready.
+    /// `{node}` in an argument stands for each broker's node id (e.g. its
+    /// own certificate file: `certs/node-{node}.pem`).
     pub fn start(dir: &Path, n: usize, extra_args: &[&str]) -> Cluster {
         Self::start_inner(dir, n, extra_args, false)
     }
@@ -391,6 +410,9 @@ impl Cluster {
         };
         let initial: Vec<String> = (0..n).map(initial_for).collect();
         for (i, b) in brokers.iter_mut().enumerate() {
+            for arg in &mut b.extra_args {
+                *arg = arg.replace("{node}", &(i + 1).to_string());
+            }
             b.extra_args.extend([
                 "--node-id".to_owned(),
                 (i + 1).to_string(),

@@ -141,5 +141,57 @@ async fn the_configured_cache_plugin_serves_fetches() {
         1.0
     );
     assert!(metric_sum(&m, "tern_read_cache_hits_total{strategy=\"s3-fifo\"}") > 0.0);
-    assert!(broker.log().contains("loaded plugin"));
+    // The plugin directory (beside ternd) holds these strategies as files:
+    // a file wins over the built-in of the same name.
+    assert!(
+        broker.log().contains("libtern_cache_s3fifo"),
+        "{}",
+        broker.log()
+    );
+}
+
+/// The README's first command builds only `ternd` (`cargo run -p ternd`),
+/// not the plugin libraries: a lone `ternd` binary, in a directory with no
+/// plugin beside it and no plugin directory configured, must start with
+/// its default strategies (compiled in) and serve a produce and a fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_ternd_binary_starts_with_built_in_default_plugins() {
+    let dir = tempfile::tempdir().unwrap();
+    let lone = dir.path().join("bin");
+    std::fs::create_dir(&lone).unwrap();
+    let program = lone.join("ternd");
+    std::fs::copy(bin("ternd"), &program).unwrap();
+    let mut broker = Broker::configure(&dir.path().join("n1"), &[]);
+    broker.set_program(&program);
+    broker.spawn();
+    let log = broker.log();
+    for kind in ["lock", "balancer", "cache"] {
+        assert!(
+            log.lines().any(|l| l.contains("loaded plugin")
+                && l.contains(&format!("kind=\"{kind}\""))
+                && l.contains("path=built-in")),
+            "no built-in {kind} plugin in:\n{log}"
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let client = Client::connect(&broker.addr).await.unwrap();
+        Admin::new(client.clone())
+            .create_topic("lone", NewTopic::new(1))
+            .await
+            .unwrap();
+        let producer = Producer::new(client.clone(), ProducerConfig::default());
+        let at = producer
+            .send(ProducerRecord::new("lone", "first contact").with_key("k"))
+            .await
+            .unwrap();
+        let mut consumer = Consumer::new(client, ConsumerConfig::default());
+        consumer
+            .seek("lone", at.partition, Offset::At(at.offset))
+            .await
+            .unwrap();
+        let record = consumer.next_record().await.unwrap();
+        assert_eq!(record.value.as_deref(), Some(&b"first contact"[..]));
+    })
+    .await
+    .expect("bounded");
 }

@@ -55,7 +55,8 @@ async fn wait_for_signal() {
     }
 }
 
-/// `ternd plugins list`: every plugin file in the directory, or why it is refused.
+/// `ternd plugins list`: every plugin file in the directory (or why it is
+/// refused), then the built-in strategies (used for names no file provides).
 fn list_plugins(dir: &std::path::Path) -> anyhow::Result<()> {
     println!("plugin directory: {}", dir.display());
     println!(
@@ -78,6 +79,20 @@ fn list_plugins(dir: &std::path::Path) -> anyhow::Result<()> {
                 println!("{:<10} {e}", "REFUSED");
             }
         }
+    }
+    for entry in tern_strategies::BUILTINS {
+        let i = tern_plugin_host::Plugin::builtin(entry)
+            .context("inspect a built-in strategy")?
+            .info()
+            .clone();
+        println!(
+            "{:<10} {:<14} {:<8} {:<4} {}",
+            i.kind.name(),
+            i.name,
+            i.version,
+            i.abi_version,
+            i.path.display()
+        );
     }
     if refused > 0 {
         println!("{refused} file(s) refused");

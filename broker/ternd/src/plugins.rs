@@ -1,5 +1,12 @@
 //! Loading the configured strategy plugins at startup. The broker starts
 //! with all three loaded and self-checked, or not at all.
+//!
+//! A plugin is named in config by path or by name. A name is looked up in
+//! the plugin directory first, then among the strategies compiled into
+//! `ternd` (`tern_strategies::BUILTINS`, the same code the bundled `.so`
+//! files wrap, checked through the same descriptor). So a lone `ternd`
+//! binary starts with its defaults, and dropping a library into the plugin
+//! directory still replaces or adds a strategy at the next restart.
 
 use std::path::{Path, PathBuf};
 
@@ -27,8 +34,10 @@ pub struct Plugins {
 }
 
 /// Where plugins are looked up when none is given: the directory of the
-/// `ternd` executable (where cargo puts the bundled plugins), then
-/// `/usr/lib/tern/plugins` (where the container image installs them).
+/// `ternd` executable if it holds plugins (where `cargo build --workspace`
+/// puts the bundled ones), else `/usr/lib/tern/plugins` (where the container
+/// image installs them). A missing directory is no error: names not found
+/// there resolve to the built-in strategies.
 pub fn default_plugin_dir() -> PathBuf {
     let beside_exe = std::env::current_exe()
         .ok()
@@ -57,9 +66,9 @@ pub fn load(
     cache: &str,
     metrics: &Metrics,
 ) -> Result<Plugins, PluginError> {
-    let lock = Plugin::resolve(lock, PluginKind::Lock, dir)?;
-    let balancer = Plugin::resolve(balancer, PluginKind::Balancer, dir)?;
-    let cache = Plugin::resolve(cache, PluginKind::Cache, dir)?;
+    let lock = Plugin::resolve_with_builtins(lock, PluginKind::Lock, dir, &tern_strategies::BUILTINS)?;
+    let balancer = Plugin::resolve_with_builtins(balancer, PluginKind::Balancer, dir, &tern_strategies::BUILTINS)?;
+    let cache = Plugin::resolve_with_builtins(cache, PluginKind::Cache, dir, &tern_strategies::BUILTINS)?;
     for p in [&lock, &balancer, &cache] {
         let i = p.info();
         info!(kind = i.kind.name(), name = %i.name, version = %i.version, abi = i.abi_version,

@@ -345,13 +345,15 @@ pub unsafe fn write_out<T: Copy>(items: &[T], out: *mut T, cap: usize, out_len: 
     STATUS_OK
 }
 
-/// Exports the entry symbol and descriptor. Internal to the kind macros.
+/// Defines the plugin's descriptor and its (mangled) entry function
+/// `entry`. Internal to the kind macros.
 #[doc(hidden)]
 #[macro_export]
-macro_rules! __export_descriptor {
+macro_rules! __define_descriptor {
     ($kind:expr, $name:expr, $self_check:path, $vt_ty:ty, $vtable:expr) => {
-        #[no_mangle]
-        pub extern "C" fn tern_plugin_entry() -> *const $crate::PluginDescriptor {
+        /// The plugin's entry: returns its static descriptor. Not exported
+        /// under [`ENTRY_SYMBOL`] by itself, so one binary may hold many.
+        pub extern "C" fn entry() -> *const $crate::PluginDescriptor {
             extern "C" fn self_check() -> i32 {
                 $crate::guard(|| {
                     if $self_check() {
@@ -380,12 +382,35 @@ macro_rules! __export_descriptor {
     };
 }
 
-/// Exports a [`CacheStrategy`] as a cache plugin named `$name`.
+/// Exports `$entry` (a plugin's entry function, as defined by
+/// [`define_cache_plugin!`], [`define_balancer_plugin!`] or
+/// [`define_lock_plugin!`]) under [`ENTRY_SYMBOL`]. A shared library holds
+/// exactly one: invoke it once per `cdylib` crate.
+///
+/// ```ignore
+/// tern_plugin_abi::export_plugin_entry!(my_strategies::lru::plugin_entry);
+/// ```
+#[macro_export]
+macro_rules! export_plugin_entry {
+    ($entry:path) => {
+        #[no_mangle]
+        pub extern "C" fn tern_plugin_entry() -> *const $crate::PluginDescriptor {
+            $entry()
+        }
+    };
+}
+
+/// Defines a [`CacheStrategy`] as a cache plugin named `$name`: its descriptor
+/// and `plugin_entry`, an [`EntryFn`]-compatible function in the calling
+/// module. Exports no symbol, so a binary may link many plugins (`ternd`
+/// compiles its default strategies in this way); a shared library then
+/// exports one with [`export_plugin_entry!`], or use [`export_cache_plugin!`].
 /// `$self_check` is a `fn() -> bool` run by the host at load.
 #[macro_export]
-macro_rules! export_cache_plugin {
+macro_rules! define_cache_plugin {
     ($ty:ty, $name:expr, $self_check:ident) => {
-        mod __tern_cache_plugin {
+        #[doc(hidden)]
+        pub mod __tern_cache_plugin {
             use super::*;
             use ::std::ffi::c_void;
             use $crate::CacheStrategy as _;
@@ -452,7 +477,7 @@ macro_rules! export_cache_plugin {
                     $crate::STATUS_OK
                 })
             }
-            $crate::__export_descriptor!(
+            $crate::__define_descriptor!(
                 $crate::PluginKind::Cache,
                 $name,
                 super::$self_check,
@@ -466,14 +491,22 @@ macro_rules! export_cache_plugin {
                 }
             );
         }
+        /// This plugin's entry function (see `tern_plugin_abi::EntryFn`).
+        pub use self::__tern_cache_plugin::entry as plugin_entry;
     };
 }
 
-/// Exports a [`BalancerStrategy`] as a balancer plugin named `$name`.
+/// Defines a [`BalancerStrategy`] as a balancer plugin named `$name`: its descriptor
+/// and `plugin_entry`, an [`EntryFn`]-compatible function in the calling
+/// module. Exports no symbol, so a binary may link many plugins (`ternd`
+/// compiles its default strategies in this way); a shared library then
+/// exports one with [`export_plugin_entry!`], or use [`export_balancer_plugin!`].
+/// `$self_check` is a `fn() -> bool` run by the host at load.
 #[macro_export]
-macro_rules! export_balancer_plugin {
+macro_rules! define_balancer_plugin {
     ($ty:ty, $name:expr, $self_check:ident) => {
-        mod __tern_balancer_plugin {
+        #[doc(hidden)]
+        pub mod __tern_balancer_plugin {
             use super::*;
             use $crate::BalancerStrategy as _;
             extern "C" fn assign(
@@ -507,7 +540,7 @@ macro_rules! export_balancer_plugin {
                     unsafe { $crate::write_out(&owners, out, partition_count, &mut n) }
                 })
             }
-            $crate::__export_descriptor!(
+            $crate::__define_descriptor!(
                 $crate::PluginKind::Balancer,
                 $name,
                 super::$self_check,
@@ -515,14 +548,22 @@ macro_rules! export_balancer_plugin {
                 $crate::BalancerVTable { assign }
             );
         }
+        /// This plugin's entry function (see `tern_plugin_abi::EntryFn`).
+        pub use self::__tern_balancer_plugin::entry as plugin_entry;
     };
 }
 
-/// Exports a [`LockStrategy`] as a lock plugin named `$name`.
+/// Defines a [`LockStrategy`] as a lock plugin named `$name`: its descriptor
+/// and `plugin_entry`, an [`EntryFn`]-compatible function in the calling
+/// module. Exports no symbol, so a binary may link many plugins (`ternd`
+/// compiles its default strategies in this way); a shared library then
+/// exports one with [`export_plugin_entry!`], or use [`export_lock_plugin!`].
+/// `$self_check` is a `fn() -> bool` run by the host at load.
 #[macro_export]
-macro_rules! export_lock_plugin {
+macro_rules! define_lock_plugin {
     ($ty:ty, $name:expr, $self_check:ident) => {
-        mod __tern_lock_plugin {
+        #[doc(hidden)]
+        pub mod __tern_lock_plugin {
             use super::*;
             use ::std::ffi::c_void;
             use $crate::{Grant, LockStrategy as _};
@@ -619,7 +660,7 @@ macro_rules! export_lock_plugin {
                     unsafe { $crate::write_out(&h, out, cap, out_len) }
                 })
             }
-            $crate::__export_descriptor!(
+            $crate::__define_descriptor!(
                 $crate::PluginKind::Lock,
                 $name,
                 super::$self_check,
@@ -634,5 +675,40 @@ macro_rules! export_lock_plugin {
                 }
             );
         }
+        /// This plugin's entry function (see `tern_plugin_abi::EntryFn`).
+        pub use self::__tern_lock_plugin::entry as plugin_entry;
+    };
+}
+
+/// Defines a [`CacheStrategy`] as a cache plugin named `$name` and exports it
+/// under [`ENTRY_SYMBOL`]: the one-plugin-per-library shorthand for
+/// [`define_cache_plugin!`] + [`export_plugin_entry!`].
+#[macro_export]
+macro_rules! export_cache_plugin {
+    ($ty:ty, $name:expr, $self_check:ident) => {
+        $crate::define_cache_plugin!($ty, $name, $self_check);
+        $crate::export_plugin_entry!(plugin_entry);
+    };
+}
+
+/// Defines a [`BalancerStrategy`] as a balancer plugin named `$name` and exports it
+/// under [`ENTRY_SYMBOL`]: the one-plugin-per-library shorthand for
+/// [`define_balancer_plugin!`] + [`export_plugin_entry!`].
+#[macro_export]
+macro_rules! export_balancer_plugin {
+    ($ty:ty, $name:expr, $self_check:ident) => {
+        $crate::define_balancer_plugin!($ty, $name, $self_check);
+        $crate::export_plugin_entry!(plugin_entry);
+    };
+}
+
+/// Defines a [`LockStrategy`] as a lock plugin named `$name` and exports it
+/// under [`ENTRY_SYMBOL`]: the one-plugin-per-library shorthand for
+/// [`define_lock_plugin!`] + [`export_plugin_entry!`].
+#[macro_export]
+macro_rules! export_lock_plugin {
+    ($ty:ty, $name:expr, $self_check:ident) => {
+        $crate::define_lock_plugin!($ty, $name, $self_check);
+        $crate::export_plugin_entry!(plugin_entry);
     };
 }

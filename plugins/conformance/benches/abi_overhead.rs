@@ -43,9 +43,9 @@ fn through_abi(c: &mut Criterion, name: &str) {
 }
 
 fn benches(c: &mut Criterion) {
-    direct::<tern_cache_lru::Lru>(c, "lru");
+    direct::<tern_strategies::cache_lru::Lru>(c, "lru");
     through_abi(c, "lru");
-    direct::<tern_cache_s3fifo::S3Fifo>(c, "s3-fifo");
+    direct::<tern_strategies::cache_s3fifo::S3Fifo>(c, "s3-fifo");
     through_abi(c, "s3-fifo");
 }
 

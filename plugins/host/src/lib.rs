@@ -97,7 +97,7 @@ pub enum PluginError {
         status: i32,
     },
     /// No plugin of that kind and name in the directory.
-    #[error("no {kind} plugin named {name:?} in {dir}")]
+    #[error("no {kind} plugin named {name:?} in {dir} (built in: {builtin})")]
     NotFound {
         /// Kind wanted.
         kind: String,
@@ -105,6 +105,8 @@ pub enum PluginError {
         name: String,
         /// Directory searched.
         dir: PathBuf,
+        /// The built-in strategies of that kind, comma-separated.
+        builtin: String,
     },
     /// A call into the plugin panicked.
     #[error("plugin {name}: {call} panicked")]
@@ -126,10 +128,13 @@ pub enum PluginError {
     },
 }
 
+/// The `path` of a built-in plugin's [`PluginInfo`] (it has no file).
+pub const BUILTIN_PATH: &str = "built-in";
+
 /// What a plugin says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginInfo {
-    /// The file.
+    /// The file, or [`BUILTIN_PATH`] for a plugin compiled into the host.
     pub path: PathBuf,
     /// Its kind.
     pub kind: PluginKind,
@@ -148,7 +153,8 @@ pub struct PluginInfo {
 /// A loaded, checked plugin. The library stays loaded while any clone lives.
 #[derive(Clone)]
 pub struct Plugin {
-    _library: Arc<libloading::Library>,
+    /// `None` for a built-in: its code is part of the host binary.
+    _library: Option<Arc<libloading::Library>>,
     descriptor: &'static abi::PluginDescriptor,
     info: PluginInfo,
 }
@@ -187,6 +193,23 @@ impl Plugin {
                     reason: e.to_string(),
                 })?
         };
+        Self::from_entry(entry, path, Some(library))
+    }
+
+    /// A plugin compiled into the host, given its entry function: the same
+    /// descriptor checks as for a file, without a library to load.
+    pub fn builtin(entry: abi::EntryFn) -> Result<Plugin, PluginError> {
+        Self::from_entry(entry, Path::new(BUILTIN_PATH), None)
+    }
+
+    /// Checks the descriptor `entry` returns (everything but the kind and
+    /// the self-check, which [`Plugin::load`] adds).
+    fn from_entry(
+        entry: abi::EntryFn,
+        path: &Path,
+        library: Option<libloading::Library>,
+    ) -> Result<Plugin, PluginError> {
+        let path_buf = path.to_path_buf();
         // SAFETY: the entry function takes nothing and returns a pointer.
         let ptr = unsafe { entry() };
         if ptr.is_null() {
@@ -206,7 +229,8 @@ impl Plugin {
             });
         }
         // SAFETY: same ABI version: the whole descriptor has our layout and,
-        // being static in a library we keep loaded, lives as long as `library`.
+        // being static in a library we keep loaded (or in the host itself),
+        // lives as long as `library`.
         let descriptor: &'static abi::PluginDescriptor = unsafe { &*ptr };
         let kind = PluginKind::from_u32(raw_kind).ok_or_else(|| PluginError::KindMismatch {
             path: path_buf.clone(),
@@ -245,7 +269,7 @@ impl Plugin {
             });
         }
         Ok(Plugin {
-            _library: Arc::new(library),
+            _library: library.map(Arc::new),
             descriptor,
             info,
         })
@@ -253,28 +277,45 @@ impl Plugin {
 
     /// Loads the plugin at `path`, requires `kind`, and runs its self-check.
     pub fn load(path: &Path, kind: PluginKind) -> Result<Plugin, PluginError> {
-        let plugin = Self::inspect(path)?;
-        if plugin.info.kind != kind {
+        Self::inspect(path)?.checked(kind)
+    }
+
+    /// Requires `kind` and runs the plugin's self-check.
+    fn checked(self, kind: PluginKind) -> Result<Plugin, PluginError> {
+        if self.info.kind != kind {
             return Err(PluginError::KindMismatch {
-                path: path.to_path_buf(),
-                found: plugin.info.kind.name().into(),
+                path: self.info.path.clone(),
+                found: self.info.kind.name().into(),
                 expected: kind.name().into(),
             });
         }
-        let status = (plugin.descriptor.self_check)();
+        let status = (self.descriptor.self_check)();
         if status != abi::STATUS_OK {
             return Err(PluginError::SelfCheckFailed {
-                path: path.to_path_buf(),
-                name: plugin.info.name.clone(),
+                path: self.info.path.clone(),
+                name: self.info.name.clone(),
                 status,
             });
         }
-        Ok(plugin)
+        Ok(self)
     }
 
     /// Resolves `spec` — a path (contains `/` or ends in the library suffix)
     /// or a plugin name looked up in `dir` — and loads it as `kind`.
     pub fn resolve(spec: &str, kind: PluginKind, dir: &Path) -> Result<Plugin, PluginError> {
+        Self::resolve_with_builtins(spec, kind, dir, &[])
+    }
+
+    /// Like [`Plugin::resolve`], and a name found in no file of `dir` is
+    /// looked up among `builtins` (entry functions compiled into the host).
+    /// A file in `dir` wins over a built-in of the same name, so an operator
+    /// can replace a default strategy by dropping a library in the directory.
+    pub fn resolve_with_builtins(
+        spec: &str,
+        kind: PluginKind,
+        dir: &Path,
+        builtins: &[abi::EntryFn],
+    ) -> Result<Plugin, PluginError> {
         if spec.contains('/') || spec.ends_with(std::env::consts::DLL_SUFFIX) {
             return Self::load(Path::new(spec), kind);
         }
@@ -283,10 +324,25 @@ impl Plugin {
                 return Self::load(&found.path, kind);
             }
         }
+        let mut builtin_names = Vec::new();
+        for &entry in builtins {
+            let plugin = Self::builtin(entry)?;
+            if plugin.info.kind == kind {
+                if plugin.info.name == spec {
+                    return plugin.checked(kind);
+                }
+                builtin_names.push(plugin.info.name.clone());
+            }
+        }
         Err(PluginError::NotFound {
             kind: kind.name().into(),
             name: spec.into(),
             dir: dir.to_path_buf(),
+            builtin: if builtin_names.is_empty() {
+                "none".into()
+            } else {
+                builtin_names.join(", ")
+            },
         })
     }
 
