@@ -18,10 +18,12 @@ use crate::error::ClientError;
 /// Connection settings.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Longest wait to open a TCP connection.
+    /// Longest wait to open a TCP connection (and complete TLS).
     pub connect_timeout: Duration,
     /// Longest wait for any answer (fetch adds its long-poll time).
     pub request_timeout: Duration,
+    /// TLS to every broker, when set (brokers started with `--tls-*`).
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -29,8 +31,29 @@ impl Default for ClientConfig {
         ClientConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
+}
+
+/// The connector built from [`ClientTls`] (rustls's has no `Debug`).
+struct Tls(tern_tls::TlsConnector);
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsConnector")
+    }
+}
+
+/// TLS settings of a client: the CA that signed the brokers' certificates
+/// and, for mutual TLS, a client certificate whose common name is the
+/// principal the brokers see (`tern cert issue --client NAME`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// PEM file of the cluster CA.
+    pub ca: std::path::PathBuf,
+    /// PEM client certificate and its key, for mutual TLS.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// A handle on a Tern cluster. Cheap to clone; clones share connections.
@@ -51,6 +74,8 @@ pub struct Client {
 struct Inner {
     seeds: Vec<String>,
     config: ClientConfig,
+    /// Built once from `config.tls`.
+    tls: Option<Tls>,
     connections: tokio::sync::Mutex<HashMap<String, Connection>>,
     brokers: RwLock<HashMap<u32, String>>,
     topics: RwLock<HashMap<String, TopicInfo>>,
@@ -76,9 +101,21 @@ impl Client {
         if seeds.is_empty() {
             return Err(ClientError::InvalidArgument("no seed broker given".into()));
         }
+        let tls = match &config.tls {
+            None => None,
+            Some(t) => Some(
+                tern_tls::client_connector(
+                    &t.ca,
+                    t.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+                )
+                .map(Tls)
+                .map_err(|e| ClientError::InvalidArgument(format!("TLS settings: {e}")))?,
+            ),
+        };
         let client = Client {
             inner: Arc::new(Inner {
                 seeds,
+                tls,
                 config,
                 connections: tokio::sync::Mutex::new(HashMap::new()),
                 brokers: RwLock::new(HashMap::new()),
@@ -104,10 +141,11 @@ impl Client {
                 return Ok(c.clone());
             }
         }
-        let c = Connection::connect(
+        let c = Connection::connect_tls(
             addr,
             self.inner.config.connect_timeout,
             self.inner.config.request_timeout,
+            self.inner.tls.as_ref().map(|t| &t.0),
         )
         .await?;
         conns.insert(addr.to_owned(), c.clone());

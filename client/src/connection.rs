@@ -17,6 +17,18 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::error::ClientError;
 
+/// A connection's byte stream: plain TCP or TLS over it.
+trait ByteStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ByteStream for T {}
+
+/// The name a broker's certificate must carry for `addr` (`host:port`): an
+/// IP address or a DNS name.
+fn server_name(addr: &str) -> Option<tern_tls::ServerName<'static>> {
+    let (host, _port) = addr.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    tern_tls::ServerName::try_from(host.to_owned()).ok()
+}
+
 /// Requests queued for the socket before callers wait.
 const WRITE_QUEUE_DEPTH: usize = 1024;
 
@@ -46,18 +58,41 @@ impl Connection {
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<Connection, ClientError> {
-        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+        Self::connect_tls(addr, connect_timeout, request_timeout, None).await
+    }
+
+    /// Like [`Connection::connect`], over TLS when `tls` is given (the
+    /// broker's certificate must name the host of `addr` and chain to the
+    /// configured CA). The TLS handshake counts towards `connect_timeout`.
+    pub async fn connect_tls(
+        addr: &str,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+        tls: Option<&tern_tls::TlsConnector>,
+    ) -> Result<Connection, ClientError> {
+        let failed = |message: String| ClientError::Connect {
+            addr: addr.to_owned(),
+            message,
+        };
+        let open = async {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            let _ = stream.set_nodelay(true);
+            let Some(tls) = tls else {
+                return Ok(Box::new(stream) as Box<dyn ByteStream>);
+            };
+            let name = server_name(addr).ok_or_else(|| failed("no host name in address".into()))?;
+            let stream = tls
+                .connect(name, stream)
+                .await
+                .map_err(|e| failed(format!("TLS handshake: {e}")))?;
+            Ok(Box::new(stream) as Box<dyn ByteStream>)
+        };
+        let stream = tokio::time::timeout(connect_timeout, open)
             .await
-            .map_err(|_| ClientError::Connect {
-                addr: addr.to_owned(),
-                message: format!("timed out after {connect_timeout:?}"),
-            })?
-            .map_err(|e| ClientError::Connect {
-                addr: addr.to_owned(),
-                message: e.to_string(),
-            })?;
-        let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
+            .map_err(|_| failed(format!("timed out after {connect_timeout:?}")))??;
+        let (r, w) = tokio::io::split(stream);
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let closed = Arc::new(AtomicBool::new(false));
         let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_DEPTH);

@@ -19,7 +19,7 @@ mod lock;
 mod producer;
 
 pub use admin::{Admin, NewTopic, ReplicaDigest};
-pub use client::{Client, ClientConfig};
+pub use client::{Client, ClientConfig, ClientTls};
 pub use connection::Connection;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Offset, OffsetReset};
 pub use error::ClientError;

@@ -111,6 +111,8 @@ pub struct ClusterConfig {
     /// The coordination plugins this broker runs (lock and balancer): they decide replicated
     /// state, so a broker is only added to a cluster running the same one.
     pub coord_plugins: String,
+    /// Mutual TLS under the cluster CA on every peer connection, when set.
+    pub tls: Option<Arc<tern_tls::TlsContext>>,
 }
 
 /// A change of the cluster's brokers (the metadata group's voters).
@@ -263,6 +265,7 @@ impl RaftNode {
                 .iter()
                 .map(|(k, v)| (*k, v.clone()))
                 .collect::<HashMap<_, _>>(),
+            cluster.tls.clone(),
         );
         transport.observe_rtt(hooks.on_peer_rtt.clone());
         let meta_config = raft_config(&cluster, SnapshotPolicy::LogsSinceLast(1_000))?;

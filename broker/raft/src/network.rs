@@ -8,6 +8,14 @@
 //! and logged. Requests are pipelined: each carries a correlation id and is
 //! served in its own task, so a slow group never blocks another.
 //!
+//! With TLS configured (`tern_tls::TlsContext`), every peer connection is
+//! mutual TLS under the cluster CA: the dialling side verifies that the
+//! server's certificate proves the node id it meant to reach
+//! (`tern-node-<id>`), and the accepting side requires a client certificate
+//! and accepts the hello only if the node id the certificate proves is the
+//! hello's sender. A process without a broker certificate of this cluster's
+//! CA cannot speak to the peer port at all.
+//!
 //! **Invariant:** nothing a peer sends can panic this node; every decode
 //! failure is an error answer or a closed connection.
 
@@ -28,6 +36,7 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
@@ -40,6 +49,13 @@ use crate::types::{Command, NodeId, Raft, TernRaft};
 pub const PEER_PROTOCOL_VERSION: u16 = 1;
 /// Largest peer frame (an AppendEntries of many batches).
 pub const PEER_FRAME_BYTES_MAX: usize = 64 << 20;
+/// Longest a peer may take to complete the TLS handshake and send its hello.
+pub const PEER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A peer connection's byte stream: plain TCP or TLS over it.
+trait PeerIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> PeerIo for T {}
+type PeerStream = Box<dyn PeerIo>;
 
 const KIND_HELLO: u8 = 1;
 const KIND_APPEND: u8 = 2;
@@ -115,6 +131,8 @@ struct Link {
 pub struct Transport {
     node_id: NodeId,
     cluster: String,
+    /// Mutual TLS on every peer connection when set.
+    tls: Option<Arc<tern_tls::TlsContext>>,
     addrs: RwLock<HashMap<NodeId, String>>,
     links: tokio::sync::Mutex<HashMap<NodeId, Arc<Link>>>,
     next_id: AtomicU64,
@@ -127,11 +145,18 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// A transport for `node_id` in `cluster`, knowing `addrs` of peers.
-    pub fn new(node_id: NodeId, cluster: String, addrs: HashMap<NodeId, String>) -> Arc<Self> {
+    /// A transport for `node_id` in `cluster`, knowing `addrs` of peers;
+    /// with `tls`, every connection is mutual TLS under the cluster CA.
+    pub fn new(
+        node_id: NodeId,
+        cluster: String,
+        addrs: HashMap<NodeId, String>,
+        tls: Option<Arc<tern_tls::TlsContext>>,
+    ) -> Arc<Self> {
         Arc::new(Transport {
             node_id,
             cluster,
+            tls,
             addrs: RwLock::new(addrs),
             links: tokio::sync::Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -223,6 +248,19 @@ impl Transport {
             .map_err(|_| io("connect timed out".into()))?
             .map_err(|e| io(e.to_string()))?;
         let _ = stream.set_nodelay(true);
+        let stream: PeerStream = match &self.tls {
+            None => Box::new(stream),
+            Some(tls) => Box::new(
+                tokio::time::timeout(
+                    PEER_HANDSHAKE_TIMEOUT,
+                    tls.peer_connector()
+                        .connect(tern_tls::node_server_name(node), stream),
+                )
+                .await
+                .map_err(|_| io("TLS handshake timed out".into()))?
+                .map_err(|e| io(format!("TLS handshake: {e}")))?,
+            ),
+        };
         let mut framed = Framed::new(stream, codec());
         let mut hello = BytesMut::new();
         hello.put_u8(KIND_HELLO);
@@ -355,12 +393,54 @@ impl Transport {
         }
     }
 
+    /// The peer's stream after the TLS handshake (if TLS is on) and the
+    /// node id its certificate proves; `None` when refused (logged).
+    async fn accept_tls(&self, stream: TcpStream) -> Option<(PeerStream, Option<NodeId>)> {
+        let Some(tls) = &self.tls else {
+            return Some((Box::new(stream), None));
+        };
+        let accepted = tokio::time::timeout(
+            PEER_HANDSHAKE_TIMEOUT,
+            tls.peer_acceptor().accept(stream),
+        )
+        .await;
+        let stream = match accepted {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                warn!(error = %e, "refused peer: TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                warn!("refused peer: TLS handshake timed out");
+                return None;
+            }
+        };
+        let proven = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(tern_tls::node_id_of);
+        let Some(proven) = proven else {
+            warn!("refused peer: its certificate proves no node id (not a broker certificate)");
+            return None;
+        };
+        Some((Box::new(stream), Some(proven)))
+    }
+
     async fn serve_connection(self: Arc<Self>, stream: TcpStream, shutdown: CancellationToken) {
+        let handshake = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = self.accept_tls(stream) => a,
+        };
+        let Some((stream, proven)) = handshake else {
+            return;
+        };
         let (mut sink, mut frames) = Framed::new(stream, codec()).split();
         // Hello first.
         let hello = tokio::select! {
             _ = shutdown.cancelled() => return,
-            h = tokio::time::timeout(Duration::from_secs(5), frames.next()) => h,
+            h = tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, frames.next()) => h,
         };
         let Ok(Some(Ok(mut hello))) = hello else {
             return;
@@ -387,7 +467,15 @@ impl Transport {
             );
             return;
         }
-        info!(peer = from, "peer connected");
+        if proven.is_some_and(|id| id != from) {
+            warn!(
+                peer = from,
+                certificate_node_id = proven,
+                "refused peer: the hello's sender is not the node its certificate proves"
+            );
+            return;
+        }
+        info!(peer = from, tls = proven.is_some(), "peer connected");
         let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
         let writer = tokio::spawn(async move {
             while let Some(f) = rx.recv().await {

@@ -126,6 +126,34 @@ pub struct Flags {
     #[arg(long, env = "TERN_PLUGIN_DIR", global = true)]
     pub plugin_dir: Option<PathBuf>,
 
+    /// PEM certificate of this broker, issued under the cluster CA by
+    /// `tern cert issue --node-id N`. With --tls-key and --tls-ca it turns TLS
+    /// on for every listener: mutual TLS between brokers (a peer is accepted
+    /// only with a certificate proving its node id), TLS for clients (a client
+    /// certificate is optional and names the principal) and for /metrics.
+    /// The files are reloaded on SIGHUP and when they change.
+    #[arg(long, env = "TERN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TERN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM certificate of the cluster CA (`tern cert create-ca`): peers and
+    /// client certificates must chain to it.
+    #[arg(long, env = "TERN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Serve /metrics, /health and /ready over plain HTTP even when TLS is on.
+    #[arg(long, env = "TERN_METRICS_PLAINTEXT")]
+    pub metrics_plaintext: bool,
+
+    /// Allow the client or peer listener on a non-loopback address without
+    /// TLS. Anyone who reaches such a port can then act as a client or a
+    /// broker: use it only on a network you trust completely.
+    #[arg(long, env = "TERN_INSECURE")]
+    pub insecure: bool,
+
     /// Run a maintenance subcommand instead of the broker.
     #[command(subcommand)]
     pub command: Option<Subcommand>,
@@ -174,6 +202,17 @@ struct FileConfig {
     initial_cluster: Option<String>,
     cluster_name: Option<String>,
     election_timeout_ms: Option<u64>,
+    insecure: Option<bool>,
+}
+
+/// The `[tls]` table of the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    metrics_plaintext: Option<bool>,
 }
 
 /// The `[plugins]` table of the TOML file.
@@ -258,14 +297,20 @@ pub struct Config {
     pub balancer_plugin: String,
     /// Cache plugin name or path.
     pub cache_plugin: String,
+    /// TLS material; `None`: every listener is plain TCP.
+    pub tls: Option<tern_tls::TlsFiles>,
+    /// Whether the metrics port uses TLS (when `tls` is set).
+    pub metrics_tls: bool,
+    /// Non-loopback listeners without TLS were explicitly allowed.
+    pub insecure: bool,
 }
 
 impl Config {
     /// Resolves flags (already merged with the environment by clap) over the file.
     pub fn resolve(flags: Flags) -> Result<Config, ConfigError> {
-        let (file, plugins) = match &flags.config {
+        let (file, plugins, tls_file) = match &flags.config {
             Some(path) => load_file(path)?,
-            None => (FileConfig::default(), PluginsFile::default()),
+            None => Default::default(),
         };
         let listen = flags
             .listen
@@ -326,7 +371,45 @@ impl Config {
                 detail: "must be between 50 and 60000".into(),
             });
         }
+        let tls = match (
+            flags.tls_cert.or(tls_file.cert),
+            flags.tls_key.or(tls_file.key),
+            flags.tls_ca.or(tls_file.ca),
+        ) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(tern_tls::TlsFiles { cert, key, ca }),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "tls",
+                    detail: "the certificate, key and CA (--tls-cert, --tls-key, --tls-ca) go \
+                             together: give all three or none"
+                        .into(),
+                })
+            }
+        };
+        let insecure = flags.insecure || file.insecure.unwrap_or(false);
+        if tls.is_none() && !insecure {
+            for (what, addr) in [("client", listen), ("peer", peer_listen)] {
+                if !addr.ip().is_loopback() {
+                    return Err(ConfigError::Invalid {
+                        key: "insecure",
+                        detail: format!(
+                            "the {what} listener {addr} is not on loopback and TLS is off, so \
+                             anyone who reaches it could act as a {}: set --tls-cert, --tls-key \
+                             and --tls-ca (make them with `tern cert`), or --insecure on a \
+                             network you trust completely",
+                            if what == "client" { "client" } else { "broker" }
+                        ),
+                    });
+                }
+            }
+        }
+        let metrics_tls =
+            tls.is_some() && !(flags.metrics_plaintext || tls_file.metrics_plaintext == Some(true));
         Ok(Config {
+            tls,
+            metrics_tls,
+            insecure,
             data_dir: flags
                 .data_dir
                 .or(file.data_dir)
@@ -415,7 +498,7 @@ pub fn parse_initial_cluster(
     Ok(out)
 }
 
-fn load_file(path: &Path) -> Result<(FileConfig, PluginsFile), ConfigError> {
+fn load_file(path: &Path) -> Result<(FileConfig, PluginsFile, TlsFile), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -425,6 +508,7 @@ fn load_file(path: &Path) -> Result<(FileConfig, PluginsFile), ConfigError> {
     struct Root {
         broker: Option<FileConfig>,
         plugins: Option<PluginsFile>,
+        tls: Option<TlsFile>,
     }
     let root: Root = toml::from_str(&text).map_err(|source| ConfigError::Parse {
         path: path.to_path_buf(),
@@ -433,6 +517,7 @@ fn load_file(path: &Path) -> Result<(FileConfig, PluginsFile), ConfigError> {
     Ok((
         root.broker.unwrap_or_default(),
         root.plugins.unwrap_or_default(),
+        root.tls.unwrap_or_default(),
     ))
 }
 
@@ -462,6 +547,33 @@ mod tests {
         assert_eq!(cfg.cache_plugin, "s3-fifo");
         assert_eq!(cfg.lock_plugin, "read-write");
         assert_eq!(cfg.balancer_plugin, "sticky");
+    }
+
+    #[test]
+    fn a_non_loopback_listener_without_tls_is_refused_unless_insecure() {
+        let open = Flags {
+            listen: Some("0.0.0.0:4650".parse().unwrap()),
+            ..Default::default()
+        };
+        let err = Config::resolve(open).unwrap_err().to_string();
+        assert!(err.contains("0.0.0.0:4650") && err.contains("--insecure"), "{err}");
+        let peer_open = Flags {
+            peer_listen: Some("0.0.0.0:4652".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(Config::resolve(peer_open).is_err());
+        let allowed = Flags {
+            listen: Some("0.0.0.0:4650".parse().unwrap()),
+            insecure: true,
+            ..Default::default()
+        };
+        assert!(Config::resolve(allowed).unwrap().insecure);
+        let half_tls = Flags {
+            tls_cert: Some("c.pem".into()),
+            ..Default::default()
+        };
+        let err = Config::resolve(half_tls).unwrap_err().to_string();
+        assert!(err.contains("go together"), "{err}");
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub enum StartError {
     /// Replication could not start.
     #[error("start replication: {0}")]
     Raft(#[from] tern_raft::RaftStartError),
+    /// The TLS certificate, key or CA is unusable.
+    #[error("load TLS material: {0}")]
+    Tls(#[from] tern_tls::TlsError),
     /// A listener could not bind.
     #[error("bind {what} listener on {addr}: {source}")]
     Bind {
@@ -118,6 +121,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             metrics.clone(),
         )?),
     };
+    // TLS before storage too: a bad certificate must not leave a half-started node.
+    let tls = match &config.tls {
+        Some(files) => Some(tern_tls::TlsContext::load(files.clone())?),
+        None => None,
+    };
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -172,6 +180,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         },
         join: config.join,
         coord_plugins: plugins.coordination_id(),
+        tls: tls.clone(),
     };
     let raft = tern_raft::RaftNode::start(
         cluster,
@@ -183,18 +192,28 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     )
     .await?;
     let broker = Broker::open(config.clone(), store, metrics, plugins, cache, raft).await;
-    let tasks = vec![
+    let metrics_tls = tls.clone().filter(|_| config.metrics_tls);
+    let mut tasks = vec![
         tokio::spawn(server::serve(
             broker.clone(),
             client_listener,
+            tls.clone(),
             shutdown.clone(),
         )),
-        tokio::spawn(http::serve(broker.clone(), http_listener, shutdown.clone())),
+        tokio::spawn(http::serve(
+            broker.clone(),
+            http_listener,
+            metrics_tls,
+            shutdown.clone(),
+        )),
         tokio::spawn(retention::run(broker.clone(), shutdown.clone())),
         tokio::spawn(disk::watch(broker.clone(), shutdown.clone())),
         tokio::spawn(broker.clone().follow_catalogue(shutdown.clone())),
         tokio::spawn(register(broker.clone(), shutdown.clone())),
     ];
+    if let Some(tls) = tls {
+        tasks.push(tokio::spawn(reload_tls(tls, shutdown.clone())));
+    }
     tokio::spawn(stop_when_removed(broker.clone(), shutdown.clone()));
     // Ends by itself when the group shuts down (not awaited by `stop`).
     tokio::spawn(broker::count_leader_changes(
@@ -303,6 +322,47 @@ async fn register(broker: Arc<Broker>, shutdown: CancellationToken) {
                 return;
             }
             Err(e) => tracing::debug!(error = %e, "registration pending"),
+        }
+    }
+}
+
+/// How often the TLS files are checked for changes.
+const TLS_RELOAD_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reloads the TLS material on SIGHUP and whenever a file changes, so
+/// certificates rotate without a restart: connections accepted or dialled
+/// afterwards use the new ones. A file that does not load (half-written,
+/// mismatched) is logged and the current material stays in use.
+async fn reload_tls(tls: Arc<tern_tls::TlsContext>, shutdown: CancellationToken) {
+    let mut hangup =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler; TLS reloads on file change only");
+                None
+            }
+        };
+    let mut tick = tokio::time::interval(TLS_RELOAD_CHECK_INTERVAL);
+    loop {
+        let forced = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => false,
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+        };
+        let reloaded = if forced {
+            tls.reload().map(|()| true)
+        } else {
+            tls.reload_if_changed()
+        };
+        match reloaded {
+            Ok(true) => tracing::info!(cert = %tls.files().cert.display(), "TLS material reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "TLS reload failed; keeping the current material"),
         }
     }
 }

@@ -33,8 +33,17 @@ pub const IN_FLIGHT_PER_CONNECTION_MAX: usize = 256;
 /// Most simultaneous client connections.
 pub const CONNECTIONS_MAX: usize = 10_000;
 
-/// Accepts connections until `shutdown` fires.
-pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: CancellationToken) {
+/// Longest a client may take to complete the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepts connections until `shutdown` fires; with `tls`, each is a TLS
+/// connection (a client certificate, if presented, names the principal).
+pub async fn serve(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    tls: Option<Arc<tern_tls::TlsContext>>,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     loop {
         let accepted = tokio::select! {
@@ -49,18 +58,32 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: Cancell
                 continue;
             }
         };
+        let _ = stream.set_nodelay(true);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             warn!(%peer, "refusing connection: {CONNECTIONS_MAX} connections open");
             continue;
         };
         let broker = broker.clone();
         let shutdown = shutdown.clone();
-        let span = tracing::info_span!("conn", node = broker.config().node_id, %peer);
+        let span = tracing::info_span!(
+            "conn",
+            node = broker.config().node_id,
+            %peer,
+            principal = tracing::field::Empty
+        );
+        let tls = tls.clone();
         tokio::spawn(
             async move {
                 let _slot = slot;
                 broker.metrics().connections.inc();
-                handle_connection(&broker, stream, peer, shutdown).await;
+                match tls {
+                    None => handle_connection(&broker, stream, peer, shutdown).await,
+                    Some(tls) => {
+                        if let Some(stream) = accept_tls(&tls, stream).await {
+                            handle_connection(&broker, stream, peer, shutdown).await;
+                        }
+                    }
+                }
                 broker.metrics().connections.dec();
             }
             .instrument(span),
@@ -69,14 +92,47 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: Cancell
     info!("listener stopped");
 }
 
-async fn handle_connection(
-    broker: &Arc<Broker>,
+/// The TLS handshake of a client connection (bounded in time); records the
+/// principal its certificate names, if any, on the connection's span.
+async fn accept_tls(
+    tls: &tern_tls::TlsContext,
     stream: TcpStream,
+) -> Option<tern_tls::server::TlsStream<TcpStream>> {
+    let stream =
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.client_acceptor().accept(stream))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                warn!(error = %e, "closing connection: TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                warn!("closing connection: TLS handshake timed out");
+                return None;
+            }
+        };
+    if let Some(principal) = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(tern_tls::principal_of)
+    {
+        tracing::Span::current().record("principal", principal.as_str());
+    }
+    Some(stream)
+}
+
+async fn handle_connection<S>(
+    broker: &Arc<Broker>,
+    stream: S,
     peer: SocketAddr,
     shutdown: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
-    let (read_half, write_half) = stream.into_split();
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (read_half, write_half) = tokio::io::split(stream);
     let mut frames = FramedRead::new(read_half, FrameCodec::default());
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(IN_FLIGHT_PER_CONNECTION_MAX);
     let metrics = broker.metrics().clone();

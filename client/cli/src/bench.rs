@@ -93,7 +93,7 @@ async fn ensure_topic(client: &Client, a: &BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn produce(broker: &str, a: BenchArgs) -> anyhow::Result<()> {
-    let client = Client::connect(broker).await?;
+    let client = crate::connect(broker).await?;
     ensure_topic(&client, &a).await?;
     let pb = Arc::new(bar(a.messages));
     let started = Instant::now();
@@ -123,7 +123,7 @@ async fn produce_share(
     n: u64,
     pb: &ProgressBar,
 ) -> anyhow::Result<Histogram<u64>> {
-    let client = Client::connect(broker).await?;
+    let client = crate::connect(broker).await?;
     let producer = Producer::new(
         client,
         ProducerConfig {
@@ -176,7 +176,7 @@ async fn produce_share(
 }
 
 async fn consume(broker: &str, a: BenchArgs) -> anyhow::Result<()> {
-    let client = Client::connect(broker).await?;
+    let client = crate::connect(broker).await?;
     let mut consumer = Consumer::new(
         client,
         ConsumerConfig {

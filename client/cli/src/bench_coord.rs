@@ -75,7 +75,7 @@ async fn client_loop(target: Target, i: usize, ops: u64) -> anyhow::Result<Histo
     let name = format!("bench-{i}");
     match target {
         Target::Tern(broker) => {
-            let locks = LockClient::new(Client::connect(&broker).await?);
+            let locks = LockClient::new(crate::connect(&broker).await?);
             let options = LockOptions {
                 lease: Duration::from_secs(10),
                 wait: Some(Duration::from_secs(10)),
@@ -274,7 +274,7 @@ async fn settled(generations: &Generations, members: usize, after: u64) -> u64 {
 }
 
 pub(crate) async fn rebalance(broker: &str, a: RebalanceBenchArgs) -> anyhow::Result<()> {
-    let client = Client::connect(broker).await?;
+    let client = crate::connect(broker).await?;
     let admin = Admin::new(client.clone());
     if client.topic(&a.topic).await.is_err() {
         admin

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_coord;
+mod cert;
 mod cluster;
 mod consume;
 mod group;
@@ -28,8 +29,48 @@ struct Cli {
         default_value = "127.0.0.1:4650"
     )]
     broker: String,
+    /// PEM file of the cluster CA: connect over TLS, trusting brokers whose
+    /// certificates it signed.
+    #[arg(long, global = true, env = "TERN_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate (`tern cert issue --client NAME`) for mutual
+    /// TLS; its name is the principal the brokers see. Needs --tls-key.
+    #[arg(long, global = true, env = "TERN_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM key of --tls-cert.
+    #[arg(long, global = true, env = "TERN_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The client settings of the global flags, set once at start.
+static CLIENT_CONFIG: std::sync::OnceLock<tern_client::ClientConfig> = std::sync::OnceLock::new();
+
+/// Connects to `brokers` with the settings of the global flags (TLS...).
+pub(crate) async fn connect(brokers: &str) -> anyhow::Result<Client> {
+    let config = CLIENT_CONFIG.get().cloned().unwrap_or_default();
+    Client::connect_with(brokers, config)
+        .await
+        .with_context(|| format!("connect to {brokers}"))
+}
+
+impl Cli {
+    /// Client settings from the global flags.
+    fn client_config(&self) -> anyhow::Result<tern_client::ClientConfig> {
+        let tls = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (None, None, None) => None,
+            (Some(ca), cert, key) => Some(tern_client::ClientTls {
+                ca: ca.clone(),
+                identity: cert.clone().zip(key.clone()),
+            }),
+            (None, _, _) => anyhow::bail!("--tls-cert needs --tls-ca (the CA to trust)"),
+        };
+        Ok(tern_client::ClientConfig {
+            tls,
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -53,6 +94,9 @@ enum Command {
     /// Load generator: throughput and latency percentiles.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Certificates for TLS: a cluster CA, broker and client certificates.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -69,11 +113,8 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         .build()
         .context("start the async runtime")?;
     runtime.block_on(async move {
-        let connect = || async {
-            Client::connect(&cli.broker)
-                .await
-                .with_context(|| format!("connect to {}", cli.broker))
-        };
+        let _ = CLIENT_CONFIG.set(cli.client_config()?);
+        let connect = || connect(&cli.broker);
         let ok = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
         match cli.command {
             Command::Topic(c) => ok(topic::run(connect().await?, c).await),
@@ -83,6 +124,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             Command::Lock(c) => lock::run(connect().await?, c).await,
             Command::Group(c) => ok(group::run(connect().await?, c).await),
             Command::Bench(b) => ok(bench::run(&cli.broker, b).await),
+            Command::Cert(c) => ok(cert::run(c)),
         }
     })
 }

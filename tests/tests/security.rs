@@ -1,0 +1,423 @@
+//! The trust boundary as an attacker and an operator meet it: TLS on the
+//! client, peer and metrics ports; brokers that accept only peers whose
+//! certificate (under the cluster CA) proves the node id they claim; a
+//! broker that will not listen off loopback unprotected; certificates that
+//! rotate without a restart.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, BytesMut};
+use tern_client::{
+    Admin, Client, ClientConfig, ClientTls, Consumer, ConsumerConfig, NewTopic, Offset, Producer,
+    ProducerConfig, ProducerRecord,
+};
+use tern_tests::{bounded, run_ternd, Broker, Cluster};
+use tern_tls::generate::{self, CertifiedPem};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A directory of PEM files: `ca.pem`, `node-N.pem`, `NAME.pem`, each with
+/// its `-key.pem`.
+struct Certs {
+    dir: PathBuf,
+    ca: CertifiedPem,
+}
+
+impl Certs {
+    fn new(dir: &Path) -> Certs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ca = generate::create_ca("test CA", 1).unwrap();
+        let certs = Certs {
+            dir: dir.to_path_buf(),
+            ca,
+        };
+        certs.write("ca", &certs.ca.clone());
+        certs
+    }
+
+    fn write(&self, stem: &str, pem: &CertifiedPem) {
+        std::fs::write(self.dir.join(format!("{stem}.pem")), &pem.cert).unwrap();
+        std::fs::write(self.dir.join(format!("{stem}-key.pem")), &pem.key).unwrap();
+    }
+
+    fn node(&self, id: u64) -> CertifiedPem {
+        let pem = generate::issue_node(&self.ca, id, &["127.0.0.1".into()], 1).unwrap();
+        self.write(&format!("node-{id}"), &pem);
+        pem
+    }
+
+    fn client(&self, name: &str) -> CertifiedPem {
+        let pem = generate::issue_client(&self.ca, name, 1).unwrap();
+        self.write(name, &pem);
+        pem
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    fn arg(&self, file: &str) -> String {
+        self.path(file).display().to_string()
+    }
+
+    /// Broker flags: TLS on every port but /metrics (the harness polls
+    /// `/ready` over plain HTTP).
+    fn broker_args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.arg("node-{node}.pem"),
+            "--tls-key".into(),
+            self.arg("node-{node}-key.pem"),
+            "--tls-ca".into(),
+            self.arg("ca.pem"),
+            "--metrics-plaintext".into(),
+        ]
+    }
+
+    fn client_config(&self, identity: Option<&str>) -> ClientConfig {
+        ClientConfig {
+            tls: Some(ClientTls {
+                ca: self.path("ca.pem"),
+                identity: identity
+                    .map(|n| (self.path(&format!("{n}.pem")), self.path(&format!("{n}-key.pem")))),
+            }),
+            ..tern_tests::fault_client_config()
+        }
+    }
+}
+
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+async fn round_trip(client: &Client, topic: &str, value: &str) {
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let at = producer
+        .send(ProducerRecord::new(topic, value.to_owned()).with_key("k"))
+        .await
+        .unwrap();
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+    consumer
+        .seek(topic, at.partition, Offset::At(at.offset))
+        .await
+        .unwrap();
+    let record = consumer.next_record().await.unwrap();
+    assert_eq!(record.value.as_deref(), Some(value.as_bytes()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_serves_tls_clients_and_nobody_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("certs"));
+    for id in 1..=3 {
+        certs.node(id);
+    }
+    certs.client("alice");
+    let cluster = Cluster::start(dir.path(), 3, &refs(&certs.broker_args()));
+    bounded(LIMIT, async {
+        // One-way TLS, then mutual TLS: both serve a replicated round trip.
+        let client = Client::connect_with(&cluster.seeds(), certs.client_config(None))
+            .await
+            .unwrap();
+        Admin::new(client.clone())
+            .create_topic("secure", NewTopic::new(3))
+            .await
+            .unwrap();
+        round_trip(&client, "secure", "over tls").await;
+        let alice = Client::connect_with(&cluster.seeds(), certs.client_config(Some("alice")))
+            .await
+            .unwrap();
+        round_trip(&alice, "secure", "over mutual tls").await;
+        // A plaintext client gets no answer; nor does one trusting another CA.
+        let plain = Client::connect_with(&cluster.seeds(), tern_tests::fault_client_config()).await;
+        assert!(plain.is_err(), "a plaintext client was served");
+        let other = Certs::new(&dir.path().join("other-ca"));
+        let wrong_ca = Client::connect_with(&cluster.seeds(), other.client_config(None)).await;
+        assert!(wrong_ca.is_err(), "a client trusting another CA connected");
+    })
+    .await;
+    let log = cluster.logs();
+    assert!(log.contains("principal=alice"), "{log}");
+    assert!(log.contains("tls=true"), "peers did not connect over TLS:\n{log}");
+}
+
+// ---------------------------------------------------------------- the peer port
+
+const KIND_HELLO: u8 = 1;
+const KIND_WAS_MEMBER: u8 = 7;
+const KIND_RESPONSE: u8 = 0x80;
+const PEER_PROTOCOL_VERSION: u16 = 1;
+
+/// Speaks the peer protocol as a process claiming to be node `from`: a
+/// hello, then one harmless request ("was node 1 a member?"). `true` if
+/// the broker answered it (it accepted this peer), `false` if it closed the
+/// connection without an answer (refused).
+async fn peer_is_served<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, from: u64, to: u64) -> bool {
+    let mut hello = BytesMut::new();
+    hello.put_u8(KIND_HELLO);
+    hello.put_u16(PEER_PROTOCOL_VERSION);
+    hello.put_u64(from);
+    hello.put_u64(to);
+    hello.put_slice(b"tern");
+    let mut request = BytesMut::new();
+    request.put_u8(KIND_WAS_MEMBER);
+    request.put_u64(42); // correlation id
+    request.put_u64(0); // metadata group
+    request.put_u64_le(1); // bincode of node id 1
+    for frame in [hello, request] {
+        let mut out = BytesMut::new();
+        out.put_u32(frame.len() as u32);
+        out.put_slice(&frame);
+        if stream.write_all(&out).await.is_err() {
+            return false;
+        }
+    }
+    let _ = stream.flush().await;
+    let mut len = [0u8; 4];
+    match tokio::time::timeout(Duration::from_secs(15), stream.read_exact(&mut len)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => return false, // closed: refused
+        Err(_) => panic!("the broker neither answered nor closed the connection"),
+    }
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).await.unwrap();
+    let mut body = &body[..];
+    body.get_u8() == KIND_RESPONSE && body.get_u64() == 42
+}
+
+/// A TLS connection to a peer port presenting `cert`/`key` and trusting `ca`.
+async fn tls_to_peer(
+    addr: &str,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Option<tern_tls::client::TlsStream<TcpStream>> {
+    let connector = tern_tls::client_connector(ca, Some((cert, key))).unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    connector
+        .connect(tern_tls::node_server_name(1), tcp)
+        .await
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_port_admits_only_brokers_proving_the_node_id_they_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("certs"));
+    certs.node(1);
+    certs.node(2);
+    certs.node(5);
+    certs.client("mallory");
+    let rogue = Certs::new(&dir.path().join("rogue"));
+    rogue.node(2);
+    let args: Vec<String> = certs
+        .broker_args()
+        .into_iter()
+        .map(|a| a.replace("{node}", "1"))
+        .collect();
+    let broker = Broker::start(&dir.path().join("n1"), &refs(&args));
+    let topics_before = bounded(LIMIT, async {
+        let client = Client::connect_with(&broker.addr, certs.client_config(None))
+            .await
+            .unwrap();
+        let admin = Admin::new(client);
+        admin.create_topic("kept", NewTopic::new(1)).await.unwrap();
+        admin.list_topics().await.unwrap()
+    })
+    .await;
+    let peer = broker.peer_addr.clone();
+    let ca = certs.path("ca.pem");
+    bounded(LIMIT, async {
+        // Plain TCP with a perfect hello: no TLS, no entry.
+        let plain = TcpStream::connect(&peer).await.unwrap();
+        assert!(!peer_is_served(plain, 2, 1).await, "plaintext peer served");
+        // A broker certificate of another CA (self-made): the handshake fails,
+        // or if it got through, the hello is refused.
+        let other = tls_to_peer(
+            &peer,
+            &ca,
+            &rogue.path("node-2.pem"),
+            &rogue.path("node-2-key.pem"),
+        )
+        .await;
+        if let Some(s) = other {
+            assert!(!peer_is_served(s, 2, 1).await, "foreign-CA peer served");
+        }
+        // A valid *client* certificate of this CA proves no node id.
+        let client_cert = tls_to_peer(
+            &peer,
+            &ca,
+            &certs.path("mallory.pem"),
+            &certs.path("mallory-key.pem"),
+        )
+        .await;
+        if let Some(s) = client_cert {
+            assert!(!peer_is_served(s, 2, 1).await, "client certificate served as a peer");
+        }
+        // A real broker certificate (node 5) claiming to be node 2.
+        let liar = tls_to_peer(&peer, &ca, &certs.path("node-5.pem"), &certs.path("node-5-key.pem"))
+            .await
+            .expect("a certificate of this CA completes the handshake");
+        assert!(!peer_is_served(liar, 2, 1).await, "node 5 was served as node 2");
+        // Control: node 2's own certificate and hello are served, so the
+        // refusals above are the checks at work, not a broken probe.
+        let honest = tls_to_peer(&peer, &ca, &certs.path("node-2.pem"), &certs.path("node-2-key.pem"))
+            .await
+            .expect("handshake");
+        assert!(peer_is_served(honest, 2, 1).await, "a genuine peer was refused");
+        // Nothing changed in the catalogue.
+        let client = Client::connect_with(&broker.addr, certs.client_config(None))
+            .await
+            .unwrap();
+        assert_eq!(Admin::new(client).list_topics().await.unwrap(), topics_before);
+    })
+    .await;
+    let log = broker.log();
+    assert!(log.contains("proves no node id"), "{log}");
+    assert!(log.contains("is not the node its certificate proves"), "{log}");
+}
+
+#[test]
+fn a_broker_refuses_to_listen_off_loopback_without_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d").display().to_string();
+    let (ok, _, err) = run_ternd(
+        &[
+            "--data-dir",
+            &data,
+            "--listen",
+            "0.0.0.0:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(!ok, "ternd started on 0.0.0.0 without TLS");
+    assert!(err.contains("--insecure") && err.contains("0.0.0.0"), "{err}");
+}
+
+// ---------------------------------------------------------------- rotation and metrics
+
+/// The certificate a TLS server presents at `addr`, trusting `ca`.
+async fn served_certificate(addr: &str, ca: &Path) -> Vec<u8> {
+    let connector = tern_tls::client_connector(ca, None).unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = tern_tls::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    use tern_tls::pki_types::pem::PemObject;
+    tern_tls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_load_without_a_restart_and_metrics_speak_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("certs"));
+    let first = certs.node(1);
+    let args: Vec<String> = certs
+        .broker_args()
+        .into_iter()
+        .filter(|a| a != "--metrics-plaintext")
+        .map(|a| a.replace("{node}", "1"))
+        .collect();
+    let mut broker = Broker::configure(&dir.path().join("n1"), &refs(&args));
+    broker.spawn_no_wait();
+    let ca = certs.path("ca.pem");
+    // /ready over TLS (the metrics port uses the broker's certificate).
+    bounded(LIMIT, async {
+        while !https_ready(&broker.http_addr, &ca).await {
+            assert!(broker.is_running(), "ternd exited:\n{}", broker.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(broker.http("/ready").is_none_or(|(code, _)| code != 200), "plain HTTP served");
+    bounded(LIMIT, async {
+        assert_eq!(served_certificate(&broker.addr, &ca).await, der_of(&first.cert));
+        let client = Client::connect_with(&broker.addr, certs.client_config(None))
+            .await
+            .unwrap();
+        Admin::new(client.clone())
+            .create_topic("rot", NewTopic::new(1))
+            .await
+            .unwrap();
+        let producer = Producer::new(client.clone(), ProducerConfig::default());
+        let mut acked = 0u64;
+        let mut rotated: Option<CertifiedPem> = None;
+        let mut rotated_at = None;
+        // Produce continuously; rotate part-way; keep producing until the
+        // new certificate is served (reload on file change), then a while more.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "the new certificate was never served");
+            producer
+                .send(ProducerRecord::new("rot", format!("r{acked}")))
+                .await
+                .unwrap();
+            acked += 1;
+            if acked == 200 {
+                rotated = Some(certs.node(1));
+                broker.hangup();
+            }
+            if let Some(new) = &rotated {
+                if rotated_at.is_none()
+                    && served_certificate(&broker.addr, &ca).await == der_of(&new.cert)
+                {
+                    rotated_at = Some(acked);
+                }
+                if rotated_at.is_some_and(|at| acked >= at + 200) {
+                    break;
+                }
+            }
+        }
+        // A new client connects under the new certificate; every acknowledged
+        // record is there, in order.
+        let fresh = Client::connect_with(&broker.addr, certs.client_config(None))
+            .await
+            .unwrap();
+        let mut consumer = Consumer::new(fresh, ConsumerConfig::default());
+        consumer.assign_all("rot", Offset::Earliest).await.unwrap();
+        let mut seen = 0u64;
+        while seen < acked {
+            for r in consumer.poll().await.unwrap() {
+                assert_eq!(r.value.as_deref(), Some(format!("r{seen}").as_bytes()));
+                seen += 1;
+            }
+        }
+    })
+    .await;
+    assert!(broker.log().contains("TLS material reloaded"), "{}", broker.log());
+}
+
+/// GET /ready over TLS: whether it answered 200.
+async fn https_ready(addr: &str, ca: &Path) -> bool {
+    let connector = tern_tls::client_connector(ca, None).unwrap();
+    let Ok(tcp) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let name = tern_tls::ServerName::try_from("127.0.0.1").unwrap();
+    let Ok(mut tls) = connector.connect(name, tcp).await else {
+        return false;
+    };
+    if tls
+        .write_all(b"GET /ready HTTP/1.0\r\nHost: tern\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).starts_with("HTTP/1.0 200")
+        || String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200")
+}
