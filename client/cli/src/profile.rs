@@ -84,6 +84,9 @@ pub(crate) fn resolve_brokers(
     broker: Option<&str>,
     profile: Option<&str>,
 ) -> anyhow::Result<String> {
+    // An empty value (`TERN_BROKER=`) counts as unset, as in a shell.
+    let broker = broker.filter(|v| !v.trim().is_empty());
+    let profile = profile.filter(|v| !v.trim().is_empty());
     if let Some(b) = broker {
         return Ok(b.to_owned());
     }
