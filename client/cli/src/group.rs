@@ -51,8 +51,9 @@ pub(crate) enum GroupCommand {
         /// To this offset in every partition.
         #[arg(long)]
         to_offset: Option<u64>,
-        /// To each partition's first record at or after this time (RFC 3339,
-        /// e.g. 2026-12-01T08:00:00Z, or ms since the epoch).
+        /// To the start of each partition's first batch holding a record at
+        /// or after this time (RFC 3339, e.g. 2026-12-01T08:00:00Z, or ms
+        /// since the epoch); the broker indexes time per batch.
         #[arg(long, value_parser = parse_timestamp)]
         to_timestamp: Option<i64>,
         /// Print each partition's committed offset and the one it would
