@@ -381,6 +381,23 @@ impl Admin {
         topic: &str,
         to: Offset,
     ) -> Result<Vec<(String, u32, u64)>, ClientError> {
+        let offsets = self.group_offset_targets(topic, to).await?;
+        let request = Request::Group(GroupRequest::ResetOffsets {
+            group: group.to_owned(),
+            offsets: offsets.clone(),
+        });
+        self.client.coordinate(request, Duration::ZERO).await?;
+        Ok(offsets)
+    }
+
+    /// The offsets [`Admin::reset_group_offsets`] would set for `topic`,
+    /// `(topic, partition, offset)` per partition, changing nothing (a dry
+    /// run).
+    pub async fn group_offset_targets(
+        &self,
+        topic: &str,
+        to: Offset,
+    ) -> Result<Vec<(String, u32, u64)>, ClientError> {
         let partitions = self.client.topic(topic).await?.partitions.len() as u32;
         let mut offsets = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
@@ -394,11 +411,6 @@ impl Admin {
             };
             offsets.push((topic.to_owned(), p, offset));
         }
-        let request = Request::Group(GroupRequest::ResetOffsets {
-            group: group.to_owned(),
-            offsets: offsets.clone(),
-        });
-        self.client.coordinate(request, Duration::ZERO).await?;
         Ok(offsets)
     }
 

@@ -712,3 +712,500 @@ async fn a_full_disk_refuses_produces_clearly_and_recovers() {
     .await;
     broker.kill9();
 }
+
+/// What one `tern` run did.
+struct CliRun {
+    ok: bool,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl CliRun {
+    fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// stdout as JSON, one value per line.
+    fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.out()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+            .collect()
+    }
+}
+
+/// How long one `tern` command may take.
+const CLI_RUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `tern args` with `stdin` and extra environment, in a clean
+/// environment as far as `tern` is concerned (no inherited `TERN_BROKER`,
+/// `TERN_PROFILE`; `TERN_CONFIG` points into `config_dir`). Bounded by
+/// [`CLI_RUN_LIMIT`]; the process is killed past it.
+fn tern_run(
+    config_dir: &std::path::Path,
+    args: &[&str],
+    stdin: &[u8],
+    env: &[(&str, &str)],
+) -> CliRun {
+    let mut command = Command::new(bin("tern"));
+    command
+        .args(args)
+        .env_remove("TERN_BROKER")
+        .env_remove("TERN_PROFILE")
+        .env_remove("RUST_BACKTRACE")
+        .env("TERN_CONFIG", config_dir.join("config.toml"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("spawn tern");
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    // Pipes are drained by threads so a full pipe cannot stall the child.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = String::new();
+        let _ = stderr.read_to_string(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + CLI_RUN_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tern {args:?} still running after {CLI_RUN_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    writer.join().unwrap();
+    CliRun {
+        ok: status.success(),
+        stdout: reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+/// `--output json` parses on every listing command, `--format` renders
+/// kcat's tokens, and consume starts at the last N records or at a time.
+#[test]
+fn the_cli_speaks_json_kcat_formats_and_starts_at_last_n_or_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("n1"), &[]);
+    let cfg = dir.path();
+    let tern = |args: &[&str]| {
+        let mut all = vec!["--broker", broker.addr.as_str()];
+        all.extend_from_slice(args);
+        tern_run(cfg, &all, b"", &[])
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Two partitions of ten records; record i of partition p has key k<i>,
+    // value v<p>-<i>, timestamp 1_000_000 + i s and a header n=<i>. Each
+    // is sent alone, so each is its own batch.
+    let _lock = rt.block_on(bounded(Duration::from_secs(60), async {
+        let client = Client::connect(&broker.addr).await.unwrap();
+        topic(&client, "kc", 2).await;
+        let producer = Producer::new(client.clone(), ProducerConfig::default());
+        for p in 0..2u32 {
+            for i in 0..10i64 {
+                let mut r = ProducerRecord::new("kc", format!("v{p}-{i}"))
+                    .with_key(format!("k{i}"))
+                    .with_partition(p)
+                    .with_header("n", i.to_string());
+                r.timestamp_ms = Some(1_000_000 + i * 1000);
+                producer.send(r).await.unwrap();
+            }
+        }
+        tern_client::LockClient::new(client)
+            .acquire("nightly", Duration::from_secs(60), None)
+            .await
+            .unwrap()
+    }));
+
+    let run = tern(&["topic", "list", "--output", "json"]);
+    assert!(run.ok, "{}", run.stderr);
+    let topics = run.json_lines();
+    assert!(
+        topics
+            .iter()
+            .any(|t| t["name"] == "kc" && t["partitions"] == 2),
+        "{topics:?}"
+    );
+    let run = tern(&["topic", "describe", "kc", "-o", "json"]);
+    let t = &run.json_lines()[0];
+    assert_eq!(t["partitions"][1]["log_end"], 10, "{t}");
+    let run = tern(&["cluster", "brokers", "--output", "json"]);
+    let brokers = run.json_lines();
+    assert_eq!(brokers.len(), 1, "{brokers:?}");
+    assert_eq!(brokers[0]["address"], broker.addr.as_str());
+    assert_eq!(brokers[0]["metadata_leader"], true);
+    let run = tern(&["lock", "list", "--output", "json"]);
+    let locks = run.json_lines();
+    assert_eq!(locks[0]["lock"], "nightly", "{locks:?}");
+    assert_eq!(locks[0]["role"], "holder");
+    assert!(locks[0]["token"].as_u64().unwrap() > 0);
+
+    let run = tern(&["consume", "kc", "--from-beginning", "--output", "json"]);
+    assert!(run.ok, "{}", run.stderr);
+    let records = run.json_lines();
+    assert_eq!(records.len(), 20);
+    let r = records
+        .iter()
+        .find(|r| r["partition"] == 1 && r["offset"] == 4)
+        .expect("record 1/4");
+    assert_eq!(r["topic"], "kc");
+    assert_eq!(r["key"], "k4");
+    assert_eq!(r["value"], "v1-4");
+    assert_eq!(r["timestamp_ms"], 1_004_000);
+    assert_eq!(r["headers"][0]["name"], "n");
+    assert_eq!(r["headers"][0]["value"], "4");
+
+    // The last 3 of partition 1, every token of --format.
+    let run = tern(&[
+        "consume",
+        "kc",
+        "--partition",
+        "1",
+        "--offset",
+        "-3",
+        "--exit",
+        "--format",
+        "%t %p %o %T %k %s %h %K %S\\n",
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(
+        run.out(),
+        "kc 1 7 1007000 k7 v1-7 n=7 2 4\nkc 1 8 1008000 k8 v1-8 n=8 2 4\nkc 1 9 1009000 k9 v1-9 n=9 2 4\n"
+    );
+    // -N larger than the partition: all of it.
+    let run = tern(&["consume", "kc", "--offset", "-50", "--format", "%p:%o\\n"]);
+    assert_eq!(run.out().lines().count(), 20);
+
+    // From 1_005_000 ms (RFC 3339 and ms): offsets 5..9 of each partition.
+    for from in [
+        "1970-01-01T00:16:45Z",
+        "1970-01-01T01:16:45+01:00",
+        "1005000",
+    ] {
+        let run = tern(&[
+            "consume",
+            "kc",
+            "--from-timestamp",
+            from,
+            "--format",
+            "%p:%o\\n",
+        ]);
+        assert!(run.ok, "{}", run.stderr);
+        let mut got: Vec<String> = run.out().lines().map(str::to_owned).collect();
+        got.sort();
+        let want: Vec<String> = (0..2)
+            .flat_map(|p| (5..10).map(move |o| format!("{p}:{o}")))
+            .collect();
+        assert_eq!(got, want, "--from-timestamp {from}");
+    }
+    // Between two records' times: from the next one.
+    let run = tern(&[
+        "consume",
+        "kc",
+        "--partition",
+        "0",
+        "--from-timestamp",
+        "1007500",
+        "--format",
+        "%o,",
+    ]);
+    assert_eq!(run.out(), "8,9,");
+
+    let run = tern(&["consume", "kc", "--partition", "7"]);
+    assert!(!run.ok);
+    assert!(run.stderr.contains("no partition 7"), "{}", run.stderr);
+    let run = tern(&["consume", "kc", "--format", "%q"]);
+    assert!(!run.ok);
+    assert!(run.stderr.contains("unknown token %q"), "{}", run.stderr);
+
+    // A group with committed offsets: listed, described with lag, and a
+    // dry run of a reset shows the change and makes none.
+    let run = tern(&[
+        "group",
+        "reset-offsets",
+        "billing",
+        "--topic",
+        "kc",
+        "--to-offset",
+        "2",
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    let run = tern(&["group", "list", "--output", "json"]);
+    assert!(run.json_lines().iter().any(|g| g["group"] == "billing"));
+    let lag = |tern_out: &CliRun| -> Vec<(u64, u64, u64)> {
+        let g = &tern_out.json_lines()[0];
+        g["offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                let n = |k: &str| o[k].as_u64().unwrap();
+                (n("committed"), n("end"), n("lag"))
+            })
+            .collect()
+    };
+    let before = tern(&["group", "describe", "billing", "--output", "json"]);
+    assert_eq!(lag(&before), vec![(2, 10, 8), (2, 10, 8)]);
+    let run = tern(&[
+        "group",
+        "reset-offsets",
+        "billing",
+        "--topic",
+        "kc",
+        "--to-latest",
+        "--dry-run",
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(
+        run.out(),
+        "topic\tpartition\tcommitted\tnew\nkc\t0\t2\t10\nkc\t1\t2\t10\n"
+    );
+    assert!(
+        run.stderr.contains("dry run: nothing changed"),
+        "{}",
+        run.stderr
+    );
+    let after = tern(&["group", "describe", "billing", "--output", "json"]);
+    assert_eq!(
+        lag(&after),
+        vec![(2, 10, 8), (2, 10, 8)],
+        "the dry run changed nothing"
+    );
+}
+
+/// Produce: headers, NUL- and custom-delimited input, and a binary file
+/// as one value, each read back byte for byte.
+#[test]
+fn the_cli_produces_headers_delimited_input_and_binary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("n1"), &[]);
+    let cfg = dir.path();
+    let tern = |args: &[&str], stdin: &[u8]| {
+        let mut all = vec!["--broker", broker.addr.as_str()];
+        all.extend_from_slice(args);
+        tern_run(cfg, &all, stdin, &[])
+    };
+    for t in ["hdr", "nul", "semi", "bin"] {
+        let run = tern(&["topic", "create", t, "--partitions", "1"], b"");
+        assert!(run.ok, "{}", run.stderr);
+    }
+
+    let run = tern(
+        &[
+            "produce",
+            "hdr",
+            "--header",
+            "trace=abc",
+            "-H",
+            "eq=x=y",
+            "--key-separator",
+            ":",
+        ],
+        b"k1:r1\nk2:r2\n",
+    );
+    assert!(run.ok, "{}", run.stderr);
+    let run = tern(
+        &[
+            "consume",
+            "hdr",
+            "--from-beginning",
+            "--format",
+            "%k|%s|%h\\n",
+        ],
+        b"",
+    );
+    assert_eq!(
+        run.out(),
+        "k1|r1|trace=abc,eq=x=y\nk2|r2|trace=abc,eq=x=y\n"
+    );
+
+    // A newline inside a NUL-delimited record is data; no final NUL needed.
+    let run = tern(
+        &["produce", "nul", "--null-delimited"],
+        b"one\0two\nlines\0\0three",
+    );
+    assert!(run.ok, "{}", run.stderr);
+    let run = tern(&["consume", "nul", "--from-beginning", "-o", "json"], b"");
+    let values: Vec<String> = run
+        .json_lines()
+        .iter()
+        .map(|r| r["value"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(values, ["one", "two\nlines", "", "three"]);
+
+    let run = tern(&["produce", "semi", "--delimiter", ";;"], b"a;;b;c;;");
+    assert!(run.ok, "{}", run.stderr);
+    let run = tern(
+        &["consume", "semi", "--from-beginning", "--format", "[%s]"],
+        b"",
+    );
+    assert_eq!(run.out(), "[a][b;c]");
+
+    // Every byte value, 300 KB: comes back identical through --format '%s'.
+    let mut blob = vec![0u8; 300_000];
+    rand::rng().fill_bytes(&mut blob);
+    blob[..256].copy_from_slice(&(0..=255u8).collect::<Vec<_>>());
+    let file = dir.path().join("blob.bin");
+    std::fs::write(&file, &blob).unwrap();
+    let run = tern(
+        &[
+            "produce",
+            "bin",
+            "--value-file",
+            file.to_str().unwrap(),
+            "--key",
+            "blob",
+        ],
+        b"ignored stdin",
+    );
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("1 records acknowledged"),
+        "{}",
+        run.stderr
+    );
+    let run = tern(
+        &["consume", "bin", "--from-beginning", "--format", "%s"],
+        b"",
+    );
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stdout == blob,
+        "binary value differs ({} bytes back)",
+        run.stdout.len()
+    );
+    let run = tern(&["consume", "bin", "--from-beginning", "-o", "json"], b"");
+    let r = &run.json_lines()[0];
+    assert_eq!(r["key"], "blob");
+    assert!(r["value"].is_null() || r.get("value").is_none());
+    assert_eq!(r["value_base64"].as_str().unwrap().len(), 400_000);
+}
+
+/// Completions for each shell, saved profiles with the documented
+/// precedence, and a failure that is one line and a non-zero status even
+/// with RUST_BACKTRACE set.
+#[test]
+fn the_cli_completes_uses_profiles_and_fails_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path();
+    for shell in ["bash", "zsh", "fish"] {
+        let run = tern_run(cfg, &["completions", shell], b"", &[]);
+        assert!(run.ok, "{shell}: {}", run.stderr);
+        let script = run.out();
+        assert!(
+            script.contains("consume") && script.contains("from-timestamp"),
+            "{shell}: {script}"
+        );
+    }
+
+    // Nothing listens on port 1: refused at once.
+    let dead = "127.0.0.1:1";
+    let run = tern_run(
+        cfg,
+        &["--broker", dead, "topic", "list"],
+        b"",
+        &[("RUST_BACKTRACE", "1")],
+    );
+    assert!(!run.ok);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {:?}", run.stderr);
+    assert!(
+        lines[0].starts_with("Error: ") && lines[0].contains(dead),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("backtrace"), "{}", run.stderr);
+
+    let broker = Broker::start(&dir.path().join("n1"), &[]);
+    let run = tern_run(
+        cfg,
+        &["profile", "add", "local", "--brokers", &broker.addr],
+        b"",
+        &[],
+    );
+    assert!(run.ok, "{}", run.stderr);
+    let run = tern_run(
+        cfg,
+        &["profile", "add", "dead", "--brokers", dead],
+        b"",
+        &[],
+    );
+    assert!(run.ok, "{}", run.stderr);
+    let run = tern_run(cfg, &["profile", "list"], b"", &[]);
+    assert!(
+        run.out().contains(&format!("local\t{}", broker.addr)),
+        "{}",
+        run.out()
+    );
+
+    let create = |extra: &[&str], env: &[(&str, &str)], name: &str| {
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["topic", "create", name]);
+        tern_run(cfg, &args, b"", env)
+    };
+    assert!(create(&["--profile", "local"], &[], "p1").ok);
+    assert!(create(&[], &[("TERN_PROFILE", "local")], "p2").ok);
+    // --broker and TERN_BROKER win over a profile.
+    assert!(create(&["--profile", "dead", "--broker", &broker.addr], &[], "p3").ok);
+    assert!(
+        create(
+            &[],
+            &[("TERN_PROFILE", "dead"), ("TERN_BROKER", &broker.addr)],
+            "p4"
+        )
+        .ok
+    );
+    assert!(!create(&["--profile", "dead"], &[], "p5").ok);
+    let run = create(&["--profile", "nope"], &[], "p6");
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("no profile named \"nope\""),
+        "{}",
+        run.stderr
+    );
+    // The default profile is used when nothing else names brokers.
+    let run = tern_run(
+        cfg,
+        &[
+            "profile",
+            "add",
+            "local",
+            "--brokers",
+            &broker.addr,
+            "--default",
+        ],
+        b"",
+        &[],
+    );
+    assert!(run.ok, "{}", run.stderr);
+    let run = tern_run(cfg, &["topic", "list"], b"", &[]);
+    assert!(run.ok, "{}", run.stderr);
+    let mut names: Vec<String> = run
+        .out()
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["p1", "p2", "p3", "p4"]);
+    let run = tern_run(cfg, &["profile", "remove", "local"], b"", &[]);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(!tern_run(cfg, &["--profile", "local", "topic", "list"], b"", &[]).ok);
+}

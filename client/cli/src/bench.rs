@@ -19,13 +19,22 @@ use tern_client::{
 #[derive(Subcommand)]
 pub(crate) enum BenchCommand {
     /// Produce N random records and report throughput and ack latency.
+    #[command(after_help = "Example:\n  \
+        tern bench produce --topic bench --messages 1000000 --size 100 --batch 1000")]
     Produce(BenchArgs),
     /// Consume N records from the beginning and report throughput.
+    #[command(after_help = "Example:\n  tern bench consume --topic bench --messages 1000000")]
     Consume(BenchArgs),
     /// Uncontended lock acquire + release: rate and latency (also against
     /// etcd with --etcd, for comparison).
+    #[command(after_help = "Examples:\n  \
+        tern bench lock --clients 8 --operations 10000\n  \
+        tern bench lock --etcd 127.0.0.1:2379")]
     Lock(crate::bench_coord::LockBenchArgs),
     /// Consumer-group rebalance time when a member joins or leaves cleanly.
+    #[command(
+        after_help = "Example:\n  tern bench rebalance --partitions 12 --members 3 --rounds 10"
+    )]
     Rebalance(crate::bench_coord::RebalanceBenchArgs),
 }
 

@@ -179,37 +179,20 @@ impl Etcd {
     }
 }
 
-/// The string value of `"field":"..."` or `"field":123` in a flat JSON body.
+/// The value of a top-level `field` of a JSON body, as a string (etcd's
+/// gateway writes 64-bit integers as strings, but accept numbers too).
 fn json_str(body: &str, field: &str) -> Option<String> {
-    let at = body.find(&format!("\"{field}\":"))? + field.len() + 3;
-    let rest = body[at..].trim_start();
-    let value: String = rest
-        .trim_start_matches('"')
-        .chars()
-        .take_while(|c| *c != '"' && *c != ',' && *c != '}')
-        .collect();
-    Some(value)
+    let value: serde_json::Value = serde_json::from_str(body).ok()?;
+    match &value[field] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 fn base64(bytes: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[derive(Args, Clone)]
@@ -335,5 +318,14 @@ mod tests {
         assert_eq!(super::base64(b"foo"), "Zm9v");
         assert_eq!(super::base64(b"bench-1"), "YmVuY2gtMQ==");
         assert_eq!(super::base64(b"ab"), "YWI=");
+    }
+
+    #[test]
+    fn json_fields_are_read_as_etcd_writes_them() {
+        let body = r#"{"header":{"revision":"5"},"ID":"7587","TTL":3600,"key":"bG9jaw=="}"#;
+        assert_eq!(super::json_str(body, "ID").as_deref(), Some("7587"));
+        assert_eq!(super::json_str(body, "TTL").as_deref(), Some("3600"));
+        assert_eq!(super::json_str(body, "key").as_deref(), Some("bG9jaw=="));
+        assert_eq!(super::json_str(body, "missing"), None);
     }
 }

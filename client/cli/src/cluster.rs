@@ -1,15 +1,28 @@
 //! `tern cluster ...`: the brokers of the cluster.
 
 use clap::Subcommand;
+use serde_json::json;
 use tern_client::{Admin, Client};
+
+use crate::output::{print_json, OutputArgs};
 
 #[derive(Subcommand)]
 pub(crate) enum ClusterCommand {
     /// List the brokers: node id, client address, whether it leads the
     /// metadata group.
-    Brokers,
+    #[command(after_help = "Examples:\n  \
+        tern cluster brokers\n  \
+        tern cluster brokers --output json | jq -r 'select(.metadata_leader).address'")]
+    Brokers {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Add a broker started with `ternd --join` (its node id and peer
     /// address, as listed in its --initial-cluster).
+    #[command(
+        after_help = "Example (on the new host: ternd --node-id 4 --join ...):\n  \
+        tern cluster add-broker 4 b4:4652"
+    )]
     AddBroker {
         /// Node id of the new broker.
         node_id: u32,
@@ -18,7 +31,10 @@ pub(crate) enum ClusterCommand {
     },
     /// Move every replica off a broker (keeping each partition's
     /// replication factor when another broker can take it), then remove it
-    /// from the cluster. Stop its process afterwards.
+    /// from the cluster. The removed broker stops by itself about 5 s later
+    /// (exit status non-zero, "removed from the cluster" in its log); to
+    /// bring it back, start it empty with --join and add it again.
+    #[command(after_help = "Example:\n  tern cluster remove-broker 3")]
     RemoveBroker {
         /// Node id of the broker to remove.
         node_id: u32,
@@ -28,8 +44,18 @@ pub(crate) enum ClusterCommand {
 pub(crate) async fn run(client: Client, command: ClusterCommand) -> anyhow::Result<()> {
     let admin = Admin::new(client.clone());
     match command {
-        ClusterCommand::Brokers => {
+        ClusterCommand::Brokers { output } => {
             let controller = client.controller().await?;
+            if output.json() {
+                for (id, addr) in client.brokers() {
+                    print_json(&json!({
+                        "node": id,
+                        "address": addr,
+                        "metadata_leader": id == controller,
+                    }))?;
+                }
+                return Ok(());
+            }
             println!("node\taddress\tmetadata-leader");
             for (id, addr) in client.brokers() {
                 println!(
@@ -44,7 +70,10 @@ pub(crate) async fn run(client: Client, command: ClusterCommand) -> anyhow::Resu
         }
         ClusterCommand::RemoveBroker { node_id } => {
             admin.remove_broker(node_id).await?;
-            println!("broker {node_id} left the cluster; its replicas moved; stop its process");
+            println!(
+                "broker {node_id} left the cluster; its replicas moved; \
+                 it stops by itself within seconds"
+            );
         }
     }
     Ok(())

@@ -5,11 +5,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use serde_json::json;
 use tern_client::{Client, LockClient, LockGuard, LockMode, LockOptions};
+
+use crate::output::{print_json, OutputArgs};
 
 #[derive(Subcommand)]
 pub(crate) enum LockCommand {
     /// Acquire a lock and hold it until Ctrl-C (exits 1 if the lease is lost).
+    #[command(after_help = "Examples:\n  \
+        tern lock acquire nightly --lease 10s\n  \
+        tern lock acquire config --shared --wait 5s")]
     Acquire {
         #[command(flatten)]
         lock: LockArgs,
@@ -18,6 +24,8 @@ pub(crate) enum LockCommand {
     /// The command gets the fencing token in `TERN_FENCING_TOKEN` (and the
     /// lock name in `TERN_LOCK_NAME`); if the lease is lost, the command is
     /// terminated. Exits with the command's status.
+    #[command(after_help = "Example:\n  \
+        tern lock run nightly --wait 1m -- sh -c './report.sh --fence \"$TERN_FENCING_TOKEN\"'")]
     Run {
         #[command(flatten)]
         lock: LockArgs,
@@ -26,7 +34,13 @@ pub(crate) enum LockCommand {
         command: Vec<String>,
     },
     /// List locks with their holders (token, lease left) and waiters.
-    List,
+    #[command(after_help = "Examples:\n  \
+        tern lock list\n  \
+        tern lock list --output json | jq 'select(.role == \"waiter\")'")]
+    List {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 #[derive(Args)]
@@ -110,25 +124,42 @@ pub(crate) async fn run(client: Client, command: LockCommand) -> anyhow::Result<
                 None => ExitCode::FAILURE,
             })
         }
-        LockCommand::List => {
+        LockCommand::List { output } => {
             let now_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            println!("lock\trole\towner\tmode\ttoken\tlease-left");
+            if !output.json() {
+                println!("lock\trole\towner\tmode\ttoken\tlease-left");
+            }
             for l in locks.list().await? {
-                for h in &l.holders {
+                let holders = l.holders.iter().map(|h| ("holder", h));
+                let waiters = l.waiters.iter().map(|w| ("waiter", w));
+                for (role, h) in holders.chain(waiters) {
+                    let holder = role == "holder";
+                    // The lease end is on the replicated clock, close to
+                    // wall-clock time: "left" is an estimate.
                     let left = Duration::from_millis(h.expires_ms.saturating_sub(now_ms));
-                    println!(
-                        "{}\tholder\t{:016x}\t{:?}\t{}\t{:.1}s",
-                        l.name,
-                        h.owner,
-                        h.mode,
-                        h.token,
-                        left.as_secs_f64()
-                    );
-                }
-                for w in &l.waiters {
-                    println!("{}\twaiter\t{:016x}\t{:?}\t-\t-", l.name, w.owner, w.mode);
+                    if output.json() {
+                        print_json(&json!({
+                            "lock": l.name,
+                            "role": role,
+                            "owner": format!("{:016x}", h.owner),
+                            "mode": format!("{:?}", h.mode).to_lowercase(),
+                            "token": holder.then_some(h.token),
+                            "lease_left_ms": holder.then_some(left.as_millis() as u64),
+                        }))?;
+                    } else if holder {
+                        println!(
+                            "{}\tholder\t{:016x}\t{:?}\t{}\t{:.1}s",
+                            l.name,
+                            h.owner,
+                            h.mode,
+                            h.token,
+                            left.as_secs_f64()
+                        );
+                    } else {
+                        println!("{}\twaiter\t{:016x}\t{:?}\t-\t-", l.name, h.owner, h.mode);
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

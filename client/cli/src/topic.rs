@@ -1,11 +1,17 @@
-//! `tern topic ...`
+//! `tern topic ...`: create, list, describe, verify, reassign, delete.
 
 use clap::Subcommand;
-use tern_client::{Admin, Client, NewTopic};
+use serde_json::json;
+use tern_client::{Admin, Client, NewTopic, TopicInfo};
+
+use crate::output::{print_json, OutputArgs};
 
 #[derive(Subcommand)]
 pub(crate) enum TopicCommand {
     /// Create a topic.
+    #[command(after_help = "Examples:\n  \
+        tern topic create orders --partitions 6\n  \
+        tern topic create audit --replication-factor 3 --retention-ms 604800000")]
     Create {
         /// Topic name ([A-Za-z0-9._-], up to 249 characters).
         name: String,
@@ -24,15 +30,27 @@ pub(crate) enum TopicCommand {
         retention_bytes: Option<i64>,
     },
     /// List topics.
-    List,
+    #[command(after_help = "Examples:\n  \
+        tern topic list\n  \
+        tern topic list --output json | jq -r .name")]
+    List {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Show a topic's partitions: leader, replicas, in-sync replicas, offsets.
+    #[command(after_help = "Examples:\n  \
+        tern topic describe orders\n  \
+        tern topic describe orders --output json | jq '.partitions[].log_end'")]
     Describe {
         /// Topic name.
         name: String,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Read every partition from each of its replicas directly and compare
     /// them byte for byte (waits up to --wait-secs for followers to catch
     /// up); exits non-zero if any replica differs.
+    #[command(after_help = "Example:\n  tern topic verify-replicas orders --wait-secs 60")]
     VerifyReplicas {
         /// Topic name.
         name: String,
@@ -42,6 +60,9 @@ pub(crate) enum TopicCommand {
     },
     /// Move a partition's replicas to other brokers (online: the new ones
     /// catch up before the old ones leave).
+    #[command(
+        after_help = "Example:\n  tern topic reassign orders --partition 0 --replicas 1,2,4"
+    )]
     Reassign {
         /// Topic name.
         name: String,
@@ -53,6 +74,7 @@ pub(crate) enum TopicCommand {
         replicas: Vec<u32>,
     },
     /// Delete a topic and all its records.
+    #[command(after_help = "Example:\n  tern topic delete orders")]
     Delete {
         /// Topic name.
         name: String,
@@ -82,13 +104,25 @@ pub(crate) async fn run(client: Client, command: TopicCommand) -> anyhow::Result
                 .await?;
             println!("created topic {name} with {partitions} partitions");
         }
-        TopicCommand::List => {
+        TopicCommand::List { output } => {
             for t in admin.list_topics().await? {
-                println!("{}\t{} partitions", t.name, t.partitions.len());
+                if output.json() {
+                    print_json(&json!({
+                        "name": t.name,
+                        "partitions": t.partitions.len(),
+                        "replication_factor": t.config.replication_factor,
+                    }))?;
+                } else {
+                    println!("{}\t{} partitions", t.name, t.partitions.len());
+                }
             }
         }
-        TopicCommand::Describe { name } => {
+        TopicCommand::Describe { name, output } => {
             let t = admin.describe_topic(&name).await?;
+            if output.json() {
+                print_json(&topic_json(&t))?;
+                return Ok(());
+            }
             let retention = |v: i64, unit: &str| {
                 if v < 0 {
                     "unlimited".to_owned()
@@ -174,4 +208,30 @@ pub(crate) async fn run(client: Client, command: TopicCommand) -> anyhow::Result
         }
     }
     Ok(())
+}
+
+/// A described topic as one JSON object (retention -1 = unlimited).
+fn topic_json(t: &TopicInfo) -> serde_json::Value {
+    let partitions: Vec<serde_json::Value> = t
+        .partitions
+        .iter()
+        .map(|p| {
+            json!({
+                "partition": p.partition,
+                "leader": p.leader,
+                "replicas": p.replicas,
+                "in_sync": p.in_sync,
+                "log_start": p.log_start,
+                "log_end": p.log_end,
+                "high_watermark": p.high_watermark,
+            })
+        })
+        .collect();
+    json!({
+        "name": t.name,
+        "replication_factor": t.config.replication_factor,
+        "retention_ms": t.config.retention_ms,
+        "retention_bytes": t.config.retention_bytes,
+        "partitions": partitions,
+    })
 }
