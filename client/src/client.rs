@@ -97,6 +97,8 @@ struct Inner {
     controller: std::sync::atomic::AtomicU32,
     /// Brokers whose connection was declared dead lately.
     suspects: Suspects,
+    /// A background refresh of `controller` is under way.
+    relearning: std::sync::atomic::AtomicBool,
 }
 
 impl Client {
@@ -135,6 +137,7 @@ impl Client {
                 last_good_seed: Mutex::new(0),
                 controller: std::sync::atomic::AtomicU32::new(0),
                 suspects: Suspects::default(),
+                relearning: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         let started = Instant::now();
@@ -433,9 +436,15 @@ impl Client {
         let conn = match leader_addr {
             Some(addr) => match self.connection(&addr).await {
                 Ok(c) => c,
-                Err(_) => self.any_connection().await?,
+                Err(_) => {
+                    self.relearn_controller();
+                    self.any_connection().await?
+                }
             },
-            None => self.any_connection().await?,
+            None => {
+                self.relearn_controller();
+                self.any_connection().await?
+            }
         };
         let limit = hold + COORDINATION_MARGIN;
         let answer = tokio::time::timeout(limit, conn.request_with(request, hold)).await;
@@ -450,17 +459,28 @@ impl Client {
             ) || e.code() == Some(ErrorCode::LeaderNotAvailable)
             {
                 self.skip_broker(conn.addr());
-                self.inner
-                    .controller
-                    .store(0, std::sync::atomic::Ordering::Relaxed);
-                // Learn the new metadata leader in the background.
-                let me = self.clone();
-                tokio::spawn(async move {
-                    let _ = me.controller().await;
-                });
+                self.relearn_controller();
             }
         }
         answer
+    }
+
+    /// Forgets the metadata leader and learns it again in the background,
+    /// one refresh at a time. Asked during an election, a broker may name
+    /// the old leader or none: every call that then finds no reachable
+    /// leader asks again, so a wrong answer does not stick (a follower
+    /// serves coordination by forwarding, but its own view of it lags).
+    fn relearn_controller(&self) {
+        use std::sync::atomic::Ordering;
+        self.inner.controller.store(0, Ordering::Relaxed);
+        if self.inner.relearning.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _ = me.controller().await;
+            me.inner.relearning.store(false, Ordering::Release);
+        });
     }
 
     /// [`Self::coordinate`] without holding, retried through retriable
