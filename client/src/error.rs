@@ -28,6 +28,13 @@ pub enum ClientError {
         /// The address.
         addr: String,
     },
+    /// The broker stopped answering while requests waited, pings included
+    /// (a paused or hung host): the connection was dropped.
+    #[error("broker {addr} stopped answering (liveness timeout); connection dropped")]
+    Unresponsive {
+        /// The address.
+        addr: String,
+    },
     /// The broker answered with an error for the whole request.
     #[error("broker error {code}: {message}")]
     Broker {
@@ -86,6 +93,7 @@ impl ClientError {
     pub fn is_retriable(&self) -> bool {
         match self {
             ClientError::ConnectionClosed { .. }
+            | ClientError::Unresponsive { .. }
             | ClientError::Connect { .. }
             | ClientError::NoBrokerReachable { .. }
             | ClientError::Timeout(_) => true,

@@ -53,10 +53,16 @@ pub struct ProducerConfig {
     pub queue_records_max: usize,
     /// Durability asked of the broker.
     pub acks: Acks,
-    /// Attempts after the first for a retriable failure.
+    /// Attempts after the first for a retriable failure (see also
+    /// `delivery_timeout`, which bounds them in time).
     pub retries: u32,
-    /// Wait between attempts.
+    /// Wait before retrying after a failed attempt.
     pub retry_backoff: Duration,
+    /// How long a batch may be retried, from when it is sealed, before its
+    /// records fail (Kafka's `delivery.timeout.ms`): long enough to ride out
+    /// leader elections and a paused broker's detection
+    /// ([`crate::ClientConfig::liveness_timeout`]).
+    pub delivery_timeout: Duration,
     /// How long the broker may take to make a batch durable.
     pub broker_timeout: Duration,
 }
@@ -69,10 +75,11 @@ impl Default for ProducerConfig {
             in_flight_per_partition_max: 8,
             queue_records_max: 100_000,
             acks: Acks::All,
-            // With the backoff: ~5 s of retrying, enough to ride out a
-            // leader election.
-            retries: 50,
+            // Bounded by `delivery_timeout`, like Kafka's producer: an
+            // election under load can take several seconds.
+            retries: u32::MAX,
             retry_backoff: Duration::from_millis(100),
+            delivery_timeout: Duration::from_secs(120),
             broker_timeout: Duration::from_secs(30),
         }
     }
@@ -275,6 +282,8 @@ struct Sealed {
     batch: Bytes,
     outcome: Arc<BatchOutcome>,
     records: u32,
+    /// Retried until then at the latest.
+    delivery_deadline: Instant,
 }
 
 impl Producer {
@@ -445,6 +454,7 @@ impl Shared {
             records: o.builder.record_count(),
             batch: o.builder.finish(self.producer_id, sequence),
             outcome: o.outcome,
+            delivery_deadline: Instant::now() + self.config.delivery_timeout,
         };
         if !st.senders.contains_key(key) {
             // A producer dropped outside any runtime cannot start a sender.
@@ -543,6 +553,7 @@ async fn run_partition_sender(
         s.outcome.complete(result);
         space.add_permits(s.records as usize);
     };
+    let in_time = |s: &Sealed| Instant::now() < s.delivery_deadline;
     let window_max = config.in_flight_per_partition_max.max(1);
     let mut window: FuturesOrdered<InFlight> = FuturesOrdered::new();
     let mut retry: VecDeque<Sealed> = VecDeque::new();
@@ -554,13 +565,18 @@ async fn run_partition_sender(
     let mut leader: Option<Connection> = None;
     loop {
         if window.is_empty() {
-            // Failed batches go first, one at a time, in order.
+            // Failed batches go first, one at a time, in order. Pause after
+            // a failure only: once one reached the new leader, the next
+            // follows at once.
+            let mut pause = true;
             while let Some(sealed) = retry.pop_front() {
                 let mut sealed = Some(sealed);
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    tokio::time::sleep(config.retry_backoff).await;
+                    if pause {
+                        tokio::time::sleep(config.retry_backoff).await;
+                    }
                     client.invalidate(&topic);
                     leader = None;
                     let s = sealed.take().expect("batch present");
@@ -568,8 +584,11 @@ async fn run_partition_sender(
                         send_batch(&client, &mut leader, &topic, partition, &config, s)
                             .await
                             .await;
+                    pause = result.is_err();
                     match result {
-                        Err(e) if e.is_retriable() && attempt < config.retries => sealed = Some(s),
+                        Err(e) if e.is_retriable() && attempt < config.retries && in_time(&s) => {
+                            sealed = Some(s)
+                        }
                         result => {
                             complete(s, result);
                             break;
@@ -599,7 +618,7 @@ async fn run_partition_sender(
             },
             Some((s, result)) = window.next(), if !window.is_empty() => {
                 match result {
-                    Err(e) if e.is_retriable() && config.retries > 0 => {
+                    Err(e) if e.is_retriable() && config.retries > 0 && in_time(&s) => {
                         tracing::debug!(%topic, partition, error = %e, "batch failed; will retry in order");
                         client.invalidate(&topic);
                         leader = None;

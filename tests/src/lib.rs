@@ -424,7 +424,42 @@ impl Cluster {
         for b in &mut brokers {
             b.wait_ready();
         }
-        Cluster { brokers, links }
+        let cluster = Cluster { brokers, links };
+        cluster.wait_ready();
+        cluster
+    }
+
+    /// Blocks until the cluster serves clients: every running broker
+    /// answers a metadata request naming a metadata leader and listing
+    /// every broker's client address (each registered itself). `/ready`
+    /// says only that one process opened its topics.
+    pub fn wait_ready(&self) {
+        let wanted: Vec<u32> = (1..=self.brokers.len() as u32).collect();
+        let addrs: Vec<String> = self
+            .brokers
+            .iter()
+            .filter(|b| b.is_running())
+            .map(|b| b.addr.clone())
+            .collect();
+        // The harness is synchronous; the client is not. A thread of its own
+        // keeps this usable from inside a test's runtime.
+        let outcome = std::thread::scope(|s| {
+            s.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("readiness runtime");
+                rt.block_on(cluster_ready(&addrs, &wanted))
+            })
+            .join()
+            .expect("readiness thread")
+        });
+        if let Err(last) = outcome {
+            panic!(
+                "cluster not ready after {READY_TIMEOUT:?}: {last}\n{}",
+                self.logs()
+            );
+        }
     }
 
     /// Cuts every link between node index `i` and the others (both
@@ -487,6 +522,60 @@ impl Cluster {
             .map(|(i, b)| format!("==== node {} ====\n{}", i + 1, b.log()))
             .collect()
     }
+}
+
+/// Polls every broker at `addrs` until each names a metadata leader and
+/// lists every node of `wanted`, or [`READY_TIMEOUT`] passes: then the last
+/// thing missing.
+async fn cluster_ready(addrs: &[String], wanted: &[u32]) -> Result<(), String> {
+    use tern_protocol::{Request, Response};
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut ready = vec![false; addrs.len()];
+    let mut last = String::from("not asked yet");
+    while Instant::now() < deadline {
+        for (addr, ready) in addrs.iter().zip(&mut ready).filter(|(_, r)| !**r) {
+            let answer = async {
+                let conn = tern_client::Connection::connect(
+                    addr,
+                    Duration::from_secs(1),
+                    Duration::from_secs(2),
+                )
+                .await?;
+                conn.request(Request::Metadata {
+                    topics: Some(vec![]),
+                })
+                .await
+            };
+            match answer.await {
+                Ok(Response::Metadata {
+                    brokers,
+                    controller,
+                    ..
+                }) => {
+                    let known: Vec<u32> = brokers.iter().map(|b| b.node_id).collect();
+                    let missing: Vec<u32> = wanted
+                        .iter()
+                        .filter(|n| !known.contains(n))
+                        .copied()
+                        .collect();
+                    if controller != 0 && missing.is_empty() {
+                        *ready = true;
+                    } else {
+                        last = format!(
+                            "{addr}: metadata leader {controller} (0: none), brokers not registered yet: {missing:?}"
+                        );
+                    }
+                }
+                Ok(other) => last = format!("{addr}: metadata answered with {other:?}"),
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        if ready.iter().all(|r| *r) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(last)
 }
 
 /// Minimal HTTP/1.0 GET, enough for `/ready` and `/metrics`.
