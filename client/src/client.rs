@@ -14,6 +14,7 @@ use crate::connection::Connection;
 /// hold it.
 const COORDINATION_MARGIN: Duration = Duration::from_secs(3);
 use crate::error::ClientError;
+use crate::retry::RetryPolicy;
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -61,11 +62,17 @@ struct Inner {
 
 impl Client {
     /// Connects using a comma-separated list of seed brokers (`host:port,...`).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a cancelled connect leaves nothing behind.
     pub async fn connect(seeds: &str) -> Result<Client, ClientError> {
         Self::connect_with(seeds, ClientConfig::default()).await
     }
 
     /// Like [`Client::connect`] with explicit settings.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Client::connect`].
     pub async fn connect_with(seeds: &str, config: ClientConfig) -> Result<Client, ClientError> {
         let seeds: Vec<String> = seeds
             .split(',')
@@ -97,6 +104,9 @@ impl Client {
     }
 
     /// A (possibly cached) connection to `addr`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a connection is cached only once it is open.
     pub async fn connection(&self, addr: &str) -> Result<Connection, ClientError> {
         let mut conns = self.inner.connections.lock().await;
         if let Some(c) = conns.get(addr) {
@@ -115,6 +125,9 @@ impl Client {
     }
 
     /// A connection to any live broker, trying seeds then known brokers.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Client::connection`].
     pub async fn any_connection(&self) -> Result<Connection, ClientError> {
         let mut candidates = self.inner.seeds.clone();
         let start = *self.inner.last_good_seed.lock().expect("seed lock") % candidates.len();
@@ -127,7 +140,7 @@ impl Client {
                 .values()
                 .cloned(),
         );
-        let mut last_error = String::new();
+        let mut last_error = None;
         for (i, addr) in candidates.iter().enumerate() {
             match self.connection(addr).await {
                 Ok(c) => {
@@ -137,7 +150,7 @@ impl Client {
                     }
                     return Ok(c);
                 }
-                Err(e) => last_error = e.to_string(),
+                Err(e) => last_error = Some(Box::new(e)),
             }
         }
         Err(ClientError::NoBrokerReachable {
@@ -147,11 +160,18 @@ impl Client {
     }
 
     /// Sends a request to any broker (admin and metadata requests).
+    ///
+    /// # Cancel safety
+    /// Cancelled after the request was written, it may still be carried
+    /// out; only the answer is lost.
     pub async fn request_any(&self, request: Request) -> Result<Response, ClientError> {
         self.any_connection().await?.request(request).await
     }
 
     /// Fetches metadata for `topics` (all when `None`) and updates the cache.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing changes until an answer arrives.
     pub async fn refresh_metadata(
         &self,
         topics: Option<Vec<String>>,
@@ -195,6 +215,9 @@ impl Client {
     }
 
     /// Cached topic metadata, fetched when missing.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing changes until an answer arrives.
     pub async fn topic(&self, name: &str) -> Result<TopicInfo, ClientError> {
         if let Some(t) = self.inner.topics.read().expect("topics lock").get(name) {
             return Ok(t.clone());
@@ -207,6 +230,9 @@ impl Client {
     }
 
     /// Node id of the metadata group's leader (fresh metadata).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing changes until an answer arrives.
     pub async fn controller(&self) -> Result<u32, ClientError> {
         match self
             .request_any(Request::Metadata {
@@ -236,6 +262,10 @@ impl Client {
     /// A broker that does not answer in time, or whose connection fails, is
     /// skipped by the next call: a paused or cut-off broker must not hold
     /// a lease hostage.
+    ///
+    /// # Cancel safety
+    /// Cancelled after the request was written, the operation may still
+    /// be carried out by the cluster; only the answer is lost.
     pub async fn coordinate(
         &self,
         request: Request,
@@ -287,18 +317,15 @@ impl Client {
     }
 
     /// [`Self::coordinate`] without holding, retried through retriable
-    /// failures (an election, a broker going away) for about 2 s.
+    /// failures (an election, a broker going away) with exponential backoff
+    /// and jitter: 8 retries, pauses from 50 ms up to 0.5 s (2.5–5 s).
+    ///
+    /// # Cancel safety
+    /// As [`Client::coordinate`]: an attempt already sent may take effect.
     pub async fn coordinate_retrying(&self, request: Request) -> Result<Response, ClientError> {
-        let mut attempts = 0;
-        loop {
-            match self.coordinate(request.clone(), Duration::ZERO).await {
-                Err(e) if e.is_retriable() && attempts < 20 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                answer => return answer,
-            }
-        }
+        RetryPolicy::COORDINATION
+            .retry(|| self.coordinate(request.clone(), Duration::ZERO))
+            .await
     }
 
     /// Stops preferring `addr`: drops its connection and moves the seed
@@ -333,6 +360,9 @@ impl Client {
     }
 
     /// A connection to the leader of `topic`/`partition`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Client::connection`].
     pub async fn leader(&self, topic: &str, partition: u32) -> Result<Connection, ClientError> {
         let info = self.topic(topic).await?;
         let p = info
