@@ -41,6 +41,9 @@ struct Inner {
 impl Connection {
     /// Connects to `addr` (`host:port`); answers that take longer than
     /// `request_timeout` fail with [`ClientError::Timeout`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the socket is dropped with the future.
     pub async fn connect(
         addr: &str,
         connect_timeout: Duration,
@@ -48,14 +51,14 @@ impl Connection {
     ) -> Result<Connection, ClientError> {
         let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| ClientError::Connect {
-                addr: addr.to_owned(),
-                message: format!("timed out after {connect_timeout:?}"),
+            .map_err(|_| {
+                let timed_out = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("timed out after {connect_timeout:?}"),
+                );
+                ClientError::connect(addr, timed_out)
             })?
-            .map_err(|e| ClientError::Connect {
-                addr: addr.to_owned(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| ClientError::connect(addr, e))?;
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
@@ -136,6 +139,11 @@ impl Connection {
 
     /// Sends a request and waits for its answer, up to the connection's
     /// request timeout plus `extra` (for long-polling fetches).
+    ///
+    /// # Cancel safety
+    /// Cancelled before the request reached the write queue, it is not
+    /// sent; after, it is sent and may take effect, and its answer is
+    /// dropped on arrival.
     pub async fn request_with(
         &self,
         request: Request,
@@ -153,12 +161,19 @@ impl Connection {
     }
 
     /// Sends a request and waits for its answer.
+    ///
+    /// # Cancel safety
+    /// As [`Connection::request_with`].
     pub async fn request(&self, request: Request) -> Result<Response, ClientError> {
         self.request_with(request, Duration::ZERO).await
     }
 
     /// Queues a request on the socket and returns the receiver of its
     /// answer. Requests are written in the order `submit` is called.
+    ///
+    /// # Cancel safety
+    /// Cancelled while the write queue is full, the request is not sent
+    /// (and keeps no place in the order); once this returns, it is queued.
     pub async fn submit(
         &self,
         request: Request,
