@@ -21,6 +21,7 @@
 //!         println!("{}@{}: {:?}", record.partition, record.offset, record.value);
 //!         handled += 1;
 //!     }
+//!     drop(records); // the stream borrows the consumer: give it back
 //!     consumer.commit().await?; // what was handed out so far
 //! }
 //! consumer.close().await?; // commits, and the group rebalances at once
