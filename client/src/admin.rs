@@ -11,6 +11,15 @@ use tern_protocol::{ErrorCode, Request, Response};
 use crate::client::Client;
 use crate::consumer::Offset;
 use crate::error::ClientError;
+use crate::retry::RetryPolicy;
+
+/// Retries of a partition move through leader changes: pauses from 100 ms
+/// doubling to 1 s, 15 retries (12.5–25 s of pauses).
+const REASSIGN_RETRY: RetryPolicy = RetryPolicy {
+    first: Duration::from_millis(100),
+    max: Duration::from_secs(1),
+    attempts_max: Some(15),
+};
 
 /// Settings of a topic to create.
 #[derive(Debug, Clone)]
@@ -60,6 +69,10 @@ impl Admin {
     }
 
     /// Creates a topic.
+    ///
+    /// # Cancel safety
+    /// Cancelled, the request may or may not have been carried out (it is
+    /// one request: all or nothing); look before repeating it.
     pub async fn create_topic(&self, name: &str, topic: NewTopic) -> Result<(), ClientError> {
         let request = Request::CreateTopic {
             name: name.to_owned(),
@@ -82,6 +95,10 @@ impl Admin {
     }
 
     /// Deletes a topic and its data.
+    ///
+    /// # Cancel safety
+    /// Cancelled, the request may or may not have been carried out (it is
+    /// one request: all or nothing); look before repeating it.
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
         let r = self
             .client
@@ -104,6 +121,10 @@ impl Admin {
     }
 
     /// Adds a broker, started with `--join`, to the cluster.
+    ///
+    /// # Cancel safety
+    /// Cancelled, the request may or may not have been carried out (it is
+    /// one request: all or nothing); look before repeating it.
     pub async fn add_broker(&self, node_id: u32, peer_addr: &str) -> Result<(), ClientError> {
         match self
             .client
@@ -128,6 +149,10 @@ impl Admin {
     /// Moves one partition to `replicas` (sent to its leader, retried
     /// through leader changes). Returns once the new replicas are the
     /// partition's voters and the old ones are gone.
+    ///
+    /// # Cancel safety
+    /// Cancelled, the move may go on at the cluster (its leader carries it
+    /// through once asked); calling again with the same replicas is safe.
     pub async fn reassign_partition(
         &self,
         topic: &str,
@@ -139,9 +164,8 @@ impl Admin {
             partition,
             replicas: replicas.to_vec(),
         };
-        let mut attempts = 0;
+        let mut pauses = REASSIGN_RETRY.backoff();
         loop {
-            attempts += 1;
             let answer = match self.client.leader(topic, partition).await {
                 // The leader answers once the new replicas caught up.
                 Ok(conn) => conn.request_with(request.clone(), MEMBERSHIP_WAIT).await,
@@ -157,9 +181,11 @@ impl Admin {
                         "reassign answered with another type".into(),
                     ))
                 }
-                Err(e) if e.is_retriable() && attempts < 50 => {
+                Err(e) if e.is_retriable() => {
                     self.client.invalidate(topic);
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    if !pauses.wait().await {
+                        return Err(e);
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -170,6 +196,10 @@ impl Admin {
     /// to another broker (keeping the replication factor when there is one
     /// to spare), then removes it from the metadata group. Stop its process
     /// afterwards.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: cancelled midway, some replicas may have moved and
+    /// the broker may still be a member; calling again finishes the job.
     pub async fn remove_broker(&self, node_id: u32) -> Result<(), ClientError> {
         let topics = self.list_topics().await?;
         let others: Vec<u32> = self
@@ -223,12 +253,18 @@ impl Admin {
     }
 
     /// Every topic, sorted by name.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
     pub async fn list_topics(&self) -> Result<Vec<TopicInfo>, ClientError> {
         self.client.refresh_metadata(None).await
     }
 
     /// One topic, fresh from the brokers: each partition as its leader sees
     /// it (only a leader knows which replicas are in sync and its log end).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
     pub async fn describe_topic(&self, name: &str) -> Result<TopicInfo, ClientError> {
         self.client.invalidate(name);
         let mut topic = self.client.topic(name).await?;
@@ -261,6 +297,9 @@ impl Admin {
     /// Reads a partition's committed log from one broker's own replica
     /// (`addr`, whether it leads or not) and digests it: the tool to check
     /// that replicas converged byte for byte.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
     pub async fn replica_digest(
         &self,
         addr: &str,
@@ -326,7 +365,11 @@ impl Admin {
                 break;
             }
             for view in tern_protocol::record::split_batches(r.records) {
-                let view = view.map_err(|e| ClientError::Decode(e.to_string()))?;
+                let view = view.map_err(|source| ClientError::CorruptBatch {
+                    topic: topic.to_owned(),
+                    partition,
+                    source,
+                })?;
                 hasher.update(view.bytes());
                 digest.records += view.record_count() as u64;
                 offset = view.next_offset();
@@ -340,6 +383,9 @@ impl Admin {
     }
 
     /// Names of every consumer group.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
     pub async fn list_groups(&self) -> Result<Vec<String>, ClientError> {
         match self
             .client
@@ -353,6 +399,9 @@ impl Admin {
 
     /// One group: members, assignment, committed offsets. The high
     /// watermarks are each partition leader's, so lag is exact.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
     pub async fn describe_group(&self, group: &str) -> Result<GroupInfo, ClientError> {
         let request = Request::Group(GroupRequest::Describe {
             group: group.to_owned(),
@@ -375,6 +424,10 @@ impl Admin {
     /// Sets a group's committed offsets for every partition of `topic`
     /// (the group must have no members): to each partition's first or
     /// next offset, or to one offset everywhere.
+    ///
+    /// # Cancel safety
+    /// Cancelled, the offsets may or may not have been set (one request
+    /// sets them all, after the offsets were looked up).
     pub async fn reset_group_offsets(
         &self,
         group: &str,
@@ -415,6 +468,9 @@ impl Admin {
     }
 
     /// An offset of a partition: earliest, latest, or by timestamp.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
     pub async fn list_offset(
         &self,
         topic: &str,

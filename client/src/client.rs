@@ -35,6 +35,7 @@ const METADATA_HEDGE_DELAY: Duration = Duration::from_millis(500);
 /// bootstrapping (doubling, with jitter).
 const BOOTSTRAP_PAUSE_MIN: Duration = Duration::from_millis(50);
 const BOOTSTRAP_PAUSE_MAX: Duration = Duration::from_secs(1);
+use crate::retry::RetryPolicy;
 
 /// Connection settings.
 ///
@@ -129,6 +130,9 @@ struct Inner {
 impl Client {
     /// Connects using a comma-separated list of seed brokers (`host:port,...`),
     /// retrying them until [`ClientConfig::bootstrap_timeout`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a cancelled connect leaves nothing behind.
     pub async fn connect(seeds: &str) -> Result<Client, ClientError> {
         Self::connect_with(seeds, ClientConfig::default()).await
     }
@@ -140,6 +144,9 @@ impl Client {
     /// unanswered connections) leads to another round over all seeds after
     /// a pause; at the deadline the last failure is returned as
     /// [`ClientError::NoBrokerReachable`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Client::connect`].
     #[tracing::instrument(level = "debug", skip(config))]
     pub async fn connect_with(seeds: &str, config: ClientConfig) -> Result<Client, ClientError> {
         let seeds: Vec<String> = seeds
@@ -199,12 +206,15 @@ impl Client {
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
+                tracing::debug!(
+                    rounds,
+                    elapsed = ?started.elapsed(),
+                    ?bootstrap,
+                    "bootstrap timeout: no broker answered metadata"
+                );
                 return Err(ClientError::NoBrokerReachable {
                     seeds: client.inner.seeds.clone(),
-                    last_error: format!(
-                        "no metadata after {rounds} rounds in {:?} (bootstrap timeout {bootstrap:?}); last error: {error}",
-                        started.elapsed()
-                    ),
+                    last_error: Some(Box::new(error)),
                 });
             }
             tracing::debug!(%error, rounds, "bootstrap: no broker answered yet; retrying");
@@ -220,6 +230,9 @@ impl Client {
     }
 
     /// A (possibly cached) connection to `addr`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a connection is cached only once it is open.
     pub async fn connection(&self, addr: &str) -> Result<Connection, ClientError> {
         if let Some(c) = self.cached(addr) {
             return Ok(c);
@@ -301,15 +314,18 @@ impl Client {
 
     /// A connection to any live broker, trying seeds then known brokers
     /// (those whose connection was just declared dead last).
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Client::connection`].
     pub async fn any_connection(&self) -> Result<Connection, ClientError> {
-        let mut last_error = String::new();
+        let mut last_error = None;
         for addr in self.candidates() {
             match self.connection(&addr).await {
                 Ok(c) => {
                     self.note_good_seed(&addr);
                     return Ok(c);
                 }
-                Err(e) => last_error = e.to_string(),
+                Err(e) => last_error = Some(Box::new(e)),
             }
         }
         Err(ClientError::NoBrokerReachable {
@@ -336,7 +352,7 @@ impl Client {
         };
         let mut next = candidates.into_iter();
         let mut asking = FuturesUnordered::new();
-        let mut last_error = String::new();
+        let mut last_error = None;
         if let Some(addr) = next.next() {
             asking.push(ask(addr));
         }
@@ -349,7 +365,7 @@ impl Client {
                     }
                     Err(e) => {
                         tracing::debug!(%addr, error = %e, "metadata request failed; asking the next broker");
-                        last_error = e.to_string();
+                        last_error = Some(Box::new(e));
                         if let Some(addr) = next.next() {
                             asking.push(ask(addr));
                         }
@@ -369,11 +385,18 @@ impl Client {
     }
 
     /// Sends a request to any broker (admin and metadata requests).
+    ///
+    /// # Cancel safety
+    /// Cancelled after the request was written, it may still be carried
+    /// out; only the answer is lost.
     pub async fn request_any(&self, request: Request) -> Result<Response, ClientError> {
         self.any_connection().await?.request(request).await
     }
 
     /// Fetches metadata for `topics` (all when `None`) and updates the cache.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing changes until an answer arrives.
     pub async fn refresh_metadata(
         &self,
         topics: Option<Vec<String>>,
@@ -417,6 +440,9 @@ impl Client {
     }
 
     /// Cached topic metadata, fetched when missing.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing changes until an answer arrives.
     pub async fn topic(&self, name: &str) -> Result<TopicInfo, ClientError> {
         if let Some(t) = self.inner.topics.read().expect("topics lock").get(name) {
             return Ok(t.clone());
@@ -429,6 +455,9 @@ impl Client {
     }
 
     /// Node id of the metadata group's leader (fresh metadata).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing changes until an answer arrives.
     pub async fn controller(&self) -> Result<u32, ClientError> {
         match self
             .request_hedged(Request::Metadata {
@@ -458,6 +487,10 @@ impl Client {
     /// A broker that does not answer in time, or whose connection fails, is
     /// skipped by the next call: a paused or cut-off broker must not hold
     /// a lease hostage.
+    ///
+    /// # Cancel safety
+    /// Cancelled after the request was written, the operation may still
+    /// be carried out by the cluster; only the answer is lost.
     pub async fn coordinate(
         &self,
         request: Request,
@@ -527,18 +560,15 @@ impl Client {
     }
 
     /// [`Self::coordinate`] without holding, retried through retriable
-    /// failures (an election, a broker going away) for about 2 s.
+    /// failures (an election, a broker going away) with exponential backoff
+    /// and jitter: 8 retries, pauses from 50 ms up to 0.5 s (2.5–5 s).
+    ///
+    /// # Cancel safety
+    /// As [`Client::coordinate`]: an attempt already sent may take effect.
     pub async fn coordinate_retrying(&self, request: Request) -> Result<Response, ClientError> {
-        let mut attempts = 0;
-        loop {
-            match self.coordinate(request.clone(), Duration::ZERO).await {
-                Err(e) if e.is_retriable() && attempts < 20 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                answer => return answer,
-            }
-        }
+        RetryPolicy::COORDINATION
+            .retry(|| self.coordinate(request.clone(), Duration::ZERO))
+            .await
     }
 
     /// Stops preferring `addr`: drops its connection and moves the seed
@@ -577,6 +607,9 @@ impl Client {
     }
 
     /// A connection to the leader of `topic`/`partition`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Client::connection`].
     pub async fn leader(&self, topic: &str, partition: u32) -> Result<Connection, ClientError> {
         let info = self.topic(topic).await?;
         let p = info
@@ -678,7 +711,7 @@ mod tests {
             panic!("expected NoBrokerReachable, got {outcome:?}");
         };
         assert_eq!(tried.len(), 2);
-        assert!(last_error.contains("bootstrap timeout"), "{last_error}");
+        assert!(last_error.is_some(), "the last failure is kept as the source");
         assert!(
             waited >= Duration::from_millis(1_500),
             "gave up early: {waited:?}"

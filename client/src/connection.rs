@@ -103,6 +103,9 @@ impl Connection {
     /// `request_timeout` fail with [`ClientError::Timeout`], and a broker
     /// that stops answering altogether is detected after the default
     /// liveness timeout of 3 s (see the module documentation).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the socket is dropped with the future.
     pub async fn connect(
         addr: &str,
         connect_timeout: Duration,
@@ -127,14 +130,13 @@ impl Connection {
         tls: Option<&tern_tls::TlsConnector>,
         suspects: Option<Suspects>,
     ) -> Result<Connection, ClientError> {
-        let failed = |message: String| ClientError::Connect {
-            addr: addr.to_owned(),
-            message,
+        let failed = |message: String| {
+            ClientError::connect(addr, std::io::Error::other(message))
         };
         let open = async {
             let stream = TcpStream::connect(addr)
                 .await
-                .map_err(|e| failed(e.to_string()))?;
+                .map_err(|e| ClientError::connect(addr, e))?;
             let _ = stream.set_nodelay(true);
             let Some(tls) = tls else {
                 return Ok(Box::new(stream) as Box<dyn ByteStream>);
@@ -148,7 +150,13 @@ impl Connection {
         };
         let stream = tokio::time::timeout(timeouts.connect, open)
             .await
-            .map_err(|_| failed(format!("timed out after {:?}", timeouts.connect)))??;
+            .map_err(|_| {
+                let timed_out = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("timed out after {:?}", timeouts.connect),
+                );
+                ClientError::connect(addr, timed_out)
+            })??;
         let (r, w) = tokio::io::split(stream);
         let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_DEPTH);
         let inner = Arc::new(Inner {
@@ -254,6 +262,11 @@ impl Connection {
 
     /// Sends a request and waits for its answer, up to the connection's
     /// request timeout plus `extra` (for long-polling fetches).
+    ///
+    /// # Cancel safety
+    /// Cancelled before the request reached the write queue, it is not
+    /// sent; after, it is sent and may take effect, and its answer is
+    /// dropped on arrival.
     pub async fn request_with(
         &self,
         request: Request,
@@ -271,12 +284,19 @@ impl Connection {
     }
 
     /// Sends a request and waits for its answer.
+    ///
+    /// # Cancel safety
+    /// As [`Connection::request_with`].
     pub async fn request(&self, request: Request) -> Result<Response, ClientError> {
         self.request_with(request, Duration::ZERO).await
     }
 
     /// Queues a request on the socket and returns the receiver of its
     /// answer. Requests are written in the order `submit` is called.
+    ///
+    /// # Cancel safety
+    /// Cancelled while the write queue is full, the request is not sent
+    /// (and keeps no place in the order); once this returns, it is queued.
     pub async fn submit(
         &self,
         request: Request,

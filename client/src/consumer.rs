@@ -1,21 +1,52 @@
 //! The consumer: reads assigned partitions from their leaders with
-//! long-polling fetches, in offset order per partition, and exposes them as
-//! a `futures::Stream`.
+//! long-polling fetches, in offset order per partition, as a
+//! `futures::Stream` borrowed from the consumer ([`Consumer::stream`]), so
+//! that it can still commit, seek and close.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tern_client::ClientError> {
 //! use futures::StreamExt;
 //! use tern_client::{Client, Consumer, ConsumerConfig, Offset};
 //! let client = Client::connect("127.0.0.1:4650").await?;
-//! let mut consumer = Consumer::new(client, ConsumerConfig::default());
-//! consumer.assign_all("orders", Offset::Earliest).await?;
-//! let mut records = consumer.into_stream();
-//! while let Some(record) = records.next().await {
-//!     let record = record?;
-//!     println!("{}@{}: {:?}", record.partition, record.offset, record.value);
+//! let mut consumer = Consumer::new(
+//!     client,
+//!     ConsumerConfig { auto_commit_interval: None, ..Default::default() },
+//! );
+//! consumer.subscribe("billing", &["orders"]).await?;
+//! let mut handled = 0;
+//! while handled < 1000 {
+//!     let mut records = consumer.stream().take(100);
+//!     while let Some(record) = records.next().await {
+//!         let record = record?;
+//!         println!("{}@{}: {:?}", record.partition, record.offset, record.value);
+//!         handled += 1;
+//!     }
+//!     drop(records); // the stream borrows the consumer: give it back
+//!     consumer.commit().await?; // what was handed out so far
 //! }
+//! consumer.close().await?; // commits, and the group rebalances at once
 //! # Ok(()) }
 //! ```
+//!
+//! # Groups
+//!
+//! A consumer that [subscribes](Consumer::subscribe) to a group reads the
+//! partitions the group assigns it. A [`RebalanceListener`] learns when they
+//! change. Positions are at-least-once: a commit records the offset after
+//! the last record handed out, and a partition that moves to another member
+//! resumes there. Closing a member — or just dropping it, which sends the
+//! commit and the leave in the background — lets the group rebalance at
+//! once instead of waiting out the member's session.
+//!
+//! # Cancel safety
+//!
+//! Every async method of [`Consumer`] is cancel safe in the sense that
+//! matters for a consumer: no record is lost or skipped. A record leaves the
+//! consumer only when a call returns it, and positions move only together
+//! with the records fetched, without an await in between; a rebalance is
+//! applied whole or not at all (a cancelled one is redone by the next
+//! call). What a cancelled call cannot undo is a request already sent (a
+//! commit may or may not be recorded); each method says so.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -31,6 +62,7 @@ use tokio::task::JoinHandle;
 
 use crate::client::{random_u64, Client};
 use crate::error::ClientError;
+use crate::retry::RetryPolicy;
 
 /// Where to start reading a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,8 +144,40 @@ pub struct ConsumerRecord {
     pub headers: Vec<(String, Bytes)>,
 }
 
+/// Told when a group member's partitions change (see
+/// [`Consumer::set_rebalance_listener`]). Both methods are called from the
+/// consumer's own [`poll`](Consumer::poll) /
+/// [`next_record`](Consumer::next_record) (so from the task that drives the
+/// consumer, never concurrently with it), and must not block for long:
+/// the group waits for no one, but this member reads nothing meanwhile.
+pub trait RebalanceListener: Send {
+    /// The member no longer owns `partitions` (a rebalance gave them to
+    /// another member, or the consumer is closing). Called before any
+    /// position moves and before a record of the new assignment is handed
+    /// out. Records of these partitions still buffered are dropped; the
+    /// group has already moved to a new generation, so a commit for them is
+    /// refused and their new owner resumes from the last accepted commit.
+    fn on_revoked(&mut self, partitions: &[(String, u32)]) {
+        let _ = partitions;
+    }
+
+    /// The member now owns `partitions` in addition to those it kept
+    /// ([`Consumer::assignment`] lists them all). Called once their
+    /// positions are set (from the group's commit, or
+    /// [`ConsumerConfig::offset_reset`]) and before any of their records is
+    /// handed out.
+    fn on_assigned(&mut self, partitions: &[(String, u32)]) {
+        let _ = partitions;
+    }
+}
+
 /// A consumer of explicitly assigned partitions, or of the partitions a
 /// consumer group gives it ([`Consumer::subscribe`]).
+///
+/// Dropping a group member without [`Consumer::close`] still leaves the
+/// group promptly: the drop sends (when auto-commit is on) a commit of
+/// what was handed out, then the leave, from a background task of the
+/// current Tokio runtime. Outside a runtime the member's session runs out.
 pub struct Consumer {
     client: Client,
     config: ConsumerConfig,
@@ -122,7 +186,13 @@ pub struct Consumer {
     /// Offset after the last record handed to the application, per
     /// partition: what a commit records (at-least-once).
     consumed: BTreeMap<(String, u32), u64>,
+    /// After a seek by timestamp: records before the first one at or after
+    /// this time are skipped (the broker finds the batch, not the record).
+    time_floor: HashMap<(String, u32), i64>,
     group: Option<GroupMembership>,
+    /// In a mutex only so that `Consumer` stays `Sync` without asking it of
+    /// listeners; called through `get_mut`, never locked.
+    listener: Option<std::sync::Mutex<Box<dyn RebalanceListener>>>,
 }
 
 impl Consumer {
@@ -134,11 +204,31 @@ impl Consumer {
             positions: BTreeMap::new(),
             buffered: VecDeque::new(),
             consumed: BTreeMap::new(),
+            time_floor: HashMap::new(),
             group: None,
+            listener: None,
         }
     }
 
+    /// Calls `listener` whenever the group changes this member's
+    /// partitions, the first assignment included: set it before
+    /// [`Consumer::subscribe`]. Replaces an earlier listener.
+    pub fn set_rebalance_listener(&mut self, listener: impl RebalanceListener + 'static) {
+        self.listener = Some(std::sync::Mutex::new(Box::new(listener)));
+    }
+
+    fn listener(&mut self) -> Option<&mut Box<dyn RebalanceListener>> {
+        // A listener that panicked is still called: its state is its own.
+        self.listener
+            .as_mut()
+            .map(|l| l.get_mut().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Adds partitions of `topic`, each starting at `start`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the partitions are added together once every start
+    /// offset is known, or not at all.
     pub async fn assign(
         &mut self,
         topic: &str,
@@ -146,6 +236,7 @@ impl Consumer {
         start: Offset,
     ) -> Result<(), ClientError> {
         let info = self.client.topic(topic).await?;
+        let mut starts = Vec::with_capacity(partitions.len());
         for &p in partitions {
             if p as usize >= info.partitions.len() {
                 return Err(ClientError::Partition {
@@ -154,26 +245,45 @@ impl Consumer {
                     code: ErrorCode::UnknownTopicOrPartition,
                 });
             }
-            self.seek(topic, p, start).await?;
+            starts.push((p, self.resolve(topic, p, start).await?));
+        }
+        for (p, offset) in starts {
+            self.set_position(topic, p, offset, start);
         }
         Ok(())
     }
 
     /// Adds every partition of `topic`, each starting at `start`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Consumer::assign`].
     pub async fn assign_all(&mut self, topic: &str, start: Offset) -> Result<(), ClientError> {
         let n = self.client.topic(topic).await?.partitions.len() as u32;
         let all: Vec<u32> = (0..n).collect();
         self.assign(topic, &all, start).await
     }
 
-    /// Moves the position of one partition (assigning it if needed).
+    /// Moves the position of one partition (assigning it if needed); the
+    /// next record of that partition handed out is the one at the new
+    /// position. A group member should seek only partitions it owns
+    /// ([`Consumer::assignment`]).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the position changes only once the offset is known.
     pub async fn seek(
         &mut self,
         topic: &str,
         partition: u32,
         to: Offset,
     ) -> Result<(), ClientError> {
-        let offset = match to {
+        let offset = self.resolve(topic, partition, to).await?;
+        self.set_position(topic, partition, offset, to);
+        Ok(())
+    }
+
+    /// The offset `to` stands for in one partition, looked up if needed.
+    async fn resolve(&self, topic: &str, partition: u32, to: Offset) -> Result<u64, ClientError> {
+        Ok(match to {
             Offset::At(o) => o,
             Offset::Earliest => {
                 self.list_offset(topic, partition, OffsetSpec::Earliest)
@@ -187,16 +297,37 @@ impl Consumer {
                 self.list_offset(topic, partition, OffsetSpec::Timestamp(t))
                     .await?
             }
-        };
-        self.buffered
-            .retain(|r| !(r.topic == topic && r.partition == partition));
-        self.positions.insert((topic.to_owned(), partition), offset);
-        Ok(())
+        })
     }
 
-    /// The next offset to be read from a partition.
+    fn set_position(&mut self, topic: &str, partition: u32, offset: u64, to: Offset) {
+        self.buffered
+            .retain(|r| !(r.topic == topic && r.partition == partition));
+        let key = (topic.to_owned(), partition);
+        match to {
+            Offset::Timestamp(t) => self.time_floor.insert(key.clone(), t),
+            _ => self.time_floor.remove(&key),
+        };
+        self.positions.insert(key, offset);
+    }
+
+    /// The offset of the next record of a partition this consumer will
+    /// hand out (`None`: not assigned). Records fetched but not yet handed
+    /// out do not count: after `n` records from offset `o`, it is `o + n`.
+    /// After a seek by timestamp and before the first fetch, it is the start
+    /// of the batch holding that time (the records before the time are
+    /// skipped when fetched).
     pub fn position(&self, topic: &str, partition: u32) -> Option<u64> {
-        self.positions.get(&(topic.to_owned(), partition)).copied()
+        let fetch_from = self
+            .positions
+            .get(&(topic.to_owned(), partition))
+            .copied()?;
+        Some(
+            self.buffered
+                .iter()
+                .find(|r| r.partition == partition && r.topic == topic)
+                .map_or(fetch_from, |r| r.offset),
+        )
     }
 
     async fn list_offset(
@@ -222,6 +353,11 @@ impl Consumer {
     }
 
     /// The next record, waiting for one if none is buffered.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a record is handed out only by a call that returns it,
+    /// so a cancelled call loses nothing (its fetch is repeated). It may
+    /// have sent an auto-commit or applied a rebalance.
     pub async fn next_record(&mut self) -> Result<ConsumerRecord, ClientError> {
         loop {
             self.follow_group().await?;
@@ -236,6 +372,9 @@ impl Consumer {
 
     /// One round of fetches; returns what arrived (possibly nothing after
     /// `max_wait`).
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Consumer::next_record`].
     pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>, ClientError> {
         self.follow_group().await?;
         if self.buffered.is_empty() {
@@ -253,7 +392,13 @@ impl Consumer {
     /// the topics' partitions (the cluster's balancer plugin assigns them),
     /// each partition starting at the group's committed offset. Heartbeats
     /// run in the background; a rebalance takes effect at the next
-    /// [`Consumer::poll`] or [`Consumer::next_record`].
+    /// [`Consumer::poll`] or [`Consumer::next_record`] (calling the
+    /// [`RebalanceListener`]).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: cancelled before the group answered the join, the
+    /// member leaves again in the background; cancelled after, the consumer
+    /// is in the group and its next poll takes up the assignment.
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn subscribe(&mut self, group: &str, topics: &[&str]) -> Result<(), ClientError> {
         if self.group.is_some() {
@@ -264,7 +409,16 @@ impl Consumer {
         let member = random_u64();
         let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
         let session = self.config.session_timeout;
-        let first = join(&self.client, group, member, &topics, session).await?;
+        let mut pending = LeaveOnDrop {
+            client: Some(self.client.clone()),
+            group: group.to_owned(),
+            member,
+        };
+        let first = join(&self.client, group, member, &topics, session).await;
+        // Joined (or refused): from here the membership, if any, leaves
+        // when dropped.
+        pending.client = None;
+        let first = first?;
         let (tx, mut rx) = watch::channel(first);
         rx.mark_changed();
         let heartbeat = tokio::spawn(heartbeat(
@@ -279,12 +433,14 @@ impl Consumer {
         self.buffered.clear();
         self.consumed.clear();
         self.group = Some(GroupMembership {
+            client: self.client.clone(),
             name: group.to_owned(),
             member,
             generation: 0,
             assignment: rx,
             heartbeat,
             last_commit: Instant::now(),
+            left: false,
         });
         self.follow_group().await
     }
@@ -307,6 +463,10 @@ impl Consumer {
     /// Commits the offsets of every record handed out so far (group
     /// members only). Refused with `IllegalGeneration` once the group has
     /// rebalanced: the partitions may be someone else's now.
+    ///
+    /// # Cancel safety
+    /// Cancel safe locally (nothing in the consumer changes); the commit
+    /// may or may not have been recorded.
     pub async fn commit(&mut self) -> Result<(), ClientError> {
         let Some(g) = &mut self.group else {
             return Err(ClientError::InvalidArgument(
@@ -332,22 +492,70 @@ impl Consumer {
         self.client.coordinate_retrying(request).await.map(drop)
     }
 
-    /// Commits (group members), leaves the group so its partitions move at
+    /// Commits exactly these positions, `(topic, partition, offset)`, where
+    /// `offset` is the next offset to read (the one after the last record
+    /// processed), for partitions this member owns. For applications that
+    /// commit what they have processed rather than what was handed out:
+    /// turn auto-commit off (`auto_commit_interval: None`), or it commits
+    /// the handed-out positions on its next tick. Refused whole, with
+    /// `IllegalGeneration`, after a rebalance (like [`Consumer::commit`]) or
+    /// if any partition is not this member's.
+    ///
+    /// # Cancel safety
+    /// Cancel safe locally (nothing in the consumer changes); the commit
+    /// may or may not have been recorded.
+    pub async fn commit_offsets(&self, offsets: &[(&str, u32, u64)]) -> Result<(), ClientError> {
+        let Some(g) = &self.group else {
+            return Err(ClientError::InvalidArgument(
+                "commit needs a group: subscribe first".into(),
+            ));
+        };
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let request = Request::Group(GroupRequest::Commit {
+            group: g.name.clone(),
+            member: g.member,
+            generation: g.generation,
+            offsets: offsets
+                .iter()
+                .map(|(t, p, o)| ((*t).to_owned(), *p, *o))
+                .collect(),
+        });
+        self.client.coordinate_retrying(request).await.map(drop)
+    }
+
+    /// Commits (group members), tells the [`RebalanceListener`] that every
+    /// partition is revoked, leaves the group so its partitions move at
     /// once, and stops heartbeating. A final commit the group refuses
     /// because it rebalanced meanwhile is not an error (the records will be
     /// delivered again: at-least-once).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: whatever a cancelled `close` has not done yet (the
+    /// commit, the leave) is sent in the background, as when a consumer is
+    /// dropped.
     pub async fn close(mut self) -> Result<(), ClientError> {
         if self.group.is_none() {
             return Ok(());
         }
         let committed = self.commit().await;
-        let g = self.group.take().expect("checked above");
+        let mut g = self.group.take().expect("checked above");
         g.heartbeat.abort();
+        let owned: Vec<(String, u32)> = std::mem::take(&mut self.positions).into_keys().collect();
+        if let Some(listener) = self.listener() {
+            if !owned.is_empty() {
+                listener.on_revoked(&owned);
+            }
+        }
         let leave = Request::Group(GroupRequest::Leave {
             group: g.name.clone(),
             member: g.member,
         });
-        self.client.coordinate(leave, Duration::ZERO).await?;
+        let left = self.client.coordinate_retrying(leave).await;
+        // Sent (or failed for good): `g`'s drop need not send it again.
+        g.left = true;
+        left?;
         match committed {
             // The group rebalanced since the last poll: the partitions are
             // someone else's, who resumes from the last accepted commit.
@@ -365,6 +573,10 @@ impl Consumer {
     }
 
     /// Applies a new assignment from the heartbeat task, and auto-commits.
+    ///
+    /// Cancel safe: the new positions are computed first (the awaits), then
+    /// applied with the listener calls in one step; the assignment is
+    /// marked seen only then, so a cancelled rebalance is redone.
     async fn follow_group(&mut self) -> Result<(), ClientError> {
         let Some(g) = &mut self.group else {
             return Ok(());
@@ -388,25 +600,22 @@ impl Consumer {
                 tracing::debug!(error = %e, "commit at rebalance refused");
             }
         }
-        let g = self.group.as_mut().expect("in a group");
-        let view = g.assignment.borrow_and_update().clone();
-        g.generation = view.generation;
+        let g = self.group.as_ref().expect("in a group");
+        let view = g.assignment.borrow().clone();
         tracing::info!(group = %g.name, generation = view.generation, partitions = view.partitions.len(), "group assignment");
         // A partition this member keeps goes on from what it handed out
         // (or from the group's commit, if another member got further in
         // between): no re-delivery for what stays, and commits never go back.
-        let kept = std::mem::take(&mut self.consumed);
-        self.positions.clear();
-        self.buffered.clear();
         let start = match self.config.offset_reset {
             OffsetReset::Latest => Offset::Latest,
             OffsetReset::Earliest | OffsetReset::Fail => Offset::Earliest,
         };
+        let mut next: BTreeMap<(String, u32), u64> = BTreeMap::new();
         let mut keeps_any = false;
-        for (topic, partition, committed) in view.partitions {
-            let key = (topic.clone(), partition);
-            let committed = (committed != u64::MAX).then_some(committed);
-            let from = match (kept.get(&key).copied(), committed) {
+        for (topic, partition, committed) in &view.partitions {
+            let key = (topic.clone(), *partition);
+            let committed = (*committed != u64::MAX).then_some(*committed);
+            let from = match (self.consumed.get(&key).copied(), committed) {
                 (Some(mine), c) => {
                     keeps_any = true;
                     Offset::At(mine.max(c.unwrap_or(0)))
@@ -414,9 +623,40 @@ impl Consumer {
                 (None, Some(c)) => Offset::At(c),
                 (None, None) => start,
             };
-            self.seek(&topic, partition, from).await?;
-            let at = self.positions[&key];
-            self.consumed.insert(key, at);
+            let at = self.resolve(topic, *partition, from).await?;
+            next.insert(key, at);
+        }
+        // No await from here until the new assignment is in place.
+        let revoked: Vec<(String, u32)> = self
+            .positions
+            .keys()
+            .filter(|k| !next.contains_key(*k))
+            .cloned()
+            .collect();
+        let assigned: Vec<(String, u32)> = next
+            .keys()
+            .filter(|k| !self.positions.contains_key(*k))
+            .cloned()
+            .collect();
+        if let Some(listener) = self.listener() {
+            if !revoked.is_empty() {
+                listener.on_revoked(&revoked);
+            }
+        }
+        self.buffered.clear();
+        self.time_floor.clear();
+        self.consumed = next.clone();
+        self.positions = next;
+        let g = self.group.as_mut().expect("in a group");
+        g.generation = view.generation;
+        if g.assignment.borrow_and_update().generation != view.generation {
+            // Yet another rebalance arrived meanwhile: apply it next time.
+            g.assignment.mark_changed();
+        }
+        if let Some(listener) = self.listener() {
+            if !assigned.is_empty() {
+                listener.on_assigned(&assigned);
+            }
         }
         if keeps_any {
             if let Err(e) = self.commit().await {
@@ -426,7 +666,29 @@ impl Consumer {
         Ok(())
     }
 
-    /// Turns the consumer into a stream of records.
+    /// The consumer's records as a stream, borrowing the consumer: drop the
+    /// stream (or stop polling it) to [`commit`](Consumer::commit),
+    /// [`seek`](Consumer::seek) or [`close`](Consumer::close), then take a
+    /// new one. Each item is [`Consumer::next_record`]; an error does not
+    /// end the stream (a retriable one may clear up on the next item).
+    ///
+    /// # Cancel safety
+    /// Dropping the stream between items, or while it waits for one, loses
+    /// no record: the next stream (or call) starts where it left off.
+    pub fn stream(&mut self) -> BoxStream<'_, Result<ConsumerRecord, ClientError>> {
+        // Boxed so that it is `Unpin`: `.next()` works without pinning.
+        futures::stream::unfold(self, |c| async move {
+            let r = c.next_record().await;
+            Some((r, c))
+        })
+        .boxed()
+    }
+
+    /// Turns the consumer into a stream of records that owns it. Without
+    /// access to the consumer there is no explicit commit, seek or close:
+    /// prefer [`Consumer::stream`]. Dropping the stream drops the consumer
+    /// (a group member then commits, if auto-commit is on, and leaves in
+    /// the background).
     pub fn into_stream(self) -> BoxStream<'static, Result<ConsumerRecord, ClientError>> {
         futures::stream::unfold(self, |mut c| async move {
             let r = c.next_record().await;
@@ -439,7 +701,12 @@ impl Consumer {
         if self.positions.is_empty() {
             if let Some(g) = &mut self.group {
                 // A member with no partitions waits for a rebalance.
-                let _ = tokio::time::timeout(self.config.max_wait, g.assignment.changed()).await;
+                let news = tokio::time::timeout(self.config.max_wait, g.assignment.changed()).await;
+                if let Ok(Ok(())) = news {
+                    // `changed` marked the new view seen: mark it unseen
+                    // again, or `follow_group` would never apply it.
+                    g.assignment.mark_changed();
+                }
                 return Ok(());
             }
             return Err(ClientError::InvalidArgument("no partition assigned".into()));
@@ -541,22 +808,28 @@ impl Consumer {
                     }
                 }
                 let mut next = position;
+                let mut floor = self.time_floor.get(&key).copied();
                 for batch in split_batches(r.records) {
-                    let batch = batch.map_err(|e| ClientError::CorruptBatch {
+                    let batch = batch.map_err(|source| ClientError::CorruptBatch {
                         topic: r.topic.clone(),
                         partition: r.partition,
-                        detail: e.to_string(),
+                        source,
                     })?;
                     for record in batch.records() {
-                        let record = record.map_err(|e| ClientError::CorruptBatch {
+                        let record = record.map_err(|source| ClientError::CorruptBatch {
                             topic: r.topic.clone(),
                             partition: r.partition,
-                            detail: e.to_string(),
+                            source,
                         })?;
                         if record.offset < next {
                             continue; // the batch started before our position
                         }
                         next = record.offset + 1;
+                        match floor {
+                            Some(t) if record.timestamp_ms < t => continue,
+                            Some(_) => floor = None,
+                            None => {}
+                        }
                         self.buffered.push_back(ConsumerRecord {
                             topic: r.topic.clone(),
                             partition: r.partition,
@@ -567,6 +840,9 @@ impl Consumer {
                             headers: record.headers,
                         });
                     }
+                }
+                if floor.is_none() {
+                    self.time_floor.remove(&key);
                 }
                 self.positions.insert(key, next);
             }
@@ -584,6 +860,7 @@ struct GroupView {
 }
 
 struct GroupMembership {
+    client: Client,
     name: String,
     member: u64,
     /// Generation the consumer reads in now.
@@ -591,12 +868,81 @@ struct GroupMembership {
     assignment: watch::Receiver<GroupView>,
     heartbeat: JoinHandle<()>,
     last_commit: Instant,
+    /// The leave was sent (by `close`).
+    left: bool,
 }
 
 impl Drop for GroupMembership {
+    /// Leaves the group in the background unless `close` did: waiting out
+    /// the session would leave this member's partitions unread that long.
     fn drop(&mut self) {
-        // Without `close`, the member's session simply runs out.
         self.heartbeat.abort();
+        if !self.left {
+            leave_in_background(self.client.clone(), self.name.clone(), self.member);
+        }
+    }
+}
+
+impl Drop for Consumer {
+    /// A group member dropped without `close` commits what it handed out
+    /// (when auto-commit is on, as `close` would) and then leaves, from a
+    /// background task; the leave must follow the commit, which the group
+    /// refuses from a member that left.
+    fn drop(&mut self) {
+        let Some(g) = self.group.take() else { return };
+        let offsets: Vec<(String, u32, u64)> = self
+            .consumed
+            .iter()
+            .filter(|(k, _)| self.positions.contains_key(*k))
+            .map(|((t, p), o)| (t.clone(), *p, *o))
+            .collect();
+        if self.config.auto_commit_interval.is_none() || offsets.is_empty() {
+            return; // dropping `g` leaves
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let commit = Request::Group(GroupRequest::Commit {
+            group: g.name.clone(),
+            member: g.member,
+            generation: g.generation,
+            offsets,
+        });
+        runtime.spawn(async move {
+            if let Err(e) = g.client.coordinate_retrying(commit).await {
+                tracing::debug!(group = %g.name, error = %e, "commit on drop refused");
+            }
+            drop(g); // leaves
+        });
+    }
+}
+
+/// Sends a `Leave` from a task of the current runtime, if there is one.
+fn leave_in_background(client: Client, group: String, member: u64) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let leave = Request::Group(GroupRequest::Leave { group, member });
+        if let Err(e) = client.coordinate_retrying(leave).await {
+            tracing::debug!(error = %e, "leave on drop failed; the session will run out");
+        }
+    });
+}
+
+/// Leaves the group in the background if a join is dropped before its
+/// answer was seen (the join may have been recorded), unless disarmed.
+struct LeaveOnDrop {
+    client: Option<Client>,
+    group: String,
+    member: u64,
+}
+
+impl Drop for LeaveOnDrop {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            leave_in_background(client, std::mem::take(&mut self.group), self.member);
+        }
     }
 }
 
@@ -629,11 +975,14 @@ async fn join(
         session_timeout_ms: session.as_millis() as u64,
     });
     let deadline = Instant::now() + session.max(Duration::from_secs(10));
+    let mut pauses = RetryPolicy::BACKGROUND.backoff();
     loop {
         match client.coordinate(request.clone(), Duration::ZERO).await {
             Ok(answer) => return member_view(answer),
             Err(e) if e.is_retriable() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let left = deadline.saturating_duration_since(Instant::now());
+                let pause = pauses.next_pause().unwrap_or(left).min(left);
+                tokio::time::sleep(pause).await;
             }
             Err(e) => return Err(e),
         }
@@ -652,6 +1001,7 @@ async fn heartbeat(
     view: watch::Sender<GroupView>,
 ) {
     let hold = session / 3;
+    let mut pauses = RetryPolicy::BACKGROUND.capped(hold).backoff();
     loop {
         let generation = view.borrow().generation;
         let request = Request::Group(GroupRequest::Heartbeat {
@@ -662,6 +1012,7 @@ async fn heartbeat(
         });
         match client.coordinate(request, hold).await.and_then(member_view) {
             Ok(v) => {
+                pauses = RetryPolicy::BACKGROUND.capped(hold).backoff();
                 view.send_if_modified(|current| {
                     let changed = v.generation != current.generation;
                     if changed {
@@ -678,7 +1029,7 @@ async fn heartbeat(
             }
             Err(e) => {
                 tracing::debug!(%group, error = %e, "heartbeat failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                pauses.wait().await;
             }
         }
     }

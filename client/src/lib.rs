@@ -2,11 +2,25 @@
 //!
 //! - [`Client`]: seed brokers, pipelined connections, metadata cache.
 //! - [`Producer`]: batching by size and linger, bounded in flight, ordered retries.
-//! - [`Consumer`]: assigned partitions, seek, long-polling fetch, a `Stream`.
+//! - [`Consumer`]: assigned partitions or a consumer group, seek,
+//!   long-polling fetch, a borrowed `Stream` ([`Consumer::stream`]),
+//!   commits, rebalance callbacks ([`RebalanceListener`]).
+//! - [`LockClient`]: replicated locks with fencing tokens.
 //! - [`Admin`]: create, delete, list and describe topics; look up offsets.
 //!
-//! All errors are [`ClientError`]; broker errors carry the stable
-//! [`ErrorCode`](tern_protocol::ErrorCode) from the wire.
+//! All errors are [`ClientError`] (`#[non_exhaustive]`, causes kept as
+//! [`source`](std::error::Error::source)); broker errors carry the stable
+//! [`ErrorCode`](tern_protocol::ErrorCode) from the wire. Retries back off
+//! exponentially with jitter.
+//!
+//! # Cancel safety
+//!
+//! Every public async method documents, under **Cancel safety**, what
+//! happens when its future is dropped before it completes (in a
+//! `tokio::select!` or a `timeout`), as tokio's own documentation does.
+//! In short: nothing is left half-done locally — a record is either
+//! queued or not, a position moves only with the records it covers — but a
+//! request already sent may or may not have taken effect at the broker.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -17,15 +31,22 @@ mod consumer;
 mod error;
 mod lock;
 mod producer;
+mod retry;
+#[cfg(test)]
+mod tests;
 
 pub use admin::{Admin, NewTopic, ReplicaDigest};
 pub use client::{Client, ClientConfig, ClientTls};
 pub use connection::Connection;
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Offset, OffsetReset};
+pub use consumer::{
+    Consumer, ConsumerConfig, ConsumerRecord, Offset, OffsetReset, RebalanceListener,
+};
 pub use error::ClientError;
 pub use lock::{LockClient, LockGuard, LockOptions};
-pub use producer::{Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
-pub use tern_protocol::api::{Acks, OffsetSpec, PartitionInfo, TopicInfo};
+pub use producer::{
+    Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata, IN_FLIGHT_PER_PARTITION_MAX,
+};
+pub use tern_protocol::api::{OffsetSpec, PartitionInfo, TopicInfo};
 pub use tern_protocol::coord::{GroupInfo, LockInfo, LockMode};
 pub use tern_protocol::ErrorCode;
 

@@ -22,6 +22,13 @@
 //! while it lives. If renewal fails for a whole lease (the client was cut
 //! off), or the cluster says the lease ended, the guard reports the lock
 //! lost ([`LockGuard::lost`]); the holder must stop using the resource.
+//!
+//! # Cancel safety
+//!
+//! Dropping an acquisition before it returns leaves the lock's queue (or
+//! frees a grant that arrived too late) in the background, so an abandoned
+//! waiter never ends up holding the lock for a lease. Dropping a guard
+//! releases the lock in the background.
 
 use std::time::{Duration, Instant};
 
@@ -32,11 +39,10 @@ use tokio::task::JoinHandle;
 
 use crate::client::{random_u64, Client};
 use crate::error::ClientError;
+use crate::retry::RetryPolicy;
 
 /// Longest wait the broker accepts in one request; longer waits re-queue.
 const WAIT_PER_REQUEST_MAX: Duration = Duration::from_secs(300);
-/// Pause between attempts after a retriable failure.
-const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// How to acquire a lock.
 #[derive(Debug, Clone)]
@@ -74,6 +80,10 @@ impl LockClient {
     /// Acquires `name` exclusively with `lease`, waiting up to `wait`
     /// (`None`: forever). Fails with [`ErrorCode::LockWaitTimeout`] when
     /// the wait ends first.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped acquisition leaves the queue in the
+    /// background (and releases a grant that arrived as it was dropped).
     pub async fn acquire(
         &self,
         name: &str,
@@ -92,6 +102,9 @@ impl LockClient {
     }
 
     /// Acquires `name` as `options` say.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`LockClient::acquire`].
     #[tracing::instrument(level = "debug", skip(self, options), fields(lease = ?options.lease))]
     pub async fn acquire_with(
         &self,
@@ -116,6 +129,7 @@ impl LockClient {
             name: name.to_owned(),
             owner,
         };
+        let mut pauses = RetryPolicy::BACKGROUND.backoff();
         loop {
             let left = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
@@ -164,7 +178,12 @@ impl LockClient {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(e); // `abandoned` leaves the queue
                     }
-                    tokio::time::sleep(RETRY_PAUSE).await;
+                    let pause = pauses.next_pause().unwrap_or_default();
+                    let pause = match deadline {
+                        Some(d) => pause.min(d.saturating_duration_since(Instant::now())),
+                        None => pause,
+                    };
+                    tokio::time::sleep(pause).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -172,6 +191,9 @@ impl LockClient {
     }
 
     /// Every lock with a holder or waiter, as one broker knows them.
+    ///
+    /// # Cancel safety
+    /// Cancel safe (a read).
     pub async fn list(&self) -> Result<Vec<LockInfo>, ClientError> {
         match self
             .client
@@ -278,6 +300,9 @@ impl LockGuard {
     }
 
     /// Resolves when the lease is lost.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only watches.
     pub async fn lost(&mut self) {
         let _ = self.lost.wait_for(|lost| *lost).await;
     }
@@ -291,14 +316,20 @@ impl LockGuard {
     }
 
     /// Releases the lock and waits for the cluster to confirm.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: cancelled before the cluster confirmed, the guard's
+    /// drop sends the release again in the background (a release is
+    /// idempotent).
     pub async fn release(mut self) -> Result<(), ClientError> {
-        self.released = true;
         self.keepalive.abort();
         let request = Request::Lock(LockRequest::Release {
             name: self.name.clone(),
             owner: self.owner,
         });
-        self.client.coordinate_retrying(request).await.map(drop)
+        let released = self.client.coordinate_retrying(request).await;
+        self.released = true;
+        released.map(drop)
     }
 }
 
@@ -334,6 +365,10 @@ async fn keep_alive(
     let mut expires = *expires_tx.borrow();
     let period = lease / 3;
     let mut next = Instant::now() + period;
+    // Failed renewals are retried well within the lease: pauses stay under
+    // a tenth of it (a fifth with jitter).
+    let pacing = RetryPolicy::BACKGROUND.capped(lease / 10);
+    let mut pauses = pacing.backoff();
     loop {
         tokio::time::sleep_until(next.into()).await;
         if Instant::now() >= expires {
@@ -351,13 +386,14 @@ async fn keep_alive(
                 expires = sent + Duration::from_millis(remaining_ms).min(lease);
                 expires_tx.send_replace(expires);
                 next = sent + period;
+                pauses = pacing.backoff();
             }
             Err(e) if e.code() == Some(ErrorCode::LockNotHeld) => {
                 tracing::warn!(lock = %name, "the cluster ended the lease");
                 lost.send_replace(true);
                 return;
             }
-            _ => next = Instant::now() + RETRY_PAUSE,
+            _ => next = Instant::now() + pauses.next_pause().unwrap_or(lease / 10),
         }
     }
 }

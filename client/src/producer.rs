@@ -13,10 +13,35 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Delivery semantics: at-least-once. A batch whose acknowledgement is lost
-//! (connection dropped after the broker wrote it) is retried and may be
-//! stored twice; order within a partition is kept because a retry holds back
-//! every later batch of that partition.
+//! # Delivery semantics
+//!
+//! - **Acknowledged = committed**: a [`Delivery`] resolves once the batch is
+//!   committed by a majority of the partition's replicas (`acks=all`, the
+//!   only mode: leader-only acknowledgement is not offered, since the offset
+//!   is assigned when the batch commits).
+//! - **Idempotent retries**: every batch carries this producer's random id
+//!   and a per-partition sequence number, and a retry resends the same
+//!   bytes. The partition's replicated state remembers the last
+//!   [`IN_FLIGHT_PER_PARTITION_MAX`] batches of each producer, so a retry of
+//!   a batch that was in fact stored (its acknowledgement was lost) is
+//!   answered with its original offset and stored once — also across leader
+//!   changes. The window holds every batch this producer can have in flight.
+//! - **Where duplicates remain possible**: the partition remembers its
+//!   10,000 most recently active producers; a retry arriving after this
+//!   producer was forgotten is stored again. And the guarantee is per
+//!   producer instance and per retry: an application that re-sends a record
+//!   after its `Delivery` failed (or from a new `Producer`) sends a new batch,
+//!   which is stored again if the first attempt had in fact landed.
+//! - **Order**: within a partition, records are stored in `enqueue` order;
+//!   a retry holds back every later batch of that partition.
+//!
+//! # Cancel safety
+//!
+//! [`Producer::enqueue`] is cancel safe: cancelled, the record was not
+//! queued and its queue slot is free again. Once it has returned, the record
+//! is on its way whatever happens to the [`Delivery`]: dropping a `Delivery`
+//! (or cancelling [`Producer::send`] after the record was queued) only gives
+//! up learning its offset.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -39,6 +64,14 @@ use tokio::time::Instant;
 
 use crate::client::Client;
 use crate::error::ClientError;
+use crate::retry::RetryPolicy;
+
+/// Most batches of one partition awaiting acknowledgement at once (larger
+/// `in_flight_per_partition_max` values are clamped). Equal to the batches
+/// per producer a partition remembers for de-duplication
+/// (`tern_raft::partition_sm::PRODUCER_WINDOW`, checked by a test): a retried
+/// batch is always still in that window.
+pub const IN_FLIGHT_PER_PARTITION_MAX: usize = 64;
 
 /// Producer settings.
 #[derive(Debug, Clone)]
@@ -47,17 +80,20 @@ pub struct ProducerConfig {
     pub batch_bytes_max: usize,
     /// A non-full batch is sent this long after its first record.
     pub linger: Duration,
-    /// Batches of one partition awaiting acknowledgement at once.
+    /// Batches of one partition awaiting acknowledgement at once (at most
+    /// [`IN_FLIGHT_PER_PARTITION_MAX`]).
     pub in_flight_per_partition_max: usize,
-    /// Records accepted but not yet batched before `send` waits.
+    /// Records accepted but not yet acknowledged before `enqueue` waits.
     pub queue_records_max: usize,
-    /// Durability asked of the broker.
-    pub acks: Acks,
     /// Attempts after the first for a retriable failure (see also
     /// `delivery_timeout`, which bounds them in time).
     pub retries: u32,
-    /// Wait before retrying after a failed attempt.
+    /// Pause before the first retry of a batch; each further pause doubles,
+    /// up to `retry_backoff_max`, plus a random jitter of up to 100 % (so
+    /// that producers failed by one broker do not retry in lockstep).
     pub retry_backoff: Duration,
+    /// Longest pause between retries (before jitter).
+    pub retry_backoff_max: Duration,
     /// How long a batch may be retried, from when it is sealed, before its
     /// records fail (Kafka's `delivery.timeout.ms`): long enough to ride out
     /// leader elections and a paused broker's detection
@@ -74,11 +110,13 @@ impl Default for ProducerConfig {
             linger: Duration::from_millis(5),
             in_flight_per_partition_max: 8,
             queue_records_max: 100_000,
-            acks: Acks::All,
             // Bounded by `delivery_timeout`, like Kafka's producer: an
-            // election under load can take several seconds.
+            // election under load can take several seconds. Pauses of 50,
+            // 100, 200, 400, 800 ms then 1 s, each plus up to as much again
+            // in jitter: the first retry comes within 0.1 s.
             retries: u32::MAX,
-            retry_backoff: Duration::from_millis(100),
+            retry_backoff: Duration::from_millis(50),
+            retry_backoff_max: Duration::from_secs(1),
             delivery_timeout: Duration::from_secs(120),
             broker_timeout: Duration::from_secs(30),
         }
@@ -165,6 +203,10 @@ impl BatchOutcome {
 
 /// An acknowledgement to come; resolves once the record is durable.
 /// Deliveries of one batch share one outcome: no allocation per record.
+///
+/// # Cancel safety
+/// Cancel safe: the record is sent whether or not its `Delivery` is
+/// awaited or dropped; dropping it only gives up learning the outcome.
 pub struct Delivery {
     state: DeliveryState,
 }
@@ -306,19 +348,27 @@ impl Producer {
     }
 
     /// Queues a record; waits only if `queue_records_max` records are
-    /// already waiting for acknowledgement. Await the returned [`Delivery`]
-    /// for the offset.
+    /// already waiting for acknowledgement (or, for the first record of a
+    /// topic, for its metadata). Await the returned [`Delivery`] for the
+    /// offset. A record the producer can refuse at once (too large, unknown
+    /// partition or topic) comes back as a `Delivery` that resolves to the
+    /// error.
+    ///
+    /// # Cancel safety
+    /// Cancel safe. Cancelled while it waits (for queue space or for the
+    /// topic's metadata), the record was not queued and will not be sent,
+    /// and the queue slot it held is free again; a cancelled wait for space
+    /// loses its place in line. Once this returns, the record is queued:
+    /// there is no await after the record enters its batch.
     pub async fn enqueue(&self, record: ProducerRecord) -> Result<Delivery, ClientError> {
         let sh = &self.shared;
-        match sh.space.try_acquire() {
-            Ok(p) => p.forget(),
-            Err(_) => sh
-                .space
-                .acquire()
-                .await
-                .map_err(|_| ClientError::Closed)?
-                .forget(),
-        }
+        // The slot stays a `SemaphorePermit` (returned on drop, i.e. on an
+        // early return or a cancellation) until the record is in its batch;
+        // only then is it handed to the batch's acknowledgement.
+        let slot = match sh.space.try_acquire() {
+            Ok(p) => p,
+            Err(_) => sh.space.acquire().await.map_err(|_| ClientError::Closed)?,
+        };
         let known = sh
             .state
             .lock()
@@ -339,10 +389,7 @@ impl Producer {
                         .insert(record.topic.clone(), entry.clone());
                     entry
                 }
-                Err(e) => {
-                    sh.space.add_permits(1);
-                    return Ok(Delivery::failed(e));
-                }
+                Err(e) => return Ok(Delivery::failed(e)),
             },
         };
         let rec = Record {
@@ -351,10 +398,7 @@ impl Producer {
             timestamp_ms: record.timestamp_ms.unwrap_or_else(now_ms),
             headers: record.headers,
         };
-        let invalid = |e: ClientError| {
-            sh.space.add_permits(1);
-            Ok(Delivery::failed(e))
-        };
+        let invalid = |e: ClientError| Ok(Delivery::failed(e));
         if rec.encoded_len() + BATCH_HEADER_BYTES > BATCH_BYTES_MAX {
             return invalid(ClientError::InvalidArgument(format!(
                 "record of {} bytes exceeds the batch limit of {BATCH_BYTES_MAX}",
@@ -389,6 +433,9 @@ impl Producer {
         });
         let index = o.builder.record_count();
         o.builder.push(&rec);
+        // From here the slot belongs to the batch: its sender returns it
+        // when the batch is acknowledged or fails.
+        slot.forget();
         let delivery = Delivery {
             state: DeliveryState::Waiting {
                 batch: o.outcome.clone(),
@@ -406,11 +453,22 @@ impl Producer {
     }
 
     /// Sends a record and waits until it is acknowledged.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: cancelled before the record was queued, it is not
+    /// sent; cancelled after, it is still sent and stored, but the offset is
+    /// lost. Use [`Producer::enqueue`] to tell the two apart.
     pub async fn send(&self, record: ProducerRecord) -> Result<RecordMetadata, ClientError> {
         self.enqueue(record).await?.await
     }
 
-    /// Sends every queued record now and waits for all acknowledgements.
+    /// Sends every queued record now and waits until each batch sealed so
+    /// far is acknowledged or has failed (the outcome of each record is in
+    /// its [`Delivery`]).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the batches are sealed and sent at the first poll; a
+    /// cancelled flush only stops waiting for them.
     pub async fn flush(&self) -> Result<(), ClientError> {
         let barriers = {
             let mut st = self.shared.state.lock().expect("producer lock");
@@ -429,7 +487,11 @@ impl Producer {
         Ok(())
     }
 
-    /// Flushes and stops this handle.
+    /// Flushes and stops this handle. Other clones of the producer keep
+    /// working.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Producer::flush`]: the records are still sent.
     pub async fn close(self) -> Result<(), ClientError> {
         self.flush().await
     }
@@ -554,7 +616,15 @@ async fn run_partition_sender(
         space.add_permits(s.records as usize);
     };
     let in_time = |s: &Sealed| Instant::now() < s.delivery_deadline;
-    let window_max = config.in_flight_per_partition_max.max(1);
+    let window_max = config
+        .in_flight_per_partition_max
+        .clamp(1, IN_FLIGHT_PER_PARTITION_MAX);
+    let pacing = RetryPolicy {
+        first: config.retry_backoff,
+        max: config.retry_backoff_max,
+        // `retries` bounds the attempts below.
+        attempts_max: None,
+    };
     let mut window: FuturesOrdered<InFlight> = FuturesOrdered::new();
     let mut retry: VecDeque<Sealed> = VecDeque::new();
     let mut barriers: Vec<oneshot::Sender<()>> = Vec::new();
@@ -572,10 +642,11 @@ async fn run_partition_sender(
             while let Some(sealed) = retry.pop_front() {
                 let mut sealed = Some(sealed);
                 let mut attempt = 0;
+                let mut pauses = pacing.backoff();
                 loop {
                     attempt += 1;
                     if pause {
-                        tokio::time::sleep(config.retry_backoff).await;
+                        pauses.wait().await;
                     }
                     client.invalidate(&topic);
                     leader = None;
@@ -642,7 +713,7 @@ async fn send_batch(
     s: Sealed,
 ) -> InFlight {
     let request = Request::Produce {
-        acks: config.acks,
+        acks: Acks::All,
         timeout_ms: config.broker_timeout.as_millis().min(u32::MAX as u128) as u32,
         partitions: vec![ProducePartition {
             topic: topic.to_owned(),

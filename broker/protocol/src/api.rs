@@ -86,14 +86,18 @@ impl ApiKey {
 }
 
 /// How durable a write must be before it is acknowledged.
+///
+/// Only `All` is a mode: the broker acknowledges every produce once its
+/// Raft entry is committed, whatever the request says. Leader-only
+/// acknowledgement (Kafka's `acks=1`) is not offered, because a batch's
+/// offset is assigned when it is applied after the commit, so there is no
+/// earlier point at which to answer with it. `tern-client` always sends `All`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Acks {
-    /// Acknowledge once the leader has appended (durability then follows the
-    /// broker's `fsync` setting).
+    /// Reserved wire value, accepted and treated as `All`.
     Leader = 1,
-    /// Acknowledge once a majority of replicas have the batch durably. On a
-    /// single node this is the same as `Leader`.
+    /// Acknowledge once a majority of replicas have the batch durably.
     All = 2,
 }
 

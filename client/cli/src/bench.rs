@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::RngCore;
 use std::collections::VecDeque;
 use tern_client::{
-    Acks, Admin, Client, ClientError, Consumer, ConsumerConfig, NewTopic, Offset, Producer,
+    Admin, Client, ClientError, Consumer, ConsumerConfig, NewTopic, Offset, Producer,
     ProducerConfig, ProducerRecord,
 };
 
@@ -140,7 +140,6 @@ async fn produce_share(
             batch_bytes_max: a.batch.max(1) * (a.size + 26) + 64,
             linger: Duration::from_millis(a.linger_ms),
             in_flight_per_partition_max: a.in_flight,
-            acks: Acks::All,
             ..Default::default()
         },
     );

@@ -1,0 +1,177 @@
+//! The producer against a real broker: cancel safety of `enqueue`, and
+//! retries that keep order and store each batch once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::FutureExt;
+
+use super::{bounded, eventually, Proxy, TestBroker};
+use crate::{
+    Consumer, ConsumerConfig, Offset, Producer, ProducerConfig, ProducerRecord,
+    IN_FLIGHT_PER_PARTITION_MAX,
+};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn in_flight_limit_fits_the_brokers_de_duplication_window() {
+    // A retried batch must still be in the window, or it is stored twice.
+    assert_eq!(
+        IN_FLIGHT_PER_PARTITION_MAX,
+        tern_raft::partition_sm::PRODUCER_WINDOW
+    );
+}
+
+/// `enqueue` cancelled during its first metadata fetch must give its queue
+/// slot back: with one slot, a lost slot blocks every later record forever.
+/// A current-thread runtime makes the cancellation point exact: nothing
+/// else runs during the single poll, so the fetch cannot have completed.
+#[tokio::test(flavor = "current_thread")]
+async fn enqueue_cancelled_during_its_metadata_fetch_frees_its_queue_slot() {
+    let broker = TestBroker::start(None).await;
+    // Connected before the topic exists: the topic is not in its cache,
+    // so the first enqueue must fetch metadata.
+    let client = broker.client().await;
+    broker.create_topic("cancelled", 1).await;
+    let producer = Producer::new(
+        client,
+        ProducerConfig {
+            queue_records_max: 1,
+            ..Default::default()
+        },
+    );
+    let first = producer.enqueue(ProducerRecord::new("cancelled", "dropped"));
+    assert!(
+        first.now_or_never().is_none(),
+        "the first enqueue should be waiting for metadata"
+    );
+    // The first future is dropped: cancelled mid-fetch.
+    let meta = bounded(
+        LIMIT,
+        "send after a cancelled enqueue (a lost slot blocks it forever)",
+        producer.send(ProducerRecord::new("cancelled", "kept")),
+    )
+    .await
+    .expect("send");
+    assert_eq!(meta.offset, 0, "the cancelled record must not be stored");
+    // And the slot comes back after each acknowledgement.
+    let meta = bounded(
+        LIMIT,
+        "second send",
+        producer.send(ProducerRecord::new("cancelled", "again")),
+    )
+    .await
+    .expect("send");
+    assert_eq!(meta.offset, 1);
+    broker.stop().await;
+}
+
+/// Batches whose acknowledgements are lost (the broker stored them, then
+/// the connection died) are retried; the broker recognises the retries, so
+/// every record is stored exactly once and in order per partition, and
+/// each delivery reports the offset the record really has.
+#[tokio::test(flavor = "current_thread")]
+async fn retried_batches_keep_order_and_are_stored_once() {
+    const PARTITIONS: u32 = 3;
+    const ROUND: u32 = 120;
+    let (mut proxy, listener) = Proxy::bind().await;
+    let broker = TestBroker::start(Some(proxy.addr)).await;
+    proxy.forward_to(listener, broker.addr);
+    broker.create_topic("retried", PARTITIONS).await;
+    // Every connection of this client goes through the proxy: the seed
+    // and the advertised leader address are both the proxy.
+    let client = crate::Client::connect(&proxy.addr.to_string())
+        .await
+        .expect("connect through the proxy");
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            retry_backoff: Duration::from_millis(10),
+            retry_backoff_max: Duration::from_millis(100),
+            retries: 50,
+            ..Default::default()
+        },
+    );
+    let key = |i: u32| format!("key-{}", i % 17);
+    let value = |i: u32| format!("value-{i}");
+    let mut sent: BTreeMap<u32, Vec<(String, u64)>> = BTreeMap::new();
+
+    // Round 1 goes through normally; round 2's acknowledgements are lost.
+    for round in 0..2 {
+        let lose_acks = round == 1;
+        proxy.drop_replies(lose_acks);
+        let mut deliveries = Vec::new();
+        for i in round * ROUND..(round + 1) * ROUND {
+            let record = ProducerRecord::new("retried", value(i)).with_key(key(i));
+            let d = producer.enqueue(record).await.expect("enqueue");
+            deliveries.push((value(i), d));
+        }
+        if lose_acks {
+            // Wait until the broker stored everything, then cut the
+            // connections: every in-flight batch fails and is retried.
+            let total = u64::from(2 * ROUND);
+            let b = &broker;
+            eventually(LIMIT, "broker stored round 2", || async move {
+                let mut end = 0;
+                for p in 0..PARTITIONS {
+                    end += b.log_end("retried", p).await;
+                }
+                end == total
+            })
+            .await;
+            proxy.drop_replies(false);
+            proxy.cut();
+        }
+        for (v, d) in deliveries {
+            let meta = bounded(LIMIT, "delivery", d).await.expect("delivered");
+            sent.entry(meta.partition)
+                .or_default()
+                .push((v, meta.offset));
+        }
+    }
+
+    let mut stored_total = 0;
+    for p in 0..PARTITIONS {
+        let end = broker.log_end("retried", p).await;
+        let records = sent.get(&p).cloned().unwrap_or_default();
+        assert_eq!(
+            end,
+            records.len() as u64,
+            "partition {p}: {} records sent, {end} stored (duplicates?)",
+            records.len()
+        );
+        // Deliveries in enqueue order carry consecutive offsets.
+        for (i, (_, offset)) in records.iter().enumerate() {
+            assert_eq!(*offset, i as u64, "partition {p} out of order");
+        }
+        stored_total += end;
+    }
+    assert_eq!(stored_total, u64::from(2 * ROUND));
+
+    // What a consumer reads matches what each delivery said.
+    let mut consumer = Consumer::new(
+        broker.client().await,
+        ConsumerConfig {
+            max_wait: Duration::from_millis(100),
+            ..Default::default()
+        },
+    );
+    consumer
+        .assign_all("retried", Offset::Earliest)
+        .await
+        .expect("assign");
+    let mut read: BTreeMap<u32, Vec<(String, u64)>> = BTreeMap::new();
+    bounded(LIMIT, "read everything back", async {
+        let mut n = 0;
+        while n < 2 * ROUND {
+            let r = consumer.next_record().await.expect("record");
+            let v = String::from_utf8(r.value.expect("value").to_vec()).expect("utf-8");
+            read.entry(r.partition).or_default().push((v, r.offset));
+            n += 1;
+        }
+    })
+    .await;
+    assert_eq!(read, sent, "the log differs from the deliveries");
+    broker.stop().await;
+}
