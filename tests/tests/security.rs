@@ -132,10 +132,17 @@ async fn a_tls_cluster_serves_tls_clients_and_nobody_else() {
             .unwrap();
         round_trip(&alice, "secure", "over mutual tls").await;
         // A plaintext client gets no answer; nor does one trusting another CA.
-        let plain = Client::connect_with(&cluster.seeds(), tern_tests::fault_client_config()).await;
+        // (A short bootstrap: connecting would otherwise retry for 30 s.)
+        let brief = |config: ClientConfig| ClientConfig {
+            bootstrap_timeout: Duration::from_secs(2),
+            ..config
+        };
+        let plain =
+            Client::connect_with(&cluster.seeds(), brief(tern_tests::fault_client_config())).await;
         assert!(plain.is_err(), "a plaintext client was served");
         let other = Certs::new(&dir.path().join("other-ca"));
-        let wrong_ca = Client::connect_with(&cluster.seeds(), other.client_config(None)).await;
+        let wrong_ca =
+            Client::connect_with(&cluster.seeds(), brief(other.client_config(None))).await;
         assert!(wrong_ca.is_err(), "a client trusting another CA connected");
     })
     .await;
