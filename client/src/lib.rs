@@ -10,7 +10,7 @@
 //!
 //! All errors are [`ClientError`] (`#[non_exhaustive]`, causes kept as
 //! [`source`](std::error::Error::source)); broker errors carry the stable
-//! [`ErrorCode`](tern_protocol::ErrorCode) from the wire. Retries back off
+//! [`ErrorCode`] from the wire. Retries back off
 //! exponentially with jitter.
 //!
 //! # Cancel safety

@@ -212,6 +212,43 @@ async fn per_offset_commits_and_a_dropped_member_leaves_its_group() {
             .is_empty(),
         "close left the group"
     );
+
+    // With auto-commit on, a dropped member commits what it handed out
+    // (as close would) before it leaves, long before its next tick.
+    let mut third = Consumer::new(
+        client.clone(),
+        ConsumerConfig {
+            auto_commit_interval: Some(Duration::from_secs(3600)),
+            ..config()
+        },
+    );
+    bounded(
+        LIMIT,
+        "subscribe",
+        third.subscribe("auditors", &["commits"]),
+    )
+    .await
+    .expect("subscribe");
+    for expected in [5, 6] {
+        let r = bounded(LIMIT, "record", third.next_record())
+            .await
+            .expect("record");
+        assert_eq!(r.offset, expected);
+    }
+    drop(third);
+    let admin_ref = &admin;
+    super::eventually(
+        LIMIT,
+        "the dropped member committed and left",
+        || async move {
+            let info = admin_ref
+                .describe_group("auditors")
+                .await
+                .expect("describe");
+            info.members.is_empty() && committed(info) == Some(7)
+        },
+    )
+    .await;
     broker.stop().await;
 }
 
