@@ -22,7 +22,7 @@ use openraft::error::ClientWriteError;
 use openraft::raft::ClientWriteResponse;
 use tern_protocol::api::{
     BrokerInfo, FetchPartition, FetchResult, OffsetSpec, PartitionInfo, ProducePartition,
-    ProduceResult, TopicConfig, TopicInfo, RETENTION_BROKER_DEFAULT,
+    ProduceResult, TopicConfig, TopicInfo, FETCH_PARTITIONS_MAX, RETENTION_BROKER_DEFAULT,
 };
 use tern_protocol::record::BATCH_BYTES_MAX;
 use tern_protocol::{BatchView, ErrorCode, Request, Response};
@@ -47,8 +47,29 @@ pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 /// Longest long-poll a fetch may ask for.
 pub const FETCH_WAIT_MS_MAX: u32 = 60_000;
-/// Most bytes one fetch response carries.
+/// Most record bytes one fetch response carries (the first partition with
+/// data may exceed the request's own budget by one batch, never this).
 pub const FETCH_RESPONSE_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Bytes of one partition's entry in a fetch response besides its records:
+/// topic length, partition, error, high watermark, log start, records length.
+const FETCH_RESULT_FIXED_BYTES: usize = 2 + 4 + 2 + 8 + 8 + 4;
+/// Bytes of a response frame's header and the list count.
+const RESPONSE_HEADER_BYTES_MAX: usize = 4 + 2 + 2 + 2 + 4;
+
+// The largest fetch response — every partition named, each with a topic of
+// the longest name, records at their cap (the request's budget, or one
+// batch when that is larger) — always fits in a frame: a fetch can never
+// build an answer the connection cannot send.
+const _: () = assert!(
+    RESPONSE_HEADER_BYTES_MAX
+        + FETCH_PARTITIONS_MAX * (FETCH_RESULT_FIXED_BYTES + TOPIC_NAME_BYTES_MAX)
+        + if FETCH_RESPONSE_BYTES_MAX > BATCH_BYTES_MAX {
+            FETCH_RESPONSE_BYTES_MAX
+        } else {
+            BATCH_BYTES_MAX
+        }
+        <= tern_protocol::FRAME_BYTES_MAX
+);
 /// How long a catalogue change (create/delete topic) may take.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// A follower whose log is more than this many entries behind the leader's
@@ -488,9 +509,12 @@ impl Broker {
                 min_bytes,
                 max_bytes,
                 partitions,
-            } => Ok(self
-                .fetch(max_wait_ms, min_bytes, max_bytes, partitions)
-                .await),
+            } => {
+                self.check_fetch(&partitions)?;
+                Ok(self
+                    .fetch(max_wait_ms, min_bytes, max_bytes, partitions)
+                    .await)
+            }
             Request::Metadata { topics } => {
                 self.learn_remote_leaders(topics.as_deref()).await;
                 Ok(self.metadata(topics))
@@ -576,6 +600,48 @@ impl Broker {
         }
     }
 
+    /// Refuses, before anything is read, a fetch that names more partitions
+    /// than [`FETCH_PARTITIONS_MAX`], one partition twice, or a topic no
+    /// topic can be named: each would let a small request make the broker
+    /// read and send far more than the response budget.
+    fn check_fetch(&self, wanted: &[FetchPartition]) -> Result<(), Failure> {
+        if wanted.len() > FETCH_PARTITIONS_MAX {
+            self.metrics
+                .limit_refusals
+                .with_label_values(&["fetch_partitions_max"])
+                .inc();
+            return Err(Failure::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "a fetch names {} partitions, over fetch_partitions_max = {FETCH_PARTITIONS_MAX}",
+                    wanted.len()
+                ),
+            ));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(wanted.len());
+        for w in wanted {
+            if w.topic.len() > TOPIC_NAME_BYTES_MAX {
+                return Err(Failure::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "a fetch names a topic of {} bytes; topic names are at most {TOPIC_NAME_BYTES_MAX}",
+                        w.topic.len()
+                    ),
+                ));
+            }
+            if !seen.insert((w.topic.as_str(), w.partition)) {
+                return Err(Failure::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "a fetch names partition {}/{} more than once",
+                        w.topic, w.partition
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     async fn fetch(
         &self,
         max_wait_ms: u32,
@@ -642,7 +708,12 @@ impl Broker {
         let metrics = self.metrics.clone();
         let cache = self.cache.clone();
         let reads = tokio::task::spawn_blocking(move || {
+            // Record bytes the response may still carry. The first partition
+            // with data may go over it by one batch (a consumer must never be
+            // stuck behind a batch larger than its budget); every later one
+            // only serves what fits.
             let mut budget = max_bytes;
+            let mut served = false;
             jobs.into_iter()
                 .map(|(w, t)| {
                     let mut result = FetchResult {
@@ -661,9 +732,17 @@ impl Broker {
                         }
                     };
                     let limit = (w.max_bytes as usize).clamp(1, budget.max(1));
-                    match read_through_cache(cache.as_deref(), &p.log, w.offset, limit) {
+                    let first_batch_max = if served { budget } else { usize::MAX };
+                    match read_through_cache(
+                        cache.as_deref(),
+                        &p.log,
+                        w.offset,
+                        limit,
+                        first_batch_max,
+                    ) {
                         Ok((data, log_start, log_end)) => {
                             budget = budget.saturating_sub(data.len());
+                            served |= !data.is_empty();
                             result.high_watermark = log_end;
                             result.log_start = log_start;
                             result.records = data;
@@ -1218,45 +1297,47 @@ pub async fn finish_produce(
 
 /// Reads whole batches from `offset`, each from the read cache when it holds
 /// it, else from RocksDB (then offered to the cache). Returns the
-/// concatenated batches and the log start and end.
+/// concatenated batches and the log start and end. The first batch is read
+/// even when larger than `max_bytes`, but only up to `first_batch_max`:
+/// over that, nothing is read.
 fn read_through_cache(
     cache: Option<&ReadCache>,
     log: &PartitionLog,
     offset: u64,
     max_bytes: usize,
+    first_batch_max: usize,
 ) -> Result<(Bytes, u64, u64), StorageError> {
-    let Some(cache) = cache else {
-        let read = log.read(offset, max_bytes)?;
-        return Ok((read.data, read.log_start, read.log_end));
-    };
     let (plan, log_start, log_end) = log.plan_read(offset, max_bytes)?;
+    if plan
+        .first()
+        .is_some_and(|(_, bytes)| *bytes as usize > first_batch_max)
+    {
+        return Ok((Bytes::new(), log_start, log_end));
+    }
     let (topic_id, partition) = log.id();
-    if let [(base, _)] = plan[..] {
-        // One batch: hand out the cached or stored bytes without copying.
+    let read = |base: u64| -> Result<Bytes, StorageError> {
         let key = (topic_id, partition, base);
-        if let Some(b) = cache.get(key) {
-            return Ok((b, log_start, log_end));
+        if let Some(b) = cache.and_then(|c| c.get(key)) {
+            return Ok(b);
         }
         let b = log.read_batch(base)?;
-        cache.insert(key, b.clone());
-        return Ok((b, log_start, log_end));
+        if let Some(c) = cache {
+            c.insert(key, b.clone());
+        }
+        Ok(b)
+    };
+    if let [(base, _)] = plan[..] {
+        // One batch: hand out the cached or stored bytes without copying.
+        return Ok((read(base)?, log_start, log_end));
     }
     let mut out = BytesMut::with_capacity(plan.iter().map(|(_, n)| *n as usize).sum());
     for (base, _) in plan {
-        let key = (topic_id, partition, base);
-        let batch = match cache.get(key) {
-            Some(b) => b,
-            None => match log.read_batch(base) {
-                Ok(b) => {
-                    cache.insert(key, b.clone());
-                    b
-                }
-                // Retention removed the rest meanwhile: serve what we have.
-                Err(StorageError::OffsetOutOfRange { .. }) if !out.is_empty() => break,
-                Err(e) => return Err(e),
-            },
-        };
-        out.extend_from_slice(&batch);
+        match read(base) {
+            Ok(batch) => out.extend_from_slice(&batch),
+            // Retention removed the rest meanwhile: serve what we have.
+            Err(StorageError::OffsetOutOfRange { .. }) if !out.is_empty() => break,
+            Err(e) => return Err(e),
+        }
     }
     Ok((out.freeze(), log_start, log_end))
 }
