@@ -232,48 +232,59 @@ fn big_batch(value_bytes: usize) -> Bytes {
     b.finish(-1, -1)
 }
 
-fn vm_rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+/// The process's resident set, or `None` once it has exited.
+fn vm_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS line");
-    kib * 1024
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())?;
+    Some(kib * 1024)
 }
 
-/// Samples the broker's RSS every few ms until dropped; reports the peak.
+/// Samples the broker's RSS every few ms until [`RssWatch::peak`].
 struct RssWatch {
     peak: Arc<AtomicU64>,
+    died: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RssWatch {
     fn start(pid: u32) -> RssWatch {
-        let peak = Arc::new(AtomicU64::new(vm_rss_bytes(pid)));
+        let peak = Arc::new(AtomicU64::new(0));
+        let died = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (peak, stop) = (peak.clone(), stop.clone());
+            let (peak, died, stop) = (peak.clone(), died.clone(), stop.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Acquire) {
-                    peak.fetch_max(vm_rss_bytes(pid), Ordering::AcqRel);
+                    match vm_rss_bytes(pid) {
+                        Some(rss) => peak.fetch_max(rss, Ordering::AcqRel),
+                        None => return died.store(true, Ordering::Release),
+                    };
                     std::thread::sleep(Duration::from_millis(5));
                 }
             })
         };
         RssWatch {
             peak,
+            died,
             stop,
             thread: Some(thread),
         }
     }
 
+    /// The highest RSS seen; fails the test if the broker died meanwhile.
     fn peak(mut self) -> u64 {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             t.join().expect("rss sampler");
         }
+        assert!(
+            !self.died.load(Ordering::Acquire),
+            "the broker died during the attack"
+        );
         self.peak.load(Ordering::Acquire)
     }
 }
