@@ -695,3 +695,56 @@ async fn connections_over_the_global_cap_are_refused_clearly() {
     })
     .await;
 }
+
+/// Finding 5: the catalogue is capped cluster-wide — topics and partitions
+/// of all topics together — with an error naming the cap; deleting a topic
+/// makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_and_partitions_are_capped_cluster_wide() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &dir.path().join("n1"),
+        &[
+            "--cluster-topics-max",
+            "4",
+            "--cluster-partitions-max",
+            "10",
+        ],
+    );
+    bounded(Duration::from_secs(120), async {
+        // "steady": 1 topic, 1 partition.
+        let steady = Steady::start(&broker.addr).await;
+        let admin = Admin::new(Client::connect(&broker.addr).await.unwrap());
+        for name in ["t0", "t1", "t2"] {
+            admin.create_topic(name, NewTopic::new(2)).await.unwrap();
+        }
+        let refused = |e: ClientError, limit: &str| {
+            assert_eq!(e.code(), Some(ErrorCode::LimitExceeded), "{e}");
+            assert!(e.to_string().contains(limit), "{e}");
+        };
+        let e = admin
+            .create_topic("t3", NewTopic::new(1))
+            .await
+            .unwrap_err();
+        refused(e, "cluster_topics_max");
+        steady.progresses().await;
+        admin.delete_topic("t0").await.unwrap();
+        // 3 topics, 5 partitions: 6 more would pass the cap, 5 fit.
+        let e = admin
+            .create_topic("wide", NewTopic::new(6))
+            .await
+            .unwrap_err();
+        refused(e, "cluster_partitions_max");
+        admin.create_topic("fits", NewTopic::new(5)).await.unwrap();
+        steady.progresses().await;
+        steady.finish().await;
+        let text = metrics(&broker);
+        assert!(
+            metric_sum(
+                &text,
+                "tern_limit_refusals_total{limit=\"cluster_topics_max\"}"
+            ) >= 1.0
+        );
+    })
+    .await;
+}

@@ -957,6 +957,7 @@ impl Broker {
                 format!("topic {name:?} already exists"),
             ));
         }
+        self.check_catalogue_room(config.partitions)?;
         // The replication factor is capped by the number of brokers.
         let brokers = self.raft.voters();
         let rf = (config.replication_factor.max(1) as usize).min(brokers.len());
@@ -997,6 +998,47 @@ impl Broker {
             ErrorCode::RequestTimedOut,
             "topic created but its partitions have not elected leaders yet",
         ))
+    }
+
+    /// Refuses a topic that would take the cluster over `cluster_topics_max`
+    /// or `cluster_partitions_max`: every partition is a Raft group on each
+    /// of its replicas and a line of every metadata answer. Checked against
+    /// this broker's copy of the catalogue before proposing, so concurrent
+    /// creations through several brokers may overshoot by those few topics.
+    fn check_catalogue_room(&self, partitions: u32) -> Result<(), Failure> {
+        let catalogue = self.raft.catalogue().borrow().clone();
+        let topics = catalogue.topics.len();
+        let existing: u64 = catalogue
+            .topics
+            .values()
+            .map(|t| t.settings.partitions as u64)
+            .sum();
+        let refuse = |limit: &'static str, message: String| {
+            self.metrics
+                .limit_refusals
+                .with_label_values(&[limit])
+                .inc();
+            Err(Failure::new(ErrorCode::LimitExceeded, message))
+        };
+        if topics >= self.config.cluster_topics_max {
+            return refuse(
+                "cluster_topics_max",
+                format!(
+                    "the cluster has {topics} topics, its cluster_topics_max ({}); delete one first",
+                    self.config.cluster_topics_max
+                ),
+            );
+        }
+        if existing + partitions as u64 > self.config.cluster_partitions_max {
+            return refuse(
+                "cluster_partitions_max",
+                format!(
+                    "the cluster has {existing} partitions; {partitions} more would pass its cluster_partitions_max ({})",
+                    self.config.cluster_partitions_max
+                ),
+            );
+        }
+        Ok(())
     }
 
     async fn delete_topic(&self, name: String) -> Result<Response, Failure> {

@@ -148,6 +148,17 @@ pub struct Flags {
     #[arg(long, env = "TERN_REQUEST_BYTES_IN_FLIGHT_MAX")]
     pub request_bytes_in_flight_max: Option<usize>,
 
+    /// Most topics in the cluster; creating one more is refused with
+    /// limit_exceeded. Give every broker the same value. Default: 10000
+    #[arg(long, env = "TERN_CLUSTER_TOPICS_MAX")]
+    pub cluster_topics_max: Option<usize>,
+
+    /// Most partitions in the cluster, all topics together; a topic that
+    /// would go over is refused with limit_exceeded. Give every broker the
+    /// same value. Default: 100000
+    #[arg(long, env = "TERN_CLUSTER_PARTITIONS_MAX")]
+    pub cluster_partitions_max: Option<u64>,
+
     /// Directory searched for plugins given by name. Default: the directory
     /// of the ternd executable if it holds plugins, else /usr/lib/tern/plugins
     #[arg(long, env = "TERN_PLUGIN_DIR", global = true)]
@@ -206,6 +217,8 @@ struct FileConfig {
     handshake_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     request_bytes_in_flight_max: Option<usize>,
+    cluster_topics_max: Option<usize>,
+    cluster_partitions_max: Option<u64>,
 }
 
 /// The `[plugins]` table of the TOML file.
@@ -292,6 +305,10 @@ pub struct Config {
     pub cache_plugin: String,
     /// Limits on client connections.
     pub connection_limits: ConnectionLimits,
+    /// Most topics in the cluster.
+    pub cluster_topics_max: usize,
+    /// Most partitions in the cluster, all topics together.
+    pub cluster_partitions_max: u64,
 }
 
 /// Limits on the client port: how many connections, how long they may
@@ -384,6 +401,20 @@ impl Config {
             None => (FileConfig::default(), PluginsFile::default()),
         };
         let connection_limits = ConnectionLimits::resolve(&flags, &file)?;
+        let cluster_topics_max = flags
+            .cluster_topics_max
+            .or(file.cluster_topics_max)
+            .unwrap_or(10_000);
+        let cluster_partitions_max = flags
+            .cluster_partitions_max
+            .or(file.cluster_partitions_max)
+            .unwrap_or(100_000);
+        if cluster_topics_max == 0 || cluster_partitions_max == 0 {
+            return Err(ConfigError::Invalid {
+                key: "cluster_topics_max",
+                detail: "cluster_topics_max and cluster_partitions_max must be positive".into(),
+            });
+        }
         let listen = flags
             .listen
             .or(file.listen)
@@ -445,6 +476,8 @@ impl Config {
         }
         Ok(Config {
             connection_limits,
+            cluster_topics_max,
+            cluster_partitions_max,
             data_dir: flags
                 .data_dir
                 .or(file.data_dir)

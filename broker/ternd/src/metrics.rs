@@ -17,8 +17,10 @@ pub const PARTITION_SERIES_MAX: usize = 1_000;
 
 /// The named limits whose refusals `tern_limit_refusals_total` counts, by
 /// the `limit` label (the name of the limit, as in docs/reliability.md).
-pub const REFUSED_LIMITS: [&str; 6] = [
+pub const REFUSED_LIMITS: [&str; 8] = [
     "fetch_partitions_max",
+    "cluster_topics_max",
+    "cluster_partitions_max",
     "frame_bytes_max",
     "connections_max",
     "connections_per_ip_max",
