@@ -138,7 +138,8 @@ pub struct FetchPartition {
     /// Most bytes to return for this partition. Its first batch is returned
     /// whatever its size (so a consumer never gets stuck) as long as the
     /// response's budget has room for it — or when it is the first
-    /// partition of the response with data.
+    /// partition the broker reads that has data (the broker rotates where it
+    /// starts, so every partition gets that turn).
     pub max_bytes: u32,
 }
 
@@ -272,7 +273,7 @@ pub enum Request {
         /// Answer as soon as this many bytes are available.
         min_bytes: u32,
         /// Most record bytes for the whole response; only the first
-        /// partition with data may exceed it, by at most one batch.
+        /// partition read that has data may exceed it, by at most one batch.
         max_bytes: u32,
         /// Partitions to read, each at most once, at most
         /// [`FETCH_PARTITIONS_MAX`].

@@ -137,6 +137,9 @@ pub struct Broker {
     remote_leaders: std::sync::Mutex<HashMap<(String, u32), (NodeId, Instant)>>,
     /// Why the cluster refused this broker, if it did.
     refusal: std::sync::Mutex<Option<String>>,
+    /// Where the next multi-partition fetch starts reading (see
+    /// `read_partitions`).
+    fetch_rotation: std::sync::atomic::AtomicUsize,
 }
 
 /// How long a remote partition's leader is trusted without asking again.
@@ -189,6 +192,7 @@ impl Broker {
             raft,
             remote_leaders: std::sync::Mutex::new(HashMap::new()),
             refusal: std::sync::Mutex::new(None),
+            fetch_rotation: std::sync::atomic::AtomicUsize::new(0),
         });
         broker.reconcile().await;
         broker
@@ -707,58 +711,70 @@ impl Broker {
             .collect();
         let metrics = self.metrics.clone();
         let cache = self.cache.clone();
+        // Partitions are read from a rotating start: the budget goes to the
+        // first ones read, and a fixed order would starve the partitions a
+        // client always lists last while the first ones have a backlog.
+        let rotation = if jobs.len() > 1 {
+            self.fetch_rotation.fetch_add(1, Ordering::Relaxed) % jobs.len()
+        } else {
+            0
+        };
         let reads = tokio::task::spawn_blocking(move || {
             // Record bytes the response may still carry. The first partition
-            // with data may go over it by one batch (a consumer must never be
-            // stuck behind a batch larger than its budget); every later one
-            // only serves what fits.
+            // read that has data may go over it by one batch (a consumer must
+            // never be stuck behind a batch larger than its budget); every
+            // later one only serves what fits.
             let mut budget = max_bytes;
             let mut served = false;
-            jobs.into_iter()
-                .map(|(w, t)| {
-                    let mut result = FetchResult {
-                        topic: w.topic.clone(),
-                        partition: w.partition,
-                        error: ErrorCode::None,
-                        high_watermark: 0,
-                        log_start: 0,
-                        records: Bytes::new(),
-                    };
-                    let p = match t {
-                        Ok(p) => p,
-                        Err(f) => {
-                            result.error = f.code;
-                            return result;
-                        }
-                    };
-                    let limit = (w.max_bytes as usize).clamp(1, budget.max(1));
-                    let first_batch_max = if served { budget } else { usize::MAX };
-                    match read_through_cache(
-                        cache.as_deref(),
-                        &p.log,
-                        w.offset,
-                        limit,
-                        first_batch_max,
-                    ) {
-                        Ok((data, log_start, log_end)) => {
-                            budget = budget.saturating_sub(data.len());
-                            served |= !data.is_empty();
-                            result.high_watermark = log_end;
-                            result.log_start = log_start;
-                            result.records = data;
-                        }
-                        Err(e) => {
-                            if !matches!(e, StorageError::OffsetOutOfRange { .. }) {
-                                metrics.storage_errors.with_label_values(&["read"]).inc();
-                                warn!(topic = %w.topic, partition = w.partition, error = %e, "read failed");
+            let n = jobs.len();
+            let mut results: Vec<Option<FetchResult>> = vec![None; n];
+            for k in 0..n {
+                let i = (rotation + k) % n;
+                let (w, t) = &jobs[i];
+                let mut result = FetchResult {
+                    topic: w.topic.clone(),
+                    partition: w.partition,
+                    error: ErrorCode::None,
+                    high_watermark: 0,
+                    log_start: 0,
+                    records: Bytes::new(),
+                };
+                match t {
+                    Err(f) => result.error = f.code,
+                    Ok(p) => {
+                        let limit = (w.max_bytes as usize).clamp(1, budget.max(1));
+                        let first_batch_max = if served { budget } else { usize::MAX };
+                        match read_through_cache(
+                            cache.as_deref(),
+                            &p.log,
+                            w.offset,
+                            limit,
+                            first_batch_max,
+                        ) {
+                            Ok((data, log_start, log_end)) => {
+                                budget = budget.saturating_sub(data.len());
+                                served |= !data.is_empty();
+                                result.high_watermark = log_end;
+                                result.log_start = log_start;
+                                result.records = data;
                             }
-                            result.error = Failure::from_storage(&e).code;
-                            result.high_watermark = p.log.log_end();
-                            result.log_start = p.log.log_start();
+                            Err(e) => {
+                                if !matches!(e, StorageError::OffsetOutOfRange { .. }) {
+                                    metrics.storage_errors.with_label_values(&["read"]).inc();
+                                    warn!(topic = %w.topic, partition = w.partition, error = %e, "read failed");
+                                }
+                                result.error = Failure::from_storage(&e).code;
+                                result.high_watermark = p.log.log_end();
+                                result.log_start = p.log.log_start();
+                            }
                         }
                     }
-                    result
-                })
+                }
+                results[i] = Some(result);
+            }
+            results
+                .into_iter()
+                .map(|r| r.expect("every partition was read"))
                 .collect::<Vec<_>>()
         })
         .await;
