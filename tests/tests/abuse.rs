@@ -43,8 +43,13 @@ const PROGRESS_DURING_ATTACK: u64 = 20;
 /// A well-behaved producer (one record at a time, each acknowledged) and a
 /// consumer reading them back, on their own topic and connections.
 struct Steady {
+    /// Kept open: a connection closing in the background would free a slot
+    /// at a moment the connection-cap tests do not control.
+    _admin: Admin,
     acked: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// Set once the producer has ended: `acked` is final.
+    produced: Arc<AtomicBool>,
     producer: tokio::task::JoinHandle<u64>,
     consumer: tokio::task::JoinHandle<u64>,
 }
@@ -82,9 +87,10 @@ impl Steady {
                 i
             })
         };
+        let produced = Arc::new(AtomicBool::new(false));
         let consumer = {
             let client = Client::connect(addr).await.expect("steady: connect");
-            let (acked, stop) = (acked.clone(), stop.clone());
+            let (acked, produced) = (acked.clone(), produced.clone());
             tokio::spawn(async move {
                 let mut consumer = Consumer::new(client, ConsumerConfig::default());
                 consumer
@@ -92,8 +98,9 @@ impl Steady {
                     .await
                     .expect("steady: assign");
                 let mut next = 0u64;
-                // Until stopped and caught up with every acknowledged record.
-                while !(stop.load(Ordering::Acquire) && next >= acked.load(Ordering::Acquire)) {
+                // Until the producer ended and every record it got
+                // acknowledged was read.
+                while !(produced.load(Ordering::Acquire) && next >= acked.load(Ordering::Acquire)) {
                     for r in consumer.poll().await.expect("the consumer keeps reading") {
                         assert_eq!(r.offset, next, "records in order, none lost or repeated");
                         assert_eq!(r.value.as_deref(), Some(next.to_string().as_bytes()));
@@ -104,8 +111,10 @@ impl Steady {
             })
         };
         Steady {
+            _admin: admin,
             acked,
             stop,
+            produced,
             producer,
             consumer,
         }
@@ -133,6 +142,7 @@ impl Steady {
     async fn finish(self) {
         self.stop.store(true, Ordering::Release);
         let produced = self.producer.await.expect("steady producer");
+        self.produced.store(true, Ordering::Release);
         let consumed = self.consumer.await.expect("steady consumer");
         assert_eq!(consumed, produced, "every acknowledged record read back");
     }
