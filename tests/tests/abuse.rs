@@ -33,8 +33,8 @@ use tern_tests::{bounded, metric_sum, Broker};
 
 /// The broker's resident set stays under this during every attack (peaks
 /// measured: 20–92 MiB, the most under the fetch attack, whose two 7 MiB
-/// batches sit in the read cache; unchecked, that attack passed 700 MiB or
-/// killed the broker).
+/// batches sit in the read cache; against the unchecked broker, that attack
+/// ended the broker process).
 const RSS_BYTES_MAX: u64 = 256 << 20;
 /// Longest a well-behaved produce may wait for its acknowledgement while an
 /// attack runs (generous: the test machine's CPUs are shared).
