@@ -125,6 +125,11 @@ pub struct ProduceResult {
     pub base_offset: u64,
 }
 
+/// Most partitions one fetch may name; a longer fetch is refused whole
+/// with `LimitExceeded` (so are duplicates, with `InvalidRequest`): together
+/// they bound what one small request can make a broker read and send.
+pub const FETCH_PARTITIONS_MAX: usize = 10_000;
+
 /// One partition to read in a fetch request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchPartition {
@@ -134,8 +139,11 @@ pub struct FetchPartition {
     pub partition: u32,
     /// First offset wanted.
     pub offset: u64,
-    /// Most bytes to return for this partition (at least one batch is
-    /// returned whatever its size, so a consumer never gets stuck).
+    /// Most bytes to return for this partition. Its first batch is returned
+    /// whatever its size (so a consumer never gets stuck) as long as the
+    /// response's budget has room for it — or when it is the first
+    /// partition the broker reads that has data (the broker rotates where it
+    /// starts, so every partition gets that turn).
     pub max_bytes: u32,
 }
 
@@ -268,9 +276,11 @@ pub enum Request {
         max_wait_ms: u32,
         /// Answer as soon as this many bytes are available.
         min_bytes: u32,
-        /// Most bytes for the whole response.
+        /// Most record bytes for the whole response; only the first
+        /// partition read that has data may exceed it, by at most one batch.
         max_bytes: u32,
-        /// Partitions to read.
+        /// Partitions to read, each at most once, at most
+        /// [`FETCH_PARTITIONS_MAX`].
         partitions: Vec<FetchPartition>,
     },
     /// Describe brokers and topics; `None` means every topic.

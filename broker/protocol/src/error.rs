@@ -57,6 +57,14 @@ pub enum ErrorCode {
     /// The group moved to another generation, or the partition is not the
     /// member's in it: the commit was refused.
     IllegalGeneration = 22,
+    /// The request exceeds one of the broker's named limits (partitions per
+    /// fetch, a response over the frame limit...); the message names the
+    /// limit. Retrying the same request cannot succeed.
+    LimitExceeded = 23,
+    /// The broker refused the connection: too many are open from this
+    /// address or in all; the message names the limit. Retry after a backoff
+    /// on a new connection.
+    TooManyConnections = 24,
 }
 
 impl ErrorCode {
@@ -86,6 +94,8 @@ impl ErrorCode {
             20 => LockWaitTimeout,
             21 => UnknownMember,
             22 => IllegalGeneration,
+            23 => LimitExceeded,
+            24 => TooManyConnections,
             _ => Unknown,
         }
     }
@@ -103,6 +113,7 @@ impl ErrorCode {
                 | ErrorCode::Busy
                 | ErrorCode::RequestTimedOut
                 | ErrorCode::LeaderNotAvailable
+                | ErrorCode::TooManyConnections
         )
     }
 
@@ -133,6 +144,8 @@ impl ErrorCode {
             LockWaitTimeout => "lock_wait_timeout",
             UnknownMember => "unknown_member",
             IllegalGeneration => "illegal_generation",
+            LimitExceeded => "limit_exceeded",
+            TooManyConnections => "too_many_connections",
         }
     }
 }
@@ -185,4 +198,24 @@ pub enum DecodeError {
     /// Bytes were left over after the message ended.
     #[error("{0} trailing bytes after the message")]
     TrailingBytes(usize),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn every_code_round_trips_and_has_its_own_name() {
+        let mut names = std::collections::HashSet::new();
+        for n in 0..=u8::MAX as u16 {
+            let code = ErrorCode::from_u16(n);
+            if code == ErrorCode::Unknown && n != 1 {
+                continue; // not (yet) assigned
+            }
+            assert_eq!(code.as_u16(), n, "{code}");
+            assert!(names.insert(code.name()), "{} named twice", code.name());
+        }
+        assert_eq!(ErrorCode::from_u16(23), ErrorCode::LimitExceeded);
+        assert_eq!(ErrorCode::from_u16(24), ErrorCode::TooManyConnections);
+    }
 }

@@ -22,7 +22,7 @@ use openraft::error::ClientWriteError;
 use openraft::raft::ClientWriteResponse;
 use tern_protocol::api::{
     BrokerInfo, FetchPartition, FetchResult, OffsetSpec, PartitionInfo, ProducePartition,
-    ProduceResult, TopicConfig, TopicInfo, RETENTION_BROKER_DEFAULT,
+    ProduceResult, TopicConfig, TopicInfo, FETCH_PARTITIONS_MAX, RETENTION_BROKER_DEFAULT,
 };
 use tern_protocol::record::BATCH_BYTES_MAX;
 use tern_protocol::{BatchView, ErrorCode, Request, Response};
@@ -47,8 +47,29 @@ pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 /// Longest long-poll a fetch may ask for.
 pub const FETCH_WAIT_MS_MAX: u32 = 60_000;
-/// Most bytes one fetch response carries.
+/// Most record bytes one fetch response carries (the first partition with
+/// data may exceed the request's own budget by one batch, never this).
 pub const FETCH_RESPONSE_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Bytes of one partition's entry in a fetch response besides its records:
+/// topic length, partition, error, high watermark, log start, records length.
+const FETCH_RESULT_FIXED_BYTES: usize = 2 + 4 + 2 + 8 + 8 + 4;
+/// Bytes of a response frame's header and the list count.
+const RESPONSE_HEADER_BYTES_MAX: usize = 4 + 2 + 2 + 2 + 4;
+
+// The largest fetch response — every partition named, each with a topic of
+// the longest name, records at their cap (the request's budget, or one
+// batch when that is larger) — always fits in a frame: a fetch can never
+// build an answer the connection cannot send.
+const _: () = assert!(
+    RESPONSE_HEADER_BYTES_MAX
+        + FETCH_PARTITIONS_MAX * (FETCH_RESULT_FIXED_BYTES + TOPIC_NAME_BYTES_MAX)
+        + if FETCH_RESPONSE_BYTES_MAX > BATCH_BYTES_MAX {
+            FETCH_RESPONSE_BYTES_MAX
+        } else {
+            BATCH_BYTES_MAX
+        }
+        <= tern_protocol::FRAME_BYTES_MAX
+);
 /// How long a catalogue change (create/delete topic) may take.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// A follower whose log is more than this many entries behind the leader's
@@ -116,6 +137,9 @@ pub struct Broker {
     remote_leaders: std::sync::Mutex<HashMap<(String, u32), (NodeId, Instant)>>,
     /// Why the cluster refused this broker, if it did.
     refusal: std::sync::Mutex<Option<String>>,
+    /// Where the next multi-partition fetch starts reading (see
+    /// `read_partitions`).
+    fetch_rotation: std::sync::atomic::AtomicUsize,
 }
 
 /// How long a remote partition's leader is trusted without asking again.
@@ -168,6 +192,7 @@ impl Broker {
             raft,
             remote_leaders: std::sync::Mutex::new(HashMap::new()),
             refusal: std::sync::Mutex::new(None),
+            fetch_rotation: std::sync::atomic::AtomicUsize::new(0),
         });
         broker.reconcile().await;
         broker
@@ -488,9 +513,12 @@ impl Broker {
                 min_bytes,
                 max_bytes,
                 partitions,
-            } => Ok(self
-                .fetch(max_wait_ms, min_bytes, max_bytes, partitions)
-                .await),
+            } => {
+                self.check_fetch(&partitions)?;
+                Ok(self
+                    .fetch(max_wait_ms, min_bytes, max_bytes, partitions)
+                    .await)
+            }
             Request::Metadata { topics } => {
                 self.learn_remote_leaders(topics.as_deref()).await;
                 Ok(self.metadata(topics))
@@ -576,6 +604,48 @@ impl Broker {
         }
     }
 
+    /// Refuses, before anything is read, a fetch that names more partitions
+    /// than [`FETCH_PARTITIONS_MAX`], one partition twice, or a topic no
+    /// topic can be named: each would let a small request make the broker
+    /// read and send far more than the response budget.
+    fn check_fetch(&self, wanted: &[FetchPartition]) -> Result<(), Failure> {
+        if wanted.len() > FETCH_PARTITIONS_MAX {
+            self.metrics
+                .limit_refusals
+                .with_label_values(&["fetch_partitions_max"])
+                .inc();
+            return Err(Failure::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "a fetch names {} partitions, over fetch_partitions_max = {FETCH_PARTITIONS_MAX}",
+                    wanted.len()
+                ),
+            ));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(wanted.len());
+        for w in wanted {
+            if w.topic.len() > TOPIC_NAME_BYTES_MAX {
+                return Err(Failure::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "a fetch names a topic of {} bytes; topic names are at most {TOPIC_NAME_BYTES_MAX}",
+                        w.topic.len()
+                    ),
+                ));
+            }
+            if !seen.insert((w.topic.as_str(), w.partition)) {
+                return Err(Failure::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "a fetch names partition {}/{} more than once",
+                        w.topic, w.partition
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     async fn fetch(
         &self,
         max_wait_ms: u32,
@@ -641,45 +711,70 @@ impl Broker {
             .collect();
         let metrics = self.metrics.clone();
         let cache = self.cache.clone();
+        // Partitions are read from a rotating start: the budget goes to the
+        // first ones read, and a fixed order would starve the partitions a
+        // client always lists last while the first ones have a backlog.
+        let rotation = if jobs.len() > 1 {
+            self.fetch_rotation.fetch_add(1, Ordering::Relaxed) % jobs.len()
+        } else {
+            0
+        };
         let reads = tokio::task::spawn_blocking(move || {
+            // Record bytes the response may still carry. The first partition
+            // read that has data may go over it by one batch (a consumer must
+            // never be stuck behind a batch larger than its budget); every
+            // later one only serves what fits.
             let mut budget = max_bytes;
-            jobs.into_iter()
-                .map(|(w, t)| {
-                    let mut result = FetchResult {
-                        topic: w.topic.clone(),
-                        partition: w.partition,
-                        error: ErrorCode::None,
-                        high_watermark: 0,
-                        log_start: 0,
-                        records: Bytes::new(),
-                    };
-                    let p = match t {
-                        Ok(p) => p,
-                        Err(f) => {
-                            result.error = f.code;
-                            return result;
-                        }
-                    };
-                    let limit = (w.max_bytes as usize).clamp(1, budget.max(1));
-                    match read_through_cache(cache.as_deref(), &p.log, w.offset, limit) {
-                        Ok((data, log_start, log_end)) => {
-                            budget = budget.saturating_sub(data.len());
-                            result.high_watermark = log_end;
-                            result.log_start = log_start;
-                            result.records = data;
-                        }
-                        Err(e) => {
-                            if !matches!(e, StorageError::OffsetOutOfRange { .. }) {
-                                metrics.storage_errors.with_label_values(&["read"]).inc();
-                                warn!(topic = %w.topic, partition = w.partition, error = %e, "read failed");
+            let mut served = false;
+            let n = jobs.len();
+            let mut results: Vec<Option<FetchResult>> = vec![None; n];
+            for k in 0..n {
+                let i = (rotation + k) % n;
+                let (w, t) = &jobs[i];
+                let mut result = FetchResult {
+                    topic: w.topic.clone(),
+                    partition: w.partition,
+                    error: ErrorCode::None,
+                    high_watermark: 0,
+                    log_start: 0,
+                    records: Bytes::new(),
+                };
+                match t {
+                    Err(f) => result.error = f.code,
+                    Ok(p) => {
+                        let limit = (w.max_bytes as usize).clamp(1, budget.max(1));
+                        let first_batch_max = if served { budget } else { usize::MAX };
+                        match read_through_cache(
+                            cache.as_deref(),
+                            &p.log,
+                            w.offset,
+                            limit,
+                            first_batch_max,
+                        ) {
+                            Ok((data, log_start, log_end)) => {
+                                budget = budget.saturating_sub(data.len());
+                                served |= !data.is_empty();
+                                result.high_watermark = log_end;
+                                result.log_start = log_start;
+                                result.records = data;
                             }
-                            result.error = Failure::from_storage(&e).code;
-                            result.high_watermark = p.log.log_end();
-                            result.log_start = p.log.log_start();
+                            Err(e) => {
+                                if !matches!(e, StorageError::OffsetOutOfRange { .. }) {
+                                    metrics.storage_errors.with_label_values(&["read"]).inc();
+                                    warn!(topic = %w.topic, partition = w.partition, error = %e, "read failed");
+                                }
+                                result.error = Failure::from_storage(&e).code;
+                                result.high_watermark = p.log.log_end();
+                                result.log_start = p.log.log_start();
+                            }
                         }
                     }
-                    result
-                })
+                }
+                results[i] = Some(result);
+            }
+            results
+                .into_iter()
+                .map(|r| r.expect("every partition was read"))
                 .collect::<Vec<_>>()
         })
         .await;
@@ -878,6 +973,7 @@ impl Broker {
                 format!("topic {name:?} already exists"),
             ));
         }
+        self.check_catalogue_room(config.partitions)?;
         // The replication factor is capped by the number of brokers.
         let brokers = self.raft.voters();
         let rf = (config.replication_factor.max(1) as usize).min(brokers.len());
@@ -918,6 +1014,47 @@ impl Broker {
             ErrorCode::RequestTimedOut,
             "topic created but its partitions have not elected leaders yet",
         ))
+    }
+
+    /// Refuses a topic that would take the cluster over `cluster_topics_max`
+    /// or `cluster_partitions_max`: every partition is a Raft group on each
+    /// of its replicas and a line of every metadata answer. Checked against
+    /// this broker's copy of the catalogue before proposing, so concurrent
+    /// creations through several brokers may overshoot by those few topics.
+    fn check_catalogue_room(&self, partitions: u32) -> Result<(), Failure> {
+        let catalogue = self.raft.catalogue().borrow().clone();
+        let topics = catalogue.topics.len();
+        let existing: u64 = catalogue
+            .topics
+            .values()
+            .map(|t| t.settings.partitions as u64)
+            .sum();
+        let refuse = |limit: &'static str, message: String| {
+            self.metrics
+                .limit_refusals
+                .with_label_values(&[limit])
+                .inc();
+            Err(Failure::new(ErrorCode::LimitExceeded, message))
+        };
+        if topics >= self.config.cluster_topics_max {
+            return refuse(
+                "cluster_topics_max",
+                format!(
+                    "the cluster has {topics} topics, its cluster_topics_max ({}); delete one first",
+                    self.config.cluster_topics_max
+                ),
+            );
+        }
+        if existing + partitions as u64 > self.config.cluster_partitions_max {
+            return refuse(
+                "cluster_partitions_max",
+                format!(
+                    "the cluster has {existing} partitions; {partitions} more would pass its cluster_partitions_max ({})",
+                    self.config.cluster_partitions_max
+                ),
+            );
+        }
+        Ok(())
     }
 
     async fn delete_topic(&self, name: String) -> Result<Response, Failure> {
@@ -1218,45 +1355,47 @@ pub async fn finish_produce(
 
 /// Reads whole batches from `offset`, each from the read cache when it holds
 /// it, else from RocksDB (then offered to the cache). Returns the
-/// concatenated batches and the log start and end.
+/// concatenated batches and the log start and end. The first batch is read
+/// even when larger than `max_bytes`, but only up to `first_batch_max`:
+/// over that, nothing is read.
 fn read_through_cache(
     cache: Option<&ReadCache>,
     log: &PartitionLog,
     offset: u64,
     max_bytes: usize,
+    first_batch_max: usize,
 ) -> Result<(Bytes, u64, u64), StorageError> {
-    let Some(cache) = cache else {
-        let read = log.read(offset, max_bytes)?;
-        return Ok((read.data, read.log_start, read.log_end));
-    };
     let (plan, log_start, log_end) = log.plan_read(offset, max_bytes)?;
+    if plan
+        .first()
+        .is_some_and(|(_, bytes)| *bytes as usize > first_batch_max)
+    {
+        return Ok((Bytes::new(), log_start, log_end));
+    }
     let (topic_id, partition) = log.id();
-    if let [(base, _)] = plan[..] {
-        // One batch: hand out the cached or stored bytes without copying.
+    let read = |base: u64| -> Result<Bytes, StorageError> {
         let key = (topic_id, partition, base);
-        if let Some(b) = cache.get(key) {
-            return Ok((b, log_start, log_end));
+        if let Some(b) = cache.and_then(|c| c.get(key)) {
+            return Ok(b);
         }
         let b = log.read_batch(base)?;
-        cache.insert(key, b.clone());
-        return Ok((b, log_start, log_end));
+        if let Some(c) = cache {
+            c.insert(key, b.clone());
+        }
+        Ok(b)
+    };
+    if let [(base, _)] = plan[..] {
+        // One batch: hand out the cached or stored bytes without copying.
+        return Ok((read(base)?, log_start, log_end));
     }
     let mut out = BytesMut::with_capacity(plan.iter().map(|(_, n)| *n as usize).sum());
     for (base, _) in plan {
-        let key = (topic_id, partition, base);
-        let batch = match cache.get(key) {
-            Some(b) => b,
-            None => match log.read_batch(base) {
-                Ok(b) => {
-                    cache.insert(key, b.clone());
-                    b
-                }
-                // Retention removed the rest meanwhile: serve what we have.
-                Err(StorageError::OffsetOutOfRange { .. }) if !out.is_empty() => break,
-                Err(e) => return Err(e),
-            },
-        };
-        out.extend_from_slice(&batch);
+        match read(base) {
+            Ok(batch) => out.extend_from_slice(&batch),
+            // Retention removed the rest meanwhile: serve what we have.
+            Err(StorageError::OffsetOutOfRange { .. }) if !out.is_empty() => break,
+            Err(e) => return Err(e),
+        }
     }
     Ok((out.freeze(), log_start, log_end))
 }

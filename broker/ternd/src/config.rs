@@ -121,6 +121,44 @@ pub struct Flags {
     #[arg(long, env = "TERN_CACHE_PLUGIN")]
     pub cache_plugin: Option<String>,
 
+    /// Most client connections open at once; more are refused with
+    /// too_many_connections. Default: 10000
+    #[arg(long, env = "TERN_CONNECTIONS_MAX")]
+    pub connections_max: Option<usize>,
+
+    /// Most client connections open at once from one IP address; more are
+    /// refused with too_many_connections. Default: 1000
+    #[arg(long, env = "TERN_CONNECTIONS_PER_IP_MAX")]
+    pub connections_per_ip_max: Option<usize>,
+
+    /// A new client connection must deliver its first whole request within
+    /// this many ms, or it is closed. Default: 10000
+    #[arg(long, env = "TERN_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
+
+    /// A client connection with nothing in flight that delivers no whole
+    /// request for this many ms is closed (clients reconnect by themselves).
+    /// Default: 600000 (10 minutes)
+    #[arg(long, env = "TERN_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+
+    /// Bytes of requests read but not yet answered, over all client
+    /// connections; at the limit, connections stop reading until answers
+    /// go out. At least the frame limit (16 MiB). Default: 268435456 (256 MiB)
+    #[arg(long, env = "TERN_REQUEST_BYTES_IN_FLIGHT_MAX")]
+    pub request_bytes_in_flight_max: Option<usize>,
+
+    /// Most topics in the cluster; creating one more is refused with
+    /// limit_exceeded. Give every broker the same value. Default: 10000
+    #[arg(long, env = "TERN_CLUSTER_TOPICS_MAX")]
+    pub cluster_topics_max: Option<usize>,
+
+    /// Most partitions in the cluster, all topics together; a topic that
+    /// would go over is refused with limit_exceeded. Give every broker the
+    /// same value. Default: 100000
+    #[arg(long, env = "TERN_CLUSTER_PARTITIONS_MAX")]
+    pub cluster_partitions_max: Option<u64>,
+
     /// Directory searched for plugins given by name. Default: the directory
     /// of the ternd executable if it holds plugins, else /usr/lib/tern/plugins
     #[arg(long, env = "TERN_PLUGIN_DIR", global = true)]
@@ -202,6 +240,13 @@ struct FileConfig {
     initial_cluster: Option<String>,
     cluster_name: Option<String>,
     election_timeout_ms: Option<u64>,
+    connections_max: Option<usize>,
+    connections_per_ip_max: Option<usize>,
+    handshake_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    request_bytes_in_flight_max: Option<usize>,
+    cluster_topics_max: Option<usize>,
+    cluster_partitions_max: Option<u64>,
     insecure: Option<bool>,
 }
 
@@ -303,6 +348,94 @@ pub struct Config {
     pub metrics_tls: bool,
     /// Non-loopback listeners without TLS were explicitly allowed.
     pub insecure: bool,
+    /// Limits on client connections.
+    pub connection_limits: ConnectionLimits,
+    /// Most topics in the cluster.
+    pub cluster_topics_max: usize,
+    /// Most partitions in the cluster, all topics together.
+    pub cluster_partitions_max: u64,
+}
+
+/// Limits on the client port: how many connections, how long they may
+/// stall, how many request bytes they may hold. Each refusal names the
+/// limit (see docs/reliability.md, "Limits").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most client connections open at once.
+    pub connections_max: usize,
+    /// Most client connections open at once from one IP address.
+    pub connections_per_ip_max: usize,
+    /// Time a new connection has to deliver its first whole request.
+    pub handshake_timeout_ms: u64,
+    /// Time a connection with nothing in flight may go without a request.
+    pub idle_timeout_ms: u64,
+    /// Bytes of requests read and not yet answered, over all connections.
+    pub request_bytes_in_flight_max: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            connections_max: 10_000,
+            connections_per_ip_max: 1_000,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 600_000,
+            request_bytes_in_flight_max: 256 << 20,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    fn resolve(flags: &Flags, file: &FileConfig) -> Result<ConnectionLimits, ConfigError> {
+        let d = ConnectionLimits::default();
+        let limits = ConnectionLimits {
+            connections_max: flags
+                .connections_max
+                .or(file.connections_max)
+                .unwrap_or(d.connections_max),
+            connections_per_ip_max: flags
+                .connections_per_ip_max
+                .or(file.connections_per_ip_max)
+                .unwrap_or(d.connections_per_ip_max),
+            handshake_timeout_ms: flags
+                .handshake_timeout_ms
+                .or(file.handshake_timeout_ms)
+                .unwrap_or(d.handshake_timeout_ms),
+            idle_timeout_ms: flags
+                .idle_timeout_ms
+                .or(file.idle_timeout_ms)
+                .unwrap_or(d.idle_timeout_ms),
+            request_bytes_in_flight_max: flags
+                .request_bytes_in_flight_max
+                .or(file.request_bytes_in_flight_max)
+                .unwrap_or(d.request_bytes_in_flight_max),
+        };
+        let invalid = |key, detail: &str| ConfigError::Invalid {
+            key,
+            detail: detail.into(),
+        };
+        if limits.connections_max == 0 {
+            return Err(invalid("connections_max", "must be positive"));
+        }
+        if limits.connections_per_ip_max == 0 {
+            return Err(invalid("connections_per_ip_max", "must be positive"));
+        }
+        if limits.handshake_timeout_ms == 0 {
+            return Err(invalid("handshake_timeout_ms", "must be positive"));
+        }
+        if limits.idle_timeout_ms == 0 {
+            return Err(invalid("idle_timeout_ms", "must be positive"));
+        }
+        // One whole frame must always fit, or a connection could wait forever.
+        let floor = tern_protocol::FRAME_BYTES_MAX;
+        if !(floor..=u32::MAX as usize).contains(&limits.request_bytes_in_flight_max) {
+            return Err(ConfigError::Invalid {
+                key: "request_bytes_in_flight_max",
+                detail: format!("must be between the frame limit ({floor}) and {}", u32::MAX),
+            });
+        }
+        Ok(limits)
+    }
 }
 
 impl Config {
@@ -312,6 +445,21 @@ impl Config {
             Some(path) => load_file(path)?,
             None => Default::default(),
         };
+        let connection_limits = ConnectionLimits::resolve(&flags, &file)?;
+        let cluster_topics_max = flags
+            .cluster_topics_max
+            .or(file.cluster_topics_max)
+            .unwrap_or(10_000);
+        let cluster_partitions_max = flags
+            .cluster_partitions_max
+            .or(file.cluster_partitions_max)
+            .unwrap_or(100_000);
+        if cluster_topics_max == 0 || cluster_partitions_max == 0 {
+            return Err(ConfigError::Invalid {
+                key: "cluster_topics_max",
+                detail: "cluster_topics_max and cluster_partitions_max must be positive".into(),
+            });
+        }
         let listen = flags
             .listen
             .or(file.listen)
@@ -410,6 +558,9 @@ impl Config {
             tls,
             metrics_tls,
             insecure,
+            connection_limits,
+            cluster_topics_max,
+            cluster_partitions_max,
             data_dir: flags
                 .data_dir
                 .or(file.data_dir)
@@ -606,5 +757,42 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits_come_from_flags_or_the_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tern.toml");
+        std::fs::write(
+            &path,
+            "[broker]\nconnections_per_ip_max = 5\nidle_timeout_ms = 7000\n",
+        )
+        .unwrap();
+        let cfg = Config::resolve(Flags {
+            config: Some(path),
+            connections_max: Some(9),
+            ..Default::default()
+        })
+        .unwrap();
+        let limits = cfg.connection_limits;
+        assert_eq!(limits.connections_max, 9);
+        assert_eq!(limits.connections_per_ip_max, 5);
+        assert_eq!(limits.idle_timeout_ms, 7000);
+        assert_eq!(limits.handshake_timeout_ms, 10_000);
+        let err = Config::resolve(Flags {
+            request_bytes_in_flight_max: Some(1 << 20),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("request_bytes_in_flight_max"),
+            "{err}"
+        );
+        let err = Config::resolve(Flags {
+            connections_per_ip_max: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("connections_per_ip_max"), "{err}");
     }
 }

@@ -15,6 +15,19 @@ use prometheus::{
 /// Most partitions that get their own per-partition series.
 pub const PARTITION_SERIES_MAX: usize = 1_000;
 
+/// The named limits whose refusals `tern_limit_refusals_total` counts, by
+/// the `limit` label (the name of the limit, as in docs/reliability.md).
+pub const REFUSED_LIMITS: [&str; 8] = [
+    "fetch_partitions_max",
+    "cluster_topics_max",
+    "cluster_partitions_max",
+    "frame_bytes_max",
+    "connections_max",
+    "connections_per_ip_max",
+    "handshake_timeout_ms",
+    "idle_timeout_ms",
+];
+
 /// The broker's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -133,6 +146,12 @@ pub struct Metrics {
     pub disk_free_bytes: IntGauge,
     /// 1 while produces are refused for lack of disk space.
     pub disk_full: IntGauge,
+    /// Requests refused or connections closed because a named limit was
+    /// hit, by limit (one of [`REFUSED_LIMITS`]).
+    pub limit_refusals: IntCounterVec,
+    /// Bytes of request frames read and not yet answered, on all
+    /// connections (bounded by `request_bytes_in_flight_max`).
+    pub request_bytes_in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -436,6 +455,17 @@ impl Metrics {
                 "tern_disk_full",
                 "1 while produces are refused because free space is under --min-free-bytes."
             )),
+            limit_refusals: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tern_limit_refusals_total",
+                    "Requests refused or connections closed because a named limit was hit, by limit."
+                ),
+                &["limit"]
+            )),
+            request_bytes_in_flight: reg!(IntGauge::new(
+                "tern_request_bytes_in_flight",
+                "Bytes of request frames read and not yet answered, on all client connections."
+            )),
             registry,
         };
         m.build_info
@@ -462,6 +492,9 @@ impl Metrics {
         }
         for group in ["metadata", "partition"] {
             m.raft_leader_changes.with_label_values(&[group]);
+        }
+        for limit in REFUSED_LIMITS {
+            m.limit_refusals.with_label_values(&[limit]);
         }
         m
     }
