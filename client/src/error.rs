@@ -123,6 +123,7 @@ impl Clone for ClientError {
                 source: clone_io(source),
             },
             ConnectionClosed { addr } => ConnectionClosed { addr: addr.clone() },
+            Unresponsive { addr } => Unresponsive { addr: addr.clone() },
             Broker { code, message } => Broker {
                 code: *code,
                 message: message.clone(),
