@@ -711,7 +711,10 @@ mod tests {
             panic!("expected NoBrokerReachable, got {outcome:?}");
         };
         assert_eq!(tried.len(), 2);
-        assert!(last_error.is_some(), "the last failure is kept as the source");
+        assert!(
+            last_error.is_some(),
+            "the last failure is kept as the source"
+        );
         assert!(
             waited >= Duration::from_millis(1_500),
             "gave up early: {waited:?}"

@@ -119,6 +119,34 @@ impl Connection {
         Self::open(addr, timeouts, None, None).await
     }
 
+    /// Connects to `addr` with the timeouts and TLS settings of `config`
+    /// (one connection, no seed list, no metadata: see [`crate::Client`] for
+    /// that).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the socket is dropped with the future.
+    pub async fn connect_with(
+        addr: &str,
+        config: &crate::ClientConfig,
+    ) -> Result<Connection, ClientError> {
+        let tls = match &config.tls {
+            None => None,
+            Some(t) => Some(
+                tern_tls::client_connector(
+                    &t.ca,
+                    t.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+                )
+                .map_err(|e| ClientError::InvalidArgument(format!("TLS settings: {e}")))?,
+            ),
+        };
+        let timeouts = Timeouts {
+            connect: config.connect_timeout,
+            request: config.request_timeout,
+            liveness: config.liveness_timeout,
+        };
+        Self::open(addr, timeouts, tls.as_ref(), None).await
+    }
+
     /// Connects with every timeout given, over TLS when `tls` is given (the
     /// broker's certificate must name the host of `addr` and chain to the
     /// configured CA; the handshake counts towards the connect timeout); a
@@ -130,9 +158,7 @@ impl Connection {
         tls: Option<&tern_tls::TlsConnector>,
         suspects: Option<Suspects>,
     ) -> Result<Connection, ClientError> {
-        let failed = |message: String| {
-            ClientError::connect(addr, std::io::Error::other(message))
-        };
+        let failed = |message: String| ClientError::connect(addr, std::io::Error::other(message));
         let open = async {
             let stream = TcpStream::connect(addr)
                 .await

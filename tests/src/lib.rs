@@ -195,9 +195,12 @@ impl Broker {
         );
     }
 
-    /// The broker's log so far.
+    /// The broker's log so far, without terminal colour codes (so tests can
+    /// look for `key=value` fields).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+        strip_ansi(
+            &std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default(),
+        )
     }
 
     /// SIGKILL: no shutdown code runs, exactly like a crash.
@@ -367,6 +370,26 @@ impl Drop for LinkProxy {
 }
 
 impl Cluster {
+    /// Client settings that reach these brokers: TLS trusting the CA the
+    /// brokers were given (`--tls-ca`), if any; the harness's timeouts.
+    pub fn client_config(&self) -> tern_client::ClientConfig {
+        let ca = self.brokers.first().and_then(|b| {
+            b.extra_args
+                .iter()
+                .position(|a| a == "--tls-ca")
+                .and_then(|i| b.extra_args.get(i + 1))
+        });
+        tern_client::ClientConfig {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(2),
+            tls: ca.map(|ca| tern_client::ClientTls {
+                ca: PathBuf::from(ca),
+                identity: None,
+            }),
+            ..Default::default()
+        }
+    }
+
     /// Starts `n` brokers with `extra_args` and waits until all are ready.
     /// `{node}` in an argument stands for each broker's node id (e.g. its
     /// own certificate file: `certs/node-{node}.pem`).
@@ -435,6 +458,7 @@ impl Cluster {
     /// says only that one process opened its topics.
     pub fn wait_ready(&self) {
         let wanted: Vec<u32> = (1..=self.brokers.len() as u32).collect();
+        let config = self.client_config();
         let addrs: Vec<String> = self
             .brokers
             .iter()
@@ -449,7 +473,7 @@ impl Cluster {
                     .enable_all()
                     .build()
                     .expect("readiness runtime");
-                rt.block_on(cluster_ready(&addrs, &wanted))
+                rt.block_on(cluster_ready(&addrs, &wanted, &config))
             })
             .join()
             .expect("readiness thread")
@@ -527,7 +551,11 @@ impl Cluster {
 /// Polls every broker at `addrs` until each names a metadata leader and
 /// lists every node of `wanted`, or [`READY_TIMEOUT`] passes: then the last
 /// thing missing.
-async fn cluster_ready(addrs: &[String], wanted: &[u32]) -> Result<(), String> {
+async fn cluster_ready(
+    addrs: &[String],
+    wanted: &[u32],
+    config: &tern_client::ClientConfig,
+) -> Result<(), String> {
     use tern_protocol::{Request, Response};
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut ready = vec![false; addrs.len()];
@@ -535,12 +563,7 @@ async fn cluster_ready(addrs: &[String], wanted: &[u32]) -> Result<(), String> {
     while Instant::now() < deadline {
         for (addr, ready) in addrs.iter().zip(&mut ready).filter(|(_, r)| !**r) {
             let answer = async {
-                let conn = tern_client::Connection::connect(
-                    addr,
-                    Duration::from_secs(1),
-                    Duration::from_secs(2),
-                )
-                .await?;
+                let conn = tern_client::Connection::connect_with(addr, config).await?;
                 conn.request(Request::Metadata {
                     topics: Some(vec![]),
                 })
@@ -629,4 +652,23 @@ pub fn run_ternd(args: &[&str], limit: Duration) -> (bool, String, String) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip to the sequence's final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -81,8 +81,12 @@ impl Certs {
         ClientConfig {
             tls: Some(ClientTls {
                 ca: self.path("ca.pem"),
-                identity: identity
-                    .map(|n| (self.path(&format!("{n}.pem")), self.path(&format!("{n}-key.pem")))),
+                identity: identity.map(|n| {
+                    (
+                        self.path(&format!("{n}.pem")),
+                        self.path(&format!("{n}-key.pem")),
+                    )
+                }),
             }),
             ..tern_tests::fault_client_config()
         }
@@ -148,7 +152,10 @@ async fn a_tls_cluster_serves_tls_clients_and_nobody_else() {
     .await;
     let log = cluster.logs();
     assert!(log.contains("principal=alice"), "{log}");
-    assert!(log.contains("tls=true"), "peers did not connect over TLS:\n{log}");
+    assert!(
+        log.contains("tls=true"),
+        "peers did not connect over TLS:\n{log}"
+    );
 }
 
 // ---------------------------------------------------------------- the peer port
@@ -162,7 +169,11 @@ const PEER_PROTOCOL_VERSION: u16 = 1;
 /// hello, then one harmless request ("was node 1 a member?"). `true` if
 /// the broker answered it (it accepted this peer), `false` if it closed the
 /// connection without an answer (refused).
-async fn peer_is_served<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, from: u64, to: u64) -> bool {
+async fn peer_is_served<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    from: u64,
+    to: u64,
+) -> bool {
     let mut hello = BytesMut::new();
     hello.put_u8(KIND_HELLO);
     hello.put_u16(PEER_PROTOCOL_VERSION);
@@ -189,8 +200,16 @@ async fn peer_is_served<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, from: 
         Ok(Err(_)) => return false, // closed: refused
         Err(_) => panic!("the broker neither answered nor closed the connection"),
     }
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    stream.read_exact(&mut body).await.unwrap();
+    // Anything but a whole answer frame (e.g. a TLS alert read as a length)
+    // means this peer was not served.
+    let len = u32::from_be_bytes(len) as usize;
+    if !(10..=1 << 20).contains(&len) {
+        return false;
+    }
+    let mut body = vec![0u8; len];
+    if stream.read_exact(&mut body).await.is_err() {
+        return false;
+    }
     let mut body = &body[..];
     body.get_u8() == KIND_RESPONSE && body.get_u64() == 42
 }
@@ -262,29 +281,54 @@ async fn the_peer_port_admits_only_brokers_proving_the_node_id_they_claim() {
         )
         .await;
         if let Some(s) = client_cert {
-            assert!(!peer_is_served(s, 2, 1).await, "client certificate served as a peer");
+            assert!(
+                !peer_is_served(s, 2, 1).await,
+                "client certificate served as a peer"
+            );
         }
         // A real broker certificate (node 5) claiming to be node 2.
-        let liar = tls_to_peer(&peer, &ca, &certs.path("node-5.pem"), &certs.path("node-5-key.pem"))
-            .await
-            .expect("a certificate of this CA completes the handshake");
-        assert!(!peer_is_served(liar, 2, 1).await, "node 5 was served as node 2");
+        let liar = tls_to_peer(
+            &peer,
+            &ca,
+            &certs.path("node-5.pem"),
+            &certs.path("node-5-key.pem"),
+        )
+        .await
+        .expect("a certificate of this CA completes the handshake");
+        assert!(
+            !peer_is_served(liar, 2, 1).await,
+            "node 5 was served as node 2"
+        );
         // Control: node 2's own certificate and hello are served, so the
         // refusals above are the checks at work, not a broken probe.
-        let honest = tls_to_peer(&peer, &ca, &certs.path("node-2.pem"), &certs.path("node-2-key.pem"))
-            .await
-            .expect("handshake");
-        assert!(peer_is_served(honest, 2, 1).await, "a genuine peer was refused");
+        let honest = tls_to_peer(
+            &peer,
+            &ca,
+            &certs.path("node-2.pem"),
+            &certs.path("node-2-key.pem"),
+        )
+        .await
+        .expect("handshake");
+        assert!(
+            peer_is_served(honest, 2, 1).await,
+            "a genuine peer was refused"
+        );
         // Nothing changed in the catalogue.
         let client = Client::connect_with(&broker.addr, certs.client_config(None))
             .await
             .unwrap();
-        assert_eq!(Admin::new(client).list_topics().await.unwrap(), topics_before);
+        assert_eq!(
+            Admin::new(client).list_topics().await.unwrap(),
+            topics_before
+        );
     })
     .await;
     let log = broker.log();
     assert!(log.contains("proves no node id"), "{log}");
-    assert!(log.contains("is not the node its certificate proves"), "{log}");
+    assert!(
+        log.contains("is not the node its certificate proves"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -305,7 +349,10 @@ fn a_broker_refuses_to_listen_off_loopback_without_tls() {
         Duration::from_secs(30),
     );
     assert!(!ok, "ternd started on 0.0.0.0 without TLS");
-    assert!(err.contains("--insecure") && err.contains("0.0.0.0"), "{err}");
+    assert!(
+        err.contains("--insecure") && err.contains("0.0.0.0"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------- rotation and metrics
@@ -348,9 +395,15 @@ async fn certificates_rotate_under_load_without_a_restart_and_metrics_speak_tls(
         }
     })
     .await;
-    assert!(broker.http("/ready").is_none_or(|(code, _)| code != 200), "plain HTTP served");
+    assert!(
+        broker.http("/ready").is_none_or(|(code, _)| code != 200),
+        "plain HTTP served"
+    );
     bounded(LIMIT, async {
-        assert_eq!(served_certificate(&broker.addr, &ca).await, der_of(&first.cert));
+        assert_eq!(
+            served_certificate(&broker.addr, &ca).await,
+            der_of(&first.cert)
+        );
         let client = Client::connect_with(&broker.addr, certs.client_config(None))
             .await
             .unwrap();
@@ -366,7 +419,10 @@ async fn certificates_rotate_under_load_without_a_restart_and_metrics_speak_tls(
         // new certificate is served (reload on file change), then a while more.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            assert!(Instant::now() < deadline, "the new certificate was never served");
+            assert!(
+                Instant::now() < deadline,
+                "the new certificate was never served"
+            );
             producer
                 .send(ProducerRecord::new("rot", format!("r{acked}")))
                 .await
@@ -403,7 +459,11 @@ async fn certificates_rotate_under_load_without_a_restart_and_metrics_speak_tls(
         }
     })
     .await;
-    assert!(broker.log().contains("TLS material reloaded"), "{}", broker.log());
+    assert!(
+        broker.log().contains("TLS material reloaded"),
+        "{}",
+        broker.log()
+    );
 }
 
 /// GET /ready over TLS: whether it answered 200.

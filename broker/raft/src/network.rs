@@ -399,15 +399,12 @@ impl Transport {
         let Some(tls) = &self.tls else {
             return Some((Box::new(stream), None));
         };
-        let accepted = tokio::time::timeout(
-            PEER_HANDSHAKE_TIMEOUT,
-            tls.peer_acceptor().accept(stream),
-        )
-        .await;
+        let accepted =
+            tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, tls.peer_acceptor().accept(stream)).await;
         let stream = match accepted {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                warn!(error = %e, "refused peer: TLS handshake failed");
+                warn!(target: "tern::security", error = %e, "refused peer: TLS handshake failed");
                 return None;
             }
             Err(_) => {
@@ -422,7 +419,10 @@ impl Transport {
             .and_then(|chain| chain.first())
             .and_then(tern_tls::node_id_of);
         let Some(proven) = proven else {
-            warn!("refused peer: its certificate proves no node id (not a broker certificate)");
+            warn!(
+                target: "tern::security",
+                "refused peer: its certificate proves no node id (not a broker certificate)"
+            );
             return None;
         };
         Some((Box::new(stream), Some(proven)))
@@ -469,6 +469,7 @@ impl Transport {
         }
         if proven.is_some_and(|id| id != from) {
             warn!(
+                target: "tern::security",
                 peer = from,
                 certificate_node_id = proven,
                 "refused peer: the hello's sender is not the node its certificate proves"

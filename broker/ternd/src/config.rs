@@ -707,7 +707,10 @@ mod tests {
             ..Default::default()
         };
         let err = Config::resolve(open).unwrap_err().to_string();
-        assert!(err.contains("0.0.0.0:4650") && err.contains("--insecure"), "{err}");
+        assert!(
+            err.contains("0.0.0.0:4650") && err.contains("--insecure"),
+            "{err}"
+        );
         let peer_open = Flags {
             peer_listen: Some("0.0.0.0:4652".parse().unwrap()),
             ..Default::default()

@@ -36,7 +36,11 @@ pub async fn serve(
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     let stopped = async move { shutdown.cancelled().await };
     let served = match tls {
-        None => axum::serve(listener, app).with_graceful_shutdown(stopped).await,
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
         Some(tls) => {
             axum::serve(TlsListener { tcp: listener, tls }, app)
                 .with_graceful_shutdown(stopped)

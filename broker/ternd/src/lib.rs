@@ -334,14 +334,13 @@ const TLS_RELOAD_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from
 /// afterwards use the new ones. A file that does not load (half-written,
 /// mismatched) is logged and the current material stays in use.
 async fn reload_tls(tls: Arc<tern_tls::TlsContext>, shutdown: CancellationToken) {
-    let mut hangup =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "no SIGHUP handler; TLS reloads on file change only");
-                None
-            }
-        };
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler; TLS reloads on file change only");
+            None
+        }
+    };
     let mut tick = tokio::time::interval(TLS_RELOAD_CHECK_INTERVAL);
     loop {
         let forced = tokio::select! {

@@ -66,9 +66,16 @@ pub fn load(
     cache: &str,
     metrics: &Metrics,
 ) -> Result<Plugins, PluginError> {
-    let lock = Plugin::resolve_with_builtins(lock, PluginKind::Lock, dir, &tern_strategies::BUILTINS)?;
-    let balancer = Plugin::resolve_with_builtins(balancer, PluginKind::Balancer, dir, &tern_strategies::BUILTINS)?;
-    let cache = Plugin::resolve_with_builtins(cache, PluginKind::Cache, dir, &tern_strategies::BUILTINS)?;
+    let lock =
+        Plugin::resolve_with_builtins(lock, PluginKind::Lock, dir, &tern_strategies::BUILTINS)?;
+    let balancer = Plugin::resolve_with_builtins(
+        balancer,
+        PluginKind::Balancer,
+        dir,
+        &tern_strategies::BUILTINS,
+    )?;
+    let cache =
+        Plugin::resolve_with_builtins(cache, PluginKind::Cache, dir, &tern_strategies::BUILTINS)?;
     for p in [&lock, &balancer, &cache] {
         let i = p.info();
         info!(kind = i.kind.name(), name = %i.name, version = %i.version, abi = i.abi_version,

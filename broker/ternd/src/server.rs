@@ -132,10 +132,21 @@ pub async fn serve(
                 let _ticket = ticket;
                 broker.metrics().connections.inc();
                 match tls {
-                    None => handle_connection(&broker, stream, peer, &limits, request_bytes, shutdown).await,
+                    None => {
+                        handle_connection(&broker, stream, peer, &limits, request_bytes, shutdown)
+                            .await
+                    }
                     Some(tls) => {
                         if let Some(stream) = accept_tls(&tls, stream).await {
-                            handle_connection(&broker, stream, peer, &limits, request_bytes, shutdown).await;
+                            handle_connection(
+                                &broker,
+                                stream,
+                                peer,
+                                &limits,
+                                request_bytes,
+                                shutdown,
+                            )
+                            .await;
                         }
                     }
                 }
@@ -278,20 +289,22 @@ async fn accept_tls(
     tls: &tern_tls::TlsContext,
     stream: TcpStream,
 ) -> Option<tern_tls::server::TlsStream<TcpStream>> {
-    let stream =
-        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.client_acceptor().accept(stream))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                warn!(error = %e, "closing connection: TLS handshake failed");
-                return None;
-            }
-            Err(_) => {
-                warn!("closing connection: TLS handshake timed out");
-                return None;
-            }
-        };
+    let stream = match tokio::time::timeout(
+        TLS_HANDSHAKE_TIMEOUT,
+        tls.client_acceptor().accept(stream),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            warn!(target: "tern::security", error = %e, "closing connection: TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            warn!("closing connection: TLS handshake timed out");
+            return None;
+        }
+    };
     if let Some(principal) = stream
         .get_ref()
         .1
@@ -300,6 +313,7 @@ async fn accept_tls(
         .and_then(tern_tls::principal_of)
     {
         tracing::Span::current().record("principal", principal.as_str());
+        info!(target: "tern::security", %principal, "client authenticated by certificate");
     }
     Some(stream)
 }

@@ -130,7 +130,10 @@ mod tests {
         let ca = create_ca("test-ca", 1).unwrap();
         let node = issue_node(&ca, 7, &["127.0.0.1".into(), "localhost".into()], 1).unwrap();
         assert_eq!(node_id_of(&der(&node.cert)), Some(7));
-        assert_eq!(principal_of(&der(&node.cert)).as_deref(), Some("tern-node-7"));
+        assert_eq!(
+            principal_of(&der(&node.cert)).as_deref(),
+            Some("tern-node-7")
+        );
         let alice = issue_client(&ca, "alice", 1).unwrap();
         assert_eq!(node_id_of(&der(&alice.cert)), None);
         assert_eq!(principal_of(&der(&alice.cert)).as_deref(), Some("alice"));

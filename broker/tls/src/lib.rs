@@ -30,11 +30,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use rustls::pki_types::pem::PemObject;
+pub use rustls::pki_types::{self, ServerName};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use thiserror::Error;
-pub use rustls::pki_types::{self, ServerName};
 pub use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 
 pub use identity::{node_id_of, node_server_name, principal_of, NODE_NAME_PREFIX};
@@ -230,10 +230,7 @@ impl Built {
             peer_server: Arc::new(server_config(files, ClientAuth::Required)?),
             client_server: Arc::new(server_config(files, ClientAuth::Optional)?),
             metrics_server: Arc::new(server_config(files, ClientAuth::None)?),
-            peer_client: Arc::new(client_config(
-                &files.ca,
-                Some((&files.cert, &files.key)),
-            )?),
+            peer_client: Arc::new(client_config(&files.ca, Some((&files.cert, &files.key)))?),
         })
     }
 }

@@ -127,7 +127,11 @@ fn write(path: &Path, text: &str, mode: u32, force: bool) -> anyhow::Result<()> 
         format!(
             "write {}{}",
             path.display(),
-            if force { "" } else { " (exists? --force overwrites)" }
+            if force {
+                ""
+            } else {
+                " (exists? --force overwrites)"
+            }
         )
     })?;
     file.write_all(text.as_bytes())
