@@ -1120,7 +1120,7 @@ fn the_cli_completes_uses_profiles_and_fails_in_one_line() {
     let dead = "127.0.0.1:1";
     let run = tern_run(
         cfg,
-        &["--broker", dead, "topic", "list"],
+        &["--broker", dead, "--connect-timeout", "1s", "topic", "list"],
         b"",
         &[("RUST_BACKTRACE", "1")],
     );

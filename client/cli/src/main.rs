@@ -45,6 +45,16 @@ struct Cli {
     /// Take the brokers from this saved profile (`tern profile add`).
     #[arg(long, global = true, env = "TERN_PROFILE")]
     profile: Option<String>,
+    /// How long to keep trying the brokers before giving up (a broker that
+    /// is starting is retried meanwhile).
+    #[arg(
+        long,
+        global = true,
+        env = "TERN_CONNECT_TIMEOUT",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
+    connect_timeout: std::time::Duration,
     /// PEM file of the cluster CA: connect over TLS, trusting brokers whose
     /// certificates it signed.
     #[arg(long, global = true, env = "TERN_TLS_CA")]
@@ -88,6 +98,7 @@ impl Cli {
         };
         Ok(tern_client::ClientConfig {
             tls,
+            bootstrap_timeout: self.connect_timeout,
             ..Default::default()
         })
     }

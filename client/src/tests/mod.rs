@@ -282,6 +282,7 @@ async fn errors_keep_their_io_cause_as_source() {
     // Nothing listens on port 1: the refusal must survive as the source.
     let config = crate::ClientConfig {
         connect_timeout: Duration::from_secs(2),
+        bootstrap_timeout: Duration::from_secs(1),
         ..Default::default()
     };
     let e = bounded(
