@@ -169,6 +169,12 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Broker { code, .. } | ClientError::Partition { code, .. } => Some(*code),
+            // Why no broker could be reached, if a broker said so (e.g.
+            // `TooManyConnections`).
+            ClientError::NoBrokerReachable {
+                last_error: Some(last),
+                ..
+            } => last.code(),
             _ => None,
         }
     }
