@@ -43,8 +43,12 @@ if "memory" not in c["resources"].get("requests", {}):
 cfg = tomllib.loads(kinds["ConfigMap"]["data"]["tern.toml"])
 allowed = {"broker": {"data_dir", "listen", "metrics_listen", "advertise", "durability",
                       "retention_check_ms", "default_retention_ms", "node_id", "read_cache_bytes",
-                      "peer_listen", "initial_cluster", "cluster_name", "election_timeout_ms"},
-           "plugins": {"lock", "balancer", "cache", "dir"}}
+                      "peer_listen", "initial_cluster", "cluster_name", "election_timeout_ms",
+                      "min_free_bytes", "insecure", "connections_max", "connections_per_ip_max",
+                      "handshake_timeout_ms", "idle_timeout_ms", "request_bytes_in_flight_max",
+                      "cluster_topics_max", "cluster_partitions_max"},
+           "plugins": {"lock", "balancer", "cache", "dir"},
+           "tls": {"cert", "key", "ca", "metrics_plaintext"}}
 for table, keys in cfg.items():
     if table not in allowed or set(keys) - allowed[table]:
         errors.append(f"config: unknown keys in [{table}]: {set(keys) - allowed.get(table, set())}")
