@@ -488,3 +488,28 @@ async fn https_ready(addr: &str, ca: &Path) -> bool {
     String::from_utf8_lossy(&answer).starts_with("HTTP/1.0 200")
         || String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200")
 }
+
+/// `AddBroker` naming a current member at another address would redirect
+/// that member's Raft traffic to whoever listens there: it is refused, and
+/// the cluster keeps working at the old address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_member_again_cannot_move_its_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("n1"), &[]);
+    bounded(LIMIT, async {
+        let client = Client::connect(&broker.addr).await.unwrap();
+        let admin = Admin::new(client.clone());
+        let refused = admin
+            .add_broker(1, "127.0.0.1:1")
+            .await
+            .expect_err("a member's address was overwritten");
+        assert!(
+            refused.to_string().contains("already a member")
+                || format!("{refused:?}").contains("already a member"),
+            "{refused:?}"
+        );
+        admin.create_topic("still", NewTopic::new(1)).await.unwrap();
+        round_trip(&client, "still", "same address").await;
+    })
+    .await;
+}

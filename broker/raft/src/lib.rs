@@ -435,9 +435,21 @@ impl RaftNode {
         let fail = |e: &dyn std::fmt::Display| WriteError::Membership(e.to_string());
         match change {
             ClusterChange::Add(node, addr) => {
-                self.transport.set_addr(node, addr.clone());
+                // A member keeps its address: adding it again at the same
+                // address is a retried request (finish it), at another one
+                // is refused — it would redirect the node's Raft traffic.
+                let membership = self.meta.metrics().borrow().membership_config.clone();
+                if let Some(known) = membership.membership().get_node(&node) {
+                    if known.addr != addr {
+                        return Err(WriteError::Membership(format!(
+                            "broker {node} is already a member at {}; remove it before adding it at {addr}",
+                            known.addr
+                        )));
+                    }
+                }
                 // Refuse before it becomes a voter: its coordination plugins must be
-                // ours. (It may still be starting: ask for a few seconds.)
+                // ours. (It may still be starting: ask for a few seconds.) The
+                // address is only recorded once every check passed.
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
                 let theirs = loop {
                     let answer = self
@@ -463,6 +475,7 @@ impl RaftNode {
                         self.coord_plugins
                     )));
                 }
+                self.transport.set_addr(node, addr.clone());
                 self.meta
                     .add_learner(node, BasicNode { addr }, true)
                     .await

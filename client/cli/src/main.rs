@@ -174,6 +174,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Die quietly when the reader of stdout goes away (`tern lock list |
+    // grep -q x`), like other Unix tools, instead of panicking in println!.
+    // SAFETY: resetting a signal disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
