@@ -75,6 +75,19 @@ impl Default for ClientConfig {
     }
 }
 
+impl ClientTls {
+    /// The rustls connector these settings describe (files read now).
+    pub(crate) fn connector(&self) -> Result<tern_tls::TlsConnector, ClientError> {
+        tern_tls::client_connector(
+            &self.ca,
+            self.identity
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path())),
+        )
+        .map_err(|e| ClientError::InvalidArgument(format!("TLS settings: {e}")))
+    }
+}
+
 /// The connector built from [`ClientTls`] (rustls's has no `Debug`).
 struct Tls(tern_tls::TlsConnector);
 
@@ -160,14 +173,7 @@ impl Client {
         }
         let tls = match &config.tls {
             None => None,
-            Some(t) => Some(
-                tern_tls::client_connector(
-                    &t.ca,
-                    t.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
-                )
-                .map(Tls)
-                .map_err(|e| ClientError::InvalidArgument(format!("TLS settings: {e}")))?,
-            ),
+            Some(t) => Some(Tls(t.connector()?)),
         };
         let bootstrap = config.bootstrap_timeout;
         let client = Client {

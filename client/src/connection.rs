@@ -129,16 +129,7 @@ impl Connection {
         addr: &str,
         config: &crate::ClientConfig,
     ) -> Result<Connection, ClientError> {
-        let tls = match &config.tls {
-            None => None,
-            Some(t) => Some(
-                tern_tls::client_connector(
-                    &t.ca,
-                    t.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
-                )
-                .map_err(|e| ClientError::InvalidArgument(format!("TLS settings: {e}")))?,
-            ),
-        };
+        let tls = config.tls.as_ref().map(|t| t.connector()).transpose()?;
         let timeouts = Timeouts {
             connect: config.connect_timeout,
             request: config.request_timeout,

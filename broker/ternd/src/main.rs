@@ -63,28 +63,7 @@ fn list_plugins(dir: &std::path::Path) -> anyhow::Result<()> {
         "{:<10} {:<14} {:<8} {:<4} file",
         "kind", "name", "version", "abi"
     );
-    let mut refused = 0;
-    for entry in tern_plugin_host::scan(dir) {
-        match entry {
-            Ok(i) => println!(
-                "{:<10} {:<14} {:<8} {:<4} {}",
-                i.kind.name(),
-                i.name,
-                i.version,
-                i.abi_version,
-                i.path.display()
-            ),
-            Err(e) => {
-                refused += 1;
-                println!("{:<10} {e}", "REFUSED");
-            }
-        }
-    }
-    for entry in tern_strategies::BUILTINS {
-        let i = tern_plugin_host::Plugin::builtin(entry)
-            .context("inspect a built-in strategy")?
-            .info()
-            .clone();
+    let row = |i: &tern_plugin_host::PluginInfo| {
         println!(
             "{:<10} {:<14} {:<8} {:<4} {}",
             i.kind.name(),
@@ -92,7 +71,22 @@ fn list_plugins(dir: &std::path::Path) -> anyhow::Result<()> {
             i.version,
             i.abi_version,
             i.path.display()
-        );
+        )
+    };
+    let mut refused = 0;
+    for entry in tern_plugin_host::scan(dir) {
+        match entry {
+            Ok(i) => row(&i),
+            Err(e) => {
+                refused += 1;
+                println!("{:<10} {e}", "REFUSED");
+            }
+        }
+    }
+    for entry in tern_strategies::BUILTINS {
+        let builtin =
+            tern_plugin_host::Plugin::builtin(entry).context("inspect a built-in strategy")?;
+        row(builtin.info());
     }
     if refused > 0 {
         println!("{refused} file(s) refused");
