@@ -33,7 +33,19 @@
 //!   after its `Delivery` failed (or from a new `Producer`) sends a new batch,
 //!   which is stored again if the first attempt had in fact landed.
 //! - **Order**: within a partition, records are stored in `enqueue` order;
-//!   a retry holds back every later batch of that partition.
+//!   a retry holds back every later batch of that partition. The brokers
+//!   enforce it too: a producer's batch is stored only right after the one
+//!   it sent before (a batch that overtook an earlier one, say by reaching a
+//!   new leader while the earlier one failed on the old, is refused with the
+//!   retriable `OutOfOrderSequence` and resent after it). Until a partition
+//!   has acknowledged one batch of this producer, its batches go one at a
+//!   time, since the brokers take any sequence number as a new producer's
+//!   first.
+//! - **A batch given up** (its `delivery_timeout` passed, or a non-retriable
+//!   error) fails its records, and the partition's later batches go on under
+//!   a fresh producer id, numbered from 0, so that the gap does not block
+//!   them; a later batch is renumbered only once a broker said it was not
+//!   stored, so none is stored twice.
 //!
 //! # Cancel safety
 //!
@@ -50,14 +62,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use tern_protocol::api::{Acks, ProducePartition};
 
 use crate::Connection;
 use tern_protocol::partitioner::partition_for_key;
-use tern_protocol::record::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES};
+use tern_protocol::record::{next_sequence, stamp_batch, BATCH_BYTES_MAX, BATCH_HEADER_BYTES};
 use tern_protocol::{BatchBuilder, ErrorCode, Record, Request, Response};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
@@ -305,8 +317,6 @@ struct Accumulator {
     senders: HashMap<(Arc<str>, u32), mpsc::UnboundedSender<ToSender>>,
     sticky: HashMap<Arc<str>, u32>,
     partition_counts: HashMap<String, (Arc<str>, u32)>,
-    /// Next batch sequence number per partition.
-    sequences: HashMap<(Arc<str>, u32), i32>,
 }
 
 struct Open {
@@ -315,13 +325,20 @@ struct Open {
     deadline: Instant,
 }
 
+/// A sealed batch's bytes: stamped with a producer id and sequence number
+/// when the partition's sender first sends it.
+enum Body {
+    Unstamped(BytesMut),
+    Stamped { batch: Bytes, producer_id: i64 },
+}
+
 enum ToSender {
     Batch(Sealed),
     Barrier(oneshot::Sender<()>),
 }
 
 struct Sealed {
-    batch: Bytes,
+    body: Body,
     outcome: Arc<BatchOutcome>,
     records: u32,
     /// Retried until then at the latest.
@@ -507,14 +524,9 @@ impl Shared {
                 *s = s.wrapping_add(1);
             }
         }
-        // Each batch of a partition gets the next sequence number; a retry
-        // resends the same bytes, so the broker recognises it.
-        let next = st.sequences.entry(key.clone()).or_insert(0);
-        let sequence = *next;
-        *next = next.wrapping_add(1) & i32::MAX;
         let sealed = Sealed {
             records: o.builder.record_count(),
-            batch: o.builder.finish(self.producer_id, sequence),
+            body: Body::Unstamped(o.builder.finish_unstamped()),
             outcome: o.outcome,
             delivery_deadline: Instant::now() + self.config.delivery_timeout,
         };
@@ -532,6 +544,7 @@ impl Shared {
                 key.1,
                 self.config.clone(),
                 self.space.clone(),
+                Stamper::new(self.producer_id),
                 rx,
             ));
             st.senders.insert(key.clone(), tx);
@@ -599,6 +612,78 @@ async fn run_linger(shared: std::sync::Weak<Shared>, wake: Arc<Notify>) {
 
 type InFlight = Pin<Box<dyn Future<Output = (Sealed, Result<u64, ClientError>)> + Send>>;
 
+/// A partition's producer identity as its brokers see it, and the sequence
+/// number of the next batch it sends.
+///
+/// The brokers store a known producer's batches only in sequence (a batch
+/// that overtook an earlier one is refused with `OutOfOrderSequence`), so a
+/// batch given up for good leaves a gap that would refuse every later one.
+/// The sender then takes a new producer id and numbers from 0 again; a batch
+/// stamped under the old id is restamped only once a broker said it was not
+/// stored (`OutOfOrderSequence`), so no batch is ever stored twice.
+struct Stamper {
+    producer_id: i64,
+    next_sequence: i32,
+    /// Whether a batch of `producer_id` was acknowledged. Until one is, the
+    /// brokers do not know this id and would take any sequence as its first,
+    /// so batches go one at a time (two in flight could land out of order).
+    known: bool,
+}
+
+impl Stamper {
+    fn new(producer_id: i64) -> Stamper {
+        Stamper {
+            producer_id,
+            next_sequence: 0,
+            known: false,
+        }
+    }
+
+    /// Stamps `s` with this identity's next sequence number, unless it
+    /// already carries this identity, or carries an old one and may have
+    /// been stored under it (`definitely_not_stored` is false).
+    fn stamp(&mut self, s: &mut Sealed, definitely_not_stored: bool) {
+        let unstamped = match &mut s.body {
+            Body::Unstamped(buf) => std::mem::take(buf),
+            Body::Stamped { producer_id, .. } if *producer_id == self.producer_id => return,
+            Body::Stamped { .. } if !definitely_not_stored => return,
+            Body::Stamped { batch, .. } => BytesMut::from(&batch[..]),
+        };
+        let sequence = self.next_sequence;
+        self.next_sequence = next_sequence(sequence);
+        s.body = Body::Stamped {
+            batch: stamp_batch(unstamped, self.producer_id, sequence),
+            producer_id: self.producer_id,
+        };
+    }
+
+    /// Starts over under a new producer id after a batch of the current one
+    /// was given up (it may have left a gap in the sequence).
+    fn renew_after_giving_up(&mut self, s: &Sealed) {
+        if matches!(s.body, Body::Stamped { producer_id, .. } if producer_id == self.producer_id) {
+            *self = Stamper::new(random_producer_id());
+        }
+    }
+
+    fn acknowledged(&mut self, s: &Sealed) {
+        if matches!(s.body, Body::Stamped { producer_id, .. } if producer_id == self.producer_id) {
+            self.known = true;
+        }
+    }
+}
+
+/// Whether a failed produce certainly stored nothing: the broker refused
+/// the batch before or instead of appending it.
+fn definitely_not_stored(result: &Result<u64, ClientError>) -> bool {
+    matches!(
+        result,
+        Err(ClientError::Partition {
+            code: ErrorCode::OutOfOrderSequence,
+            ..
+        })
+    )
+}
+
 /// Sends one partition's batches in order, at most
 /// `in_flight_per_partition_max` at once. On a retriable failure it stops
 /// taking new batches, lets the in-flight ones finish, and resends the failed
@@ -609,6 +694,7 @@ async fn run_partition_sender(
     partition: u32,
     config: ProducerConfig,
     space: Arc<Semaphore>,
+    mut stamper: Stamper,
     mut queue: mpsc::UnboundedReceiver<ToSender>,
 ) {
     let complete = |s: Sealed, result: Result<u64, ClientError>| {
@@ -629,6 +715,10 @@ async fn run_partition_sender(
     let mut retry: VecDeque<Sealed> = VecDeque::new();
     let mut barriers: Vec<oneshot::Sender<()>> = Vec::new();
     let mut open = true;
+    // Set when a send failed or a batch was given up: take no new batch
+    // until the window is empty and the failed ones are resent, so that no
+    // later batch overtakes them.
+    let mut hold = false;
     // Every batch of one window goes to the same broker: a failure seen on
     // one batch must not send the next to another leader before the failed
     // one is retried (that could reorder them).
@@ -639,34 +729,47 @@ async fn run_partition_sender(
             // a failure only: once one reached the new leader, the next
             // follows at once.
             let mut pause = true;
-            while let Some(sealed) = retry.pop_front() {
-                let mut sealed = Some(sealed);
+            while let Some(mut s) = retry.pop_front() {
                 let mut attempt = 0;
+                let mut restamp = false;
                 let mut pauses = pacing.backoff();
                 loop {
                     attempt += 1;
+                    stamper.stamp(&mut s, restamp);
                     if pause {
                         pauses.wait().await;
                     }
                     client.invalidate(&topic);
                     leader = None;
-                    let s = sealed.take().expect("batch present");
-                    let (s, result) =
+                    let (sent, result) =
                         send_batch(&client, &mut leader, &topic, partition, &config, s)
                             .await
                             .await;
-                    pause = result.is_err();
+                    s = sent;
+                    // Refused only because it was stamped under an identity
+                    // given up since: restamp and resend at once.
+                    restamp = definitely_not_stored(&result)
+                        && !matches!(s.body, Body::Stamped { producer_id, .. } if producer_id == stamper.producer_id);
+                    pause = result.is_err() && !restamp;
                     match result {
-                        Err(e) if e.is_retriable() && attempt < config.retries && in_time(&s) => {
-                            sealed = Some(s)
+                        Err(e)
+                            if (restamp || e.is_retriable())
+                                && attempt < config.retries
+                                && in_time(&s) => {}
+                        Ok(offset) => {
+                            stamper.acknowledged(&s);
+                            complete(s, Ok(offset));
+                            break;
                         }
-                        result => {
-                            complete(s, result);
+                        Err(e) => {
+                            stamper.renew_after_giving_up(&s);
+                            complete(s, Err(e));
                             break;
                         }
                     }
                 }
             }
+            hold = false;
             for b in barriers.drain(..) {
                 let _ = b.send(());
             }
@@ -674,17 +777,23 @@ async fn run_partition_sender(
                 return;
             }
         }
-        let can_take = open && retry.is_empty() && window.len() < window_max;
+        let in_flight_max = if stamper.known { window_max } else { 1 };
+        let can_take = open && !hold && retry.is_empty() && window.len() < in_flight_max;
         tokio::select! {
             next = queue.recv(), if can_take => match next {
                 None => open = false,
                 Some(ToSender::Barrier(b)) => {
                     if window.is_empty() { let _ = b.send(()); } else { barriers.push(b); }
                 }
-                Some(ToSender::Batch(s)) => {
+                Some(ToSender::Batch(mut s)) => {
+                    stamper.stamp(&mut s, false);
                     window.push_back(
                         send_batch(&client, &mut leader, &topic, partition, &config, s).await,
                     );
+                    // No connection to the leader took it: the next batch
+                    // would go through a new lookup, perhaps to another
+                    // broker, ahead of this one's retry.
+                    hold |= leader.is_none();
                 }
             },
             Some((s, result)) = window.next(), if !window.is_empty() => {
@@ -693,9 +802,18 @@ async fn run_partition_sender(
                         tracing::debug!(%topic, partition, error = %e, "batch failed; will retry in order");
                         client.invalidate(&topic);
                         leader = None;
+                        hold = true;
                         retry.push_back(s);
                     }
-                    result => complete(s, result),
+                    Ok(offset) => {
+                        stamper.acknowledged(&s);
+                        complete(s, Ok(offset));
+                    }
+                    Err(e) => {
+                        stamper.renew_after_giving_up(&s);
+                        hold = true;
+                        complete(s, Err(e));
+                    }
                 }
             }
         }
@@ -718,7 +836,11 @@ async fn send_batch(
         partitions: vec![ProducePartition {
             topic: topic.to_owned(),
             partition,
-            batch: s.batch.clone(),
+            batch: match &s.body {
+                Body::Stamped { batch, .. } => batch.clone(),
+                // Stamped by the caller; never sent without a producer id.
+                Body::Unstamped(buf) => buf.clone().freeze(),
+            },
         }],
     };
     let conn = match leader.take() {
@@ -778,4 +900,68 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_protocol::{BatchView, Record};
+
+    fn sealed() -> Sealed {
+        let mut b = BatchBuilder::with_capacity(64);
+        b.push(&Record {
+            value: Some(Bytes::from_static(b"v")),
+            ..Default::default()
+        });
+        Sealed {
+            body: Body::Unstamped(b.finish_unstamped()),
+            outcome: BatchOutcome::new(),
+            records: 1,
+            delivery_deadline: Instant::now(),
+        }
+    }
+
+    fn stamp_of(s: &Sealed) -> (i64, i32) {
+        let Body::Stamped { batch, .. } = &s.body else {
+            panic!("not stamped")
+        };
+        let view = BatchView::validate(batch.clone()).expect("a valid batch");
+        (view.producer_id(), view.base_sequence())
+    }
+
+    #[test]
+    fn batches_are_numbered_once_and_renumbered_only_when_surely_not_stored() {
+        let mut stamper = Stamper::new(5);
+        let (mut a, mut b, mut c) = (sealed(), sealed(), sealed());
+        stamper.stamp(&mut a, false);
+        stamper.stamp(&mut b, false);
+        assert_eq!((stamp_of(&a), stamp_of(&b)), ((5, 0), (5, 1)));
+        // A retry keeps its stamp.
+        stamper.stamp(&mut a, true);
+        assert_eq!(stamp_of(&a), (5, 0));
+        assert!(!stamper.known, "one at a time until the id is known");
+        stamper.acknowledged(&a);
+        assert!(stamper.known);
+        // `b` is given up: a gap may follow it, so a new id starts at 0.
+        stamper.renew_after_giving_up(&b);
+        assert_ne!(stamper.producer_id, 5);
+        assert!(!stamper.known);
+        let renewed = stamper.producer_id;
+        stamper.stamp(&mut c, false);
+        assert_eq!(stamp_of(&c), (renewed, 0));
+        // A batch of the old id that may have been stored keeps its stamp;
+        // one refused as out of order is renumbered under the new id.
+        stamper.stamp(&mut b, false);
+        assert_eq!(stamp_of(&b), (5, 1));
+        stamper.stamp(&mut b, true);
+        assert_eq!(stamp_of(&b), (renewed, 1));
+        // Giving up an old id's batch does not renew again.
+        let mut old = sealed();
+        old.body = Body::Stamped {
+            batch: BatchBuilder::with_capacity(64).finish(5, 9),
+            producer_id: 5,
+        };
+        stamper.renew_after_giving_up(&old);
+        assert_eq!(stamper.producer_id, renewed);
+    }
 }

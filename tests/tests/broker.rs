@@ -428,6 +428,76 @@ async fn malformed_input_is_refused_while_good_clients_keep_working() {
     assert_eq!(t.partitions[0].log_end, 2_000);
 }
 
+/// An idempotent producer's batches are stored only in sequence: a batch
+/// that overtakes an earlier one (as when the earlier one failed on an old
+/// leader's connection and the later one reached the new leader) is refused
+/// with the retriable `OutOfOrderSequence`; once the earlier one is stored
+/// the later one is taken, a retry of a stored one is answered with its
+/// offset, and the log holds the batches in sequence order. Before, the
+/// overtaking batch was stored and the earlier one's retry was refused as a
+/// duplicate: a record lost and the order broken (seen in the Docker
+/// campaign as `duplicate_sequence`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_producers_batches_are_stored_only_in_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("n1"), &[]);
+    let client = Client::connect(&broker.addr).await.unwrap();
+    topic(&client, "seq", 1).await;
+    let addr = broker.addr.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut correlation = 0;
+        let mut produce = |sequence: i32| {
+            let mut b = tern_protocol::BatchBuilder::with_capacity(64);
+            b.push(&tern_protocol::Record {
+                value: Some(Bytes::from(format!("batch-{sequence}"))),
+                ..Default::default()
+            });
+            correlation += 1;
+            let r = raw_request(
+                &mut s,
+                correlation,
+                Request::Produce {
+                    acks: tern_protocol::api::Acks::All,
+                    timeout_ms: 10_000,
+                    partitions: vec![ProducePartition {
+                        topic: "seq".into(),
+                        partition: 0,
+                        batch: b.finish(4242, sequence),
+                    }],
+                },
+            );
+            let Response::Produce(results) = r.result.unwrap() else {
+                panic!("produce response")
+            };
+            (results[0].error, results[0].base_offset)
+        };
+        assert_eq!(produce(0), (ErrorCode::None, 0));
+        let (code, _) = produce(2);
+        assert_eq!(code, ErrorCode::OutOfOrderSequence, "sequence 2 before 1");
+        assert!(code.is_retriable());
+        assert_eq!(produce(1), (ErrorCode::None, 1));
+        assert_eq!(produce(1), (ErrorCode::None, 1), "a retry gets its offset");
+        assert_eq!(produce(2), (ErrorCode::None, 2));
+        assert_eq!(produce(0).0, ErrorCode::None, "still in the window");
+    })
+    .await
+    .unwrap();
+    let mut consumer = Consumer::new(client, ConsumerConfig::default());
+    consumer.assign("seq", &[0], Offset::Earliest).await.unwrap();
+    let mut values = Vec::new();
+    bounded(Duration::from_secs(30), async {
+        while values.len() < 3 {
+            for r in consumer.poll().await.unwrap() {
+                values.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+            }
+        }
+    })
+    .await;
+    assert_eq!(values, ["batch-0", "batch-1", "batch-2"]);
+}
+
 /// A fetch with nothing to read waits (long poll) and returns as soon as a
 /// record arrives, not at the end of its wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,6 +65,11 @@ pub enum ErrorCode {
     /// address or in all; the message names the limit. Retry after a backoff
     /// on a new connection.
     TooManyConnections = 24,
+    /// A producer's batch arrived before an earlier batch of the same
+    /// producer was stored (its sequence number skips ahead): it was not
+    /// appended. Retry once the earlier batch is stored, which keeps the
+    /// producer's batches in order.
+    OutOfOrderSequence = 25,
 }
 
 impl ErrorCode {
@@ -96,6 +101,7 @@ impl ErrorCode {
             22 => IllegalGeneration,
             23 => LimitExceeded,
             24 => TooManyConnections,
+            25 => OutOfOrderSequence,
             _ => Unknown,
         }
     }
@@ -114,6 +120,7 @@ impl ErrorCode {
                 | ErrorCode::RequestTimedOut
                 | ErrorCode::LeaderNotAvailable
                 | ErrorCode::TooManyConnections
+                | ErrorCode::OutOfOrderSequence
         )
     }
 
@@ -146,6 +153,7 @@ impl ErrorCode {
             IllegalGeneration => "illegal_generation",
             LimitExceeded => "limit_exceeded",
             TooManyConnections => "too_many_connections",
+            OutOfOrderSequence => "out_of_order_sequence",
         }
     }
 }

@@ -174,7 +174,14 @@ impl BatchBuilder {
 
     /// Seals the batch: writes the header and CRC. `producer_id` and
     /// `base_sequence` are -1 for a non-idempotent producer.
-    pub fn finish(mut self, producer_id: i64, base_sequence: i32) -> Bytes {
+    pub fn finish(self, producer_id: i64, base_sequence: i32) -> Bytes {
+        stamp_batch(self.finish_unstamped(), producer_id, base_sequence)
+    }
+
+    /// Writes the header except the producer stamp and the CRC, which
+    /// [`stamp_batch`] adds: a producer decides a batch's sequence number
+    /// when it first sends it, not when it seals it.
+    pub fn finish_unstamped(mut self) -> BytesMut {
         let total = self.buf.len();
         let mut h = &mut self.buf[..BATCH_HEADER_BYTES];
         h.put_u64_le(0);
@@ -189,12 +196,32 @@ impl BatchBuilder {
         } else {
             self.max_timestamp
         });
-        h.put_i64_le(producer_id);
-        h.put_i32_le(base_sequence);
-        let crc = crc32c::crc32c(&self.buf[CRC_START..]);
-        self.buf[12..16].copy_from_slice(&crc.to_le_bytes());
-        self.buf.freeze()
+        h.put_i64_le(-1);
+        h.put_i32_le(-1);
+        self.buf
     }
+}
+
+/// The sequence number a producer gives the batch after the one numbered
+/// `sequence`: sequences count up per partition and wrap to 0 after
+/// `i32::MAX` (negative means "no sequence").
+pub fn next_sequence(sequence: i32) -> i32 {
+    sequence.wrapping_add(1) & i32::MAX
+}
+
+/// Writes a finished batch's producer id and base sequence and computes its
+/// CRC. Restamping a stamped batch (copied into a `BytesMut`) is allowed.
+///
+/// # Panics
+/// If `batch` is shorter than a batch header (it comes from
+/// [`BatchBuilder::finish_unstamped`] or is a valid batch).
+pub fn stamp_batch(mut batch: BytesMut, producer_id: i64, base_sequence: i32) -> Bytes {
+    let mut h = &mut batch[38..BATCH_HEADER_BYTES];
+    h.put_i64_le(producer_id);
+    h.put_i32_le(base_sequence);
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[12..16].copy_from_slice(&crc.to_le_bytes());
+    batch.freeze()
 }
 
 /// A validated view of one encoded batch.
@@ -497,6 +524,23 @@ mod tests {
             b.push(&record(i));
         }
         b.finish(-1, -1)
+    }
+
+    #[test]
+    fn a_restamped_batch_checks_out_with_its_new_stamp() {
+        let mut b = BatchBuilder::with_capacity(256);
+        b.push(&Record {
+            key: Some(Bytes::from_static(b"k")),
+            value: Some(Bytes::from_static(b"v")),
+            ..Default::default()
+        });
+        let first = stamp_batch(b.finish_unstamped(), 7, 3);
+        let view = BatchView::validate(first.clone()).expect("valid");
+        assert_eq!((view.producer_id(), view.base_sequence()), (7, 3));
+        let again = stamp_batch(BytesMut::from(&first[..]), 11, 0);
+        let view = BatchView::validate(again).expect("valid after restamp");
+        assert_eq!((view.producer_id(), view.base_sequence()), (11, 0));
+        assert_eq!(view.records().count(), 1);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, Snapshot, SnapshotMeta, StorageIOError};
 use serde::{Deserialize, Serialize};
+use tern_protocol::record::next_sequence;
 use tern_protocol::{BatchView, ErrorCode};
 use tern_storage::{AppendedBatch, ApplyBatch, PartitionLog};
 
@@ -59,6 +60,74 @@ struct PartitionSnapshot {
     batches: Vec<(u64, u64, bytes::Bytes)>,
 }
 
+impl SmState {
+    /// Decides whether a batch of a producer is new, a retry of a committed
+    /// one (answered with its original offset), too old to tell, or ahead of
+    /// a batch of the same producer that is not stored yet.
+    ///
+    /// A known producer's batches are accepted only in sequence (each one
+    /// the successor of the last stored one): a batch that overtook an
+    /// earlier one (sent to a new leader while the earlier one failed on the
+    /// old, say) is refused with the retriable `OutOfOrderSequence`, so a
+    /// producer's batches are stored in the order it sealed them whatever
+    /// happens to its connections. An unknown producer (new, or forgotten
+    /// after [`PRODUCERS_MAX`]) may start at any sequence.
+    fn dedup(&self, producer_id: i64, sequence: i32) -> Option<CommandResponse> {
+        if producer_id < 0 || sequence < 0 {
+            return None;
+        }
+        let p = self.producers.get(&producer_id)?;
+        if let Some((_, offset)) = p.recent.iter().find(|(s, _)| *s == sequence) {
+            return Some(CommandResponse::Appended {
+                base_offset: *offset,
+                duplicate: true,
+            });
+        }
+        let &(last, _) = p.recent.back()?;
+        if sequence == next_sequence(last) {
+            return None;
+        }
+        Some(if sequence <= last {
+            CommandResponse::Rejected {
+                code: ErrorCode::DuplicateSequence as u16,
+                message: format!(
+                    "producer {producer_id} sequence {sequence} is older than the de-duplication window"
+                ),
+            }
+        } else {
+            CommandResponse::Rejected {
+                code: ErrorCode::OutOfOrderSequence as u16,
+                message: format!(
+                    "producer {producer_id} sequence {sequence} arrived before sequence {}; retry after it",
+                    next_sequence(last)
+                ),
+            }
+        })
+    }
+
+    fn remember(&mut self, producer_id: i64, sequence: i32, base_offset: u64, index: u64) {
+        if producer_id < 0 || sequence < 0 {
+            return;
+        }
+        let p = self.producers.entry(producer_id).or_default();
+        p.recent.push_back((sequence, base_offset));
+        while p.recent.len() > PRODUCER_WINDOW {
+            p.recent.pop_front();
+        }
+        p.last_index = index;
+        if self.producers.len() > PRODUCERS_MAX {
+            let idle = self
+                .producers
+                .iter()
+                .min_by_key(|(_, p)| p.last_index)
+                .map(|(id, _)| *id);
+            if let Some(id) = idle {
+                self.producers.remove(&id);
+            }
+        }
+    }
+}
+
 /// Called after each applied group of batches (wakes long polls, fills the
 /// read cache).
 pub type OnApply = Arc<dyn Fn(&[AppendedBatch], u64) + Send + Sync>;
@@ -94,53 +163,6 @@ impl PartitionStateMachine {
             on_apply,
             on_snapshot_installed,
         })
-    }
-
-    /// Decides whether a batch of a producer is new, a retry of a committed
-    /// one (answered with its original offset) or too old to tell.
-    fn dedup(&self, producer_id: i64, sequence: i32) -> Option<CommandResponse> {
-        if producer_id < 0 || sequence < 0 {
-            return None;
-        }
-        let p = self.state.producers.get(&producer_id)?;
-        if let Some((_, offset)) = p.recent.iter().find(|(s, _)| *s == sequence) {
-            return Some(CommandResponse::Appended {
-                base_offset: *offset,
-                duplicate: true,
-            });
-        }
-        match p.recent.back() {
-            Some((last, _)) if sequence <= *last => Some(CommandResponse::Rejected {
-                code: ErrorCode::DuplicateSequence as u16,
-                message: format!(
-                    "producer {producer_id} sequence {sequence} is older than the de-duplication window"
-                ),
-            }),
-            _ => None,
-        }
-    }
-
-    fn remember(&mut self, producer_id: i64, sequence: i32, base_offset: u64, index: u64) {
-        if producer_id < 0 || sequence < 0 {
-            return;
-        }
-        let p = self.state.producers.entry(producer_id).or_default();
-        p.recent.push_back((sequence, base_offset));
-        while p.recent.len() > PRODUCER_WINDOW {
-            p.recent.pop_front();
-        }
-        p.last_index = index;
-        if self.state.producers.len() > PRODUCERS_MAX {
-            let idle = self
-                .state
-                .producers
-                .iter()
-                .min_by_key(|(_, p)| p.last_index)
-                .map(|(id, _)| *id);
-            if let Some(id) = idle {
-                self.state.producers.remove(&id);
-            }
-        }
     }
 
     fn snapshot_now(&self, with_batches: bool) -> Result<Snapshot<TernRaft>, RaftStorageError> {
@@ -201,12 +223,12 @@ impl RaftStateMachine<TernRaft> for PartitionStateMachine {
                         },
                         Ok(view) => {
                             let (pid, seq) = (view.producer_id(), view.base_sequence());
-                            match self.dedup(pid, seq) {
+                            match self.state.dedup(pid, seq) {
                                 Some(r) => r,
                                 None => {
                                     let base_offset = next;
                                     next += view.record_count() as u64;
-                                    self.remember(pid, seq, base_offset, entry.log_id.index);
+                                    self.state.remember(pid, seq, base_offset, entry.log_id.index);
                                     batches.push(ApplyBatch {
                                         raft_index: entry.log_id.index,
                                         bytes,
@@ -279,5 +301,62 @@ impl RaftStateMachine<TernRaft> for PartitionStateMachine {
             return Ok(None);
         }
         self.snapshot_now(true).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(r: Option<CommandResponse>) -> Option<u16> {
+        match r {
+            Some(CommandResponse::Rejected { code, .. }) => Some(code),
+            Some(CommandResponse::Appended { .. }) => Some(0),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_known_producer_is_accepted_only_in_sequence() {
+        let mut st = SmState::default();
+        // An unknown producer may start anywhere.
+        assert_eq!(code(st.dedup(7, 5)), None);
+        st.remember(7, 5, 100, 1);
+        // The successor is new; a retry of a stored batch is answered with
+        // its offset; a batch that skips ahead is refused, retriably.
+        assert_eq!(code(st.dedup(7, 6)), None);
+        assert!(matches!(
+            st.dedup(7, 5),
+            Some(CommandResponse::Appended { base_offset: 100, duplicate: true })
+        ));
+        let skipped = code(st.dedup(7, 7)).expect("refused");
+        assert_eq!(skipped, ErrorCode::OutOfOrderSequence as u16);
+        assert!(ErrorCode::from_u16(skipped).is_retriable());
+        // Once the missing batch is stored, the one that overtook it is next.
+        st.remember(7, 6, 110, 2);
+        assert_eq!(code(st.dedup(7, 7)), None);
+        // Older than the window: refused as possibly stored.
+        for seq in 7..7 + PRODUCER_WINDOW as i32 {
+            st.remember(7, seq, 200 + seq as u64, 3 + seq as u64);
+        }
+        assert_eq!(
+            code(st.dedup(7, 5)),
+            Some(ErrorCode::DuplicateSequence as u16)
+        );
+        // Batches without a producer id are never de-duplicated.
+        assert_eq!(code(st.dedup(-1, -1)), None);
+    }
+
+    #[test]
+    fn sequences_wrap_to_zero_after_the_largest() {
+        let mut st = SmState::default();
+        st.remember(9, i32::MAX, 0, 1);
+        assert_eq!(next_sequence(i32::MAX), 0);
+        assert_eq!(code(st.dedup(9, 0)), None);
+        assert_eq!(
+            code(st.dedup(9, 1)),
+            Some(ErrorCode::DuplicateSequence as u16),
+            "a wrapped sequence that skips ahead is indistinguishable from an old one"
+        );
     }
 }
