@@ -774,6 +774,105 @@ async fn topics_and_partitions_are_capped_cluster_wide() {
     .await;
 }
 
+/// Finding 2: a produce answered by its own (tiny) timeout used to free its
+/// place while its batch stayed queued in the partition's Raft group, so a
+/// client could queue without bound behind a partition that cannot commit.
+/// Now a partition holds at most `partition_uncommitted_bytes_max` between
+/// accepting a batch and its commit, and answers `Busy` over it; once the
+/// partition can commit again, the queue drains and producers go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_cannot_commit_pushes_back_with_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = tern_tests::Cluster::start(dir.path(), 3, &[]);
+    bounded(Duration::from_secs(240), async {
+        let client = Client::connect_with(&cluster.seeds(), cluster.client_config())
+            .await
+            .unwrap();
+        let admin = Admin::new(client.clone());
+        admin
+            .create_topic("held", NewTopic::new(1))
+            .await
+            .unwrap();
+        let leader = loop {
+            let t = admin.describe_topic("held").await.unwrap();
+            if t.partitions[0].leader > 0 {
+                break t.partitions[0].leader as usize - 1;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+        for f in &followers {
+            cluster.brokers[*f].pause();
+        }
+        let addr = cluster.brokers[leader].addr.clone();
+        let pid = cluster.brokers[leader].pid().expect("leader runs");
+        let rss = RssWatch::start(pid);
+        let codes = tokio::task::spawn_blocking(move || {
+            let mut raw = Raw::connect(&addr);
+            let mut codes = Vec::new();
+            // 1 MiB batches, 20 ms each to commit: none can. 200 MiB in all
+            // would be queued without the limit.
+            for _ in 0..200 {
+                let r = raw.call(Request::Produce {
+                    acks: Acks::All,
+                    timeout_ms: 20,
+                    partitions: vec![ProducePartition {
+                        topic: "held".into(),
+                        partition: 0,
+                        batch: big_batch(1 << 20),
+                    }],
+                });
+                let Ok(Response::Produce(results)) = r.result else {
+                    panic!("a produce response, got {:?}", r.result)
+                };
+                codes.push(results[0].error);
+                if results[0].error == ErrorCode::Busy {
+                    break;
+                }
+            }
+            codes
+        })
+        .await
+        .unwrap();
+        let peak = rss.peak();
+        assert_eq!(
+            codes.last(),
+            Some(&ErrorCode::Busy),
+            "no back-pressure after {} uncommitted batches: {codes:?}",
+            codes.len()
+        );
+        assert!(
+            codes.len() > 32,
+            "Busy only once the limit is reached: {codes:?}"
+        );
+        assert!(
+            codes[..codes.len() - 1]
+                .iter()
+                .all(|c| *c == ErrorCode::RequestTimedOut),
+            "{codes:?}"
+        );
+        assert!(peak < RSS_BYTES_MAX, "leader RSS peaked at {peak} bytes");
+        let text = metrics(&cluster.brokers[leader]);
+        assert!(
+            metric_sum(
+                &text,
+                "tern_limit_refusals_total{limit=\"partition_uncommitted_bytes_max\"}"
+            ) >= 1.0
+        );
+        // The partition commits again: the queue drains and a producer
+        // (which retries `Busy`) is acknowledged.
+        for f in &followers {
+            cluster.brokers[*f].resume();
+        }
+        let producer = Producer::new(client, ProducerConfig::default());
+        producer
+            .send(ProducerRecord::new("held", "after"))
+            .await
+            .expect("acknowledged once the followers are back");
+    })
+    .await;
+}
+
 /// An error and its causes, as one line.
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut chain = e.to_string();

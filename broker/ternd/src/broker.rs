@@ -38,6 +38,7 @@ use crate::config::Config;
 use crate::metrics::{Metrics, PARTITION_SERIES_MAX};
 use crate::plugins::Plugins;
 use crate::read_cache::ReadCache;
+use crate::session::Session;
 
 mod coordination;
 
@@ -111,7 +112,19 @@ pub struct Partition {
     log: Arc<PartitionLog>,
     raft: Raft,
     log_end: watch::Receiver<u64>,
+    /// Bytes of batches proposed and not yet committed or failed, at most
+    /// [`PARTITION_UNCOMMITTED_BYTES_MAX`] (openraft's proposal queue is
+    /// unbounded: this is its bound).
+    uncommitted: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most bytes of batches one partition holds between accepting them and
+/// their commit (or failure). Over it a produce is answered `Busy`
+/// (retriable): when a partition cannot commit (its followers are gone)
+/// producers back off instead of growing the leader's memory. A permit is
+/// held until the proposal's outcome is known, even when the produce
+/// request's own timeout answered it earlier.
+pub const PARTITION_UNCOMMITTED_BYTES_MAX: usize = 64 << 20;
 
 /// A topic of the catalogue and the partitions this node hosts.
 pub struct Topic {
@@ -166,6 +179,9 @@ pub enum PendingAppend {
         bytes: usize,
         /// The group's answer.
         reply: CommitReceiver,
+        /// The batch's share of the partition's uncommitted bytes, held
+        /// until `reply` resolves.
+        uncommitted: tokio::sync::OwnedSemaphorePermit,
     },
 }
 
@@ -378,6 +394,9 @@ impl Broker {
             log,
             raft,
             log_end: end_rx,
+            uncommitted: Arc::new(tokio::sync::Semaphore::new(
+                PARTITION_UNCOMMITTED_BYTES_MAX,
+            )),
         }))
     }
 
@@ -424,9 +443,13 @@ impl Broker {
     }
 
     /// Validates each batch and proposes it to its partition's Raft group.
-    /// Awaiting here (the group's queue is full) is the backpressure that
-    /// stops the connection from reading more.
-    pub async fn enqueue_produce(&self, partitions: Vec<ProducePartition>) -> Vec<PendingAppend> {
+    /// A partition holding [`PARTITION_UNCOMMITTED_BYTES_MAX`] uncommitted
+    /// bytes answers `Busy` instead (openraft's queue is unbounded).
+    pub async fn enqueue_produce(
+        &self,
+        _session: &Session,
+        partitions: Vec<ProducePartition>,
+    ) -> Vec<PendingAppend> {
         let mut pending = Vec::with_capacity(partitions.len());
         for p in partitions {
             let done = |f: Failure| {
@@ -476,6 +499,25 @@ impl Broker {
             };
             let records = view.record_count();
             let bytes = view.bytes().len();
+            // A batch is at most BATCH_BYTES_MAX (8 MiB), well under the limit.
+            let Ok(uncommitted) = target.uncommitted.clone().try_acquire_many_owned(bytes as u32)
+            else {
+                self.metrics
+                    .limit_refusals
+                    .with_label_values(&["partition_uncommitted_bytes_max"])
+                    .inc();
+                pending.push(done(Failure::new(
+                    ErrorCode::Busy,
+                    format!(
+                        "{}/{} holds {} MiB of batches waiting to commit \
+                         (partition_uncommitted_bytes_max); retry after a backoff",
+                        p.topic,
+                        p.partition,
+                        PARTITION_UNCOMMITTED_BYTES_MAX >> 20
+                    ),
+                )));
+                continue;
+            };
             match target
                 .raft
                 .client_write_ff(Command::Append(view.into_bytes()))
@@ -487,6 +529,7 @@ impl Broker {
                     records,
                     bytes,
                     reply,
+                    uncommitted,
                 }),
                 Err(e) => pending.push(done(Failure::new(
                     ErrorCode::NotLeader,
@@ -498,14 +541,14 @@ impl Broker {
     }
 
     /// Answers any request other than produce.
-    pub async fn handle(&self, request: Request) -> Result<Response, Failure> {
+    pub async fn handle(&self, session: &Session, request: Request) -> Result<Response, Failure> {
         match request {
             Request::Produce {
                 partitions,
                 timeout_ms,
                 ..
             } => {
-                let pending = self.enqueue_produce(partitions).await;
+                let pending = self.enqueue_produce(session, partitions).await;
                 Ok(finish_produce(pending, timeout_ms, &self.metrics).await)
             }
             Request::Fetch {
@@ -1308,9 +1351,19 @@ pub async fn finish_produce(
                 partition,
                 records,
                 bytes,
-                reply,
+                mut reply,
+                uncommitted,
             } => {
-                let (error, base_offset) = match tokio::time::timeout_at(deadline, reply).await {
+                let outcome = tokio::time::timeout_at(deadline, &mut reply).await;
+                if outcome.is_err() {
+                    // Answered by its timeout, the batch is still queued in
+                    // its group: its bytes count until the group decides.
+                    tokio::spawn(async move {
+                        let _ = reply.await;
+                        drop(uncommitted);
+                    });
+                }
+                let (error, base_offset) = match outcome {
                     Ok(Ok(Ok(committed))) => match committed.data {
                         CommandResponse::Appended { base_offset, .. } => {
                             metrics

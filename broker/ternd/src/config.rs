@@ -192,6 +192,12 @@ pub struct Flags {
     #[arg(long, env = "TERN_INSECURE")]
     pub insecure: bool,
 
+    /// A principal allowed every operation (a TLS client certificate's
+    /// name or an authenticated user). Repeat for several; the env variable
+    /// takes a comma-separated list.
+    #[arg(long = "super-user", env = "TERN_SUPER_USERS", value_delimiter = ',')]
+    pub super_users: Vec<String>,
+
     /// Run a maintenance subcommand instead of the broker.
     #[command(subcommand)]
     pub command: Option<Subcommand>,
@@ -248,6 +254,13 @@ struct FileConfig {
     cluster_topics_max: Option<usize>,
     cluster_partitions_max: Option<u64>,
     insecure: Option<bool>,
+}
+
+/// The `[auth]` table of the TOML file: who clients are and what they may do.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthFile {
+    super_users: Option<Vec<String>>,
 }
 
 /// The `[tls]` table of the TOML file.
@@ -348,6 +361,8 @@ pub struct Config {
     pub metrics_tls: bool,
     /// Non-loopback listeners without TLS were explicitly allowed.
     pub insecure: bool,
+    /// Principals allowed every operation.
+    pub super_users: Vec<String>,
     /// Limits on client connections.
     pub connection_limits: ConnectionLimits,
     /// Most topics in the cluster.
@@ -441,7 +456,7 @@ impl ConnectionLimits {
 impl Config {
     /// Resolves flags (already merged with the environment by clap) over the file.
     pub fn resolve(flags: Flags) -> Result<Config, ConfigError> {
-        let (file, plugins, tls_file) = match &flags.config {
+        let (file, plugins, tls_file, auth_file) = match &flags.config {
             Some(path) => load_file(path)?,
             None => Default::default(),
         };
@@ -554,10 +569,16 @@ impl Config {
         }
         let metrics_tls =
             tls.is_some() && !(flags.metrics_plaintext || tls_file.metrics_plaintext == Some(true));
+        let super_users = if flags.super_users.is_empty() {
+            auth_file.super_users.unwrap_or_default()
+        } else {
+            flags.super_users
+        };
         Ok(Config {
             tls,
             metrics_tls,
             insecure,
+            super_users,
             connection_limits,
             cluster_topics_max,
             cluster_partitions_max,
@@ -649,7 +670,7 @@ pub fn parse_initial_cluster(
     Ok(out)
 }
 
-fn load_file(path: &Path) -> Result<(FileConfig, PluginsFile, TlsFile), ConfigError> {
+fn load_file(path: &Path) -> Result<(FileConfig, PluginsFile, TlsFile, AuthFile), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -660,6 +681,7 @@ fn load_file(path: &Path) -> Result<(FileConfig, PluginsFile, TlsFile), ConfigEr
         broker: Option<FileConfig>,
         plugins: Option<PluginsFile>,
         tls: Option<TlsFile>,
+        auth: Option<AuthFile>,
     }
     let root: Root = toml::from_str(&text).map_err(|source| ConfigError::Parse {
         path: path.to_path_buf(),
@@ -669,6 +691,7 @@ fn load_file(path: &Path) -> Result<(FileConfig, PluginsFile, TlsFile), ConfigEr
         root.broker.unwrap_or_default(),
         root.plugins.unwrap_or_default(),
         root.tls.unwrap_or_default(),
+        root.auth.unwrap_or_default(),
     ))
 }
 

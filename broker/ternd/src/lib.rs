@@ -18,6 +18,7 @@ pub mod plugins;
 pub mod read_cache;
 pub mod retention;
 pub mod server;
+pub mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -17,7 +17,7 @@ pub const PARTITION_SERIES_MAX: usize = 1_000;
 
 /// The named limits whose refusals `tern_limit_refusals_total` counts, by
 /// the `limit` label (the name of the limit, as in docs/reliability.md).
-pub const REFUSED_LIMITS: [&str; 8] = [
+pub const REFUSED_LIMITS: [&str; 9] = [
     "fetch_partitions_max",
     "cluster_topics_max",
     "cluster_partitions_max",
@@ -26,6 +26,7 @@ pub const REFUSED_LIMITS: [&str; 8] = [
     "connections_per_ip_max",
     "handshake_timeout_ms",
     "idle_timeout_ms",
+    "partition_uncommitted_bytes_max",
 ];
 
 /// The broker's metrics.

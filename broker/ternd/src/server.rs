@@ -25,7 +25,7 @@
 //! gets an error response and the connection stays open.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::broker::{finish_produce, Broker};
 use crate::config::ConnectionLimits;
 use crate::metrics::Metrics;
+use crate::session::Session;
 
 /// Requests processed concurrently per connection before reading pauses.
 pub const IN_FLIGHT_PER_CONNECTION_MAX: usize = 256;
@@ -101,7 +102,7 @@ pub async fn serve(
                                 match &tls {
                                     None => refuse(stream, refusal.message).await,
                                     Some(tls) => match accept_tls(tls, stream).await {
-                                        Some(stream) => refuse(stream, refusal.message).await,
+                                        Some((stream, _)) => refuse(stream, refusal.message).await,
                                         None => Ok(()),
                                     },
                                 }
@@ -131,17 +132,28 @@ pub async fn serve(
             async move {
                 let _ticket = ticket;
                 broker.metrics().connections.inc();
+                let session = Arc::new(Session::new(peer));
                 match tls {
                     None => {
-                        handle_connection(&broker, stream, peer, &limits, request_bytes, shutdown)
-                            .await
+                        handle_connection(
+                            &broker,
+                            stream,
+                            session,
+                            &limits,
+                            request_bytes,
+                            shutdown,
+                        )
+                        .await
                     }
                     Some(tls) => {
-                        if let Some(stream) = accept_tls(&tls, stream).await {
+                        if let Some((stream, principal)) = accept_tls(&tls, stream).await {
+                            if let Some(principal) = principal {
+                                session.set_principal(principal.into());
+                            }
                             handle_connection(
                                 &broker,
                                 stream,
-                                peer,
+                                session,
                                 &limits,
                                 request_bytes,
                                 shutdown,
@@ -288,7 +300,7 @@ impl Drop for BytesInFlight {
 async fn accept_tls(
     tls: &tern_tls::TlsContext,
     stream: TcpStream,
-) -> Option<tern_tls::server::TlsStream<TcpStream>> {
+) -> Option<(tern_tls::server::TlsStream<TcpStream>, Option<String>)> {
     let stream = match tokio::time::timeout(
         TLS_HANDSHAKE_TIMEOUT,
         tls.client_acceptor().accept(stream),
@@ -305,29 +317,30 @@ async fn accept_tls(
             return None;
         }
     };
-    if let Some(principal) = stream
+    let principal = stream
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .and_then(tern_tls::principal_of)
-    {
+        .and_then(tern_tls::principal_of);
+    if let Some(principal) = &principal {
         tracing::Span::current().record("principal", principal.as_str());
         info!(target: "tern::security", %principal, "client authenticated by certificate");
     }
-    Some(stream)
+    Some((stream, principal))
 }
 
 async fn handle_connection<S>(
     broker: &Arc<Broker>,
     stream: S,
-    peer: SocketAddr,
+    session: Arc<Session>,
     limits: &ConnectionLimits,
     request_bytes: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
+    let peer = session.peer();
     let opened = tokio::time::Instant::now();
     let (read_half, write_half) = tokio::io::split(stream);
     let mut frames = FramedRead::new(read_half, FrameCodec::default());
@@ -489,6 +502,7 @@ async fn handle_connection<S>(
         let correlation_id = frame.correlation_id;
         let out = out_tx.clone();
         let b = broker.clone();
+        let session = session.clone();
         match frame.request {
             Request::Produce {
                 partitions,
@@ -499,7 +513,7 @@ async fn handle_connection<S>(
                     tracing::debug_span!("produce", correlation_id, partitions = partitions.len());
                 // Enqueue now, in arrival order; wait for durability elsewhere.
                 let pending = broker
-                    .enqueue_produce(partitions)
+                    .enqueue_produce(&session, partitions)
                     .instrument(span.clone())
                     .await;
                 tokio::spawn(
@@ -515,7 +529,7 @@ async fn handle_connection<S>(
                 let span = tracing::debug_span!("request", api = api.name(), correlation_id);
                 tokio::spawn(
                     async move {
-                        let result = b.handle(request).await;
+                        let result = b.handle(&session, request).await;
                         respond(&b, api, started, correlation_id, result, &out).await;
                         drop((permit, held));
                     }
