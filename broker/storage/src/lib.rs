@@ -76,6 +76,32 @@ pub enum StorageError {
         /// What failed.
         cause: tern_protocol::BatchError,
     },
+    /// The state machine assigned a batch an offset other than the log's
+    /// end: the replicas' bookkeeping disagrees, and nothing is written.
+    #[error(
+        "topic {topic_id} partition {partition}: batch assigned offset {assigned} but the log ends at {log_end}"
+    )]
+    OffsetMismatch {
+        /// Topic id.
+        topic_id: u32,
+        /// Partition.
+        partition: u32,
+        /// The offset the state machine assigned (and acknowledged).
+        assigned: u64,
+        /// Where the log actually ends.
+        log_end: u64,
+    },
+    /// A snapshot received from a peer does not describe one contiguous
+    /// log: nothing of it was installed.
+    #[error("snapshot of topic {topic_id} partition {partition} refused: {detail}")]
+    BadSnapshot {
+        /// Topic id.
+        topic_id: u32,
+        /// Partition.
+        partition: u32,
+        /// What is wrong.
+        detail: String,
+    },
     /// The requested offset is outside the log.
     #[error("offset {offset} out of range [{log_start}, {log_end}]")]
     OffsetOutOfRange {

@@ -76,6 +76,10 @@ impl LogState {
 pub struct ApplyBatch {
     /// Index of the Raft entry whose payload is the batch.
     pub raft_index: u64,
+    /// The offset the state machine assigned to its first record (and
+    /// acknowledged to the producer): it must be this log's end, or the
+    /// apply is refused whole.
+    pub base_offset: u64,
     /// The batch as stored in that entry (CRC-valid, any base offset).
     pub bytes: Bytes,
 }
@@ -227,6 +231,16 @@ impl PartitionLog {
         let mut appended = Vec::with_capacity(batches.len());
         let mut metas = Vec::with_capacity(batches.len());
         for batch in batches {
+            // The state machine assigns offsets (and acknowledges them); the
+            // log only checks, in every build, that they are its own end.
+            if batch.base_offset != next {
+                return Err(StorageError::OffsetMismatch {
+                    topic_id: self.topic_id,
+                    partition: self.partition,
+                    assigned: batch.base_offset,
+                    log_end: next,
+                });
+            }
             let mut patched = BytesMut::from(&batch.bytes[..]);
             BatchView::set_base_offset(&mut patched, next);
             let view =
@@ -310,6 +324,41 @@ impl PartitionLog {
         batches: Vec<(u64, u64, Bytes)>,
         sm_state: &[u8],
     ) -> Result<(), StorageError> {
+        // A snapshot comes from a peer: it must describe one contiguous log
+        // from `log_start` to `log_end`, its batches in Raft order, or
+        // nothing of it is installed.
+        let mut expected = log_start;
+        let mut last_index = 0;
+        for (base, raft_index, bytes) in &batches {
+            let records = BatchView::peek_len(bytes)
+                .ok()
+                .and_then(|_| BatchView::check_crc(bytes.clone()).ok())
+                .map(|v| v.record_count() as u64);
+            let contiguous = *base == expected && *raft_index > last_index && *raft_index <= upto;
+            match records {
+                Some(records) if contiguous => {
+                    expected = base.checked_add(records).unwrap_or(u64::MAX);
+                    last_index = *raft_index;
+                }
+                _ => {
+                    return Err(StorageError::BadSnapshot {
+                        topic_id: self.topic_id,
+                        partition: self.partition,
+                        detail: format!(
+                            "batch at offset {base} (Raft index {raft_index}) does not follow \
+                             offset {expected} (Raft index {last_index}) or is corrupt"
+                        ),
+                    })
+                }
+            }
+        }
+        if expected != log_end {
+            return Err(StorageError::BadSnapshot {
+                topic_id: self.topic_id,
+                partition: self.partition,
+                detail: format!("batches end at offset {expected}, the snapshot says {log_end}"),
+            });
+        }
         let _writer = self.write_lock.lock().expect("log write lock");
         let mut wb = rocksdb::WriteBatch::default();
         wb.delete_range_cf(
@@ -623,12 +672,18 @@ mod tests {
             .map(|(i, b)| (first_index + i as u64, join_raft_value(b"hdr", b)))
             .collect();
         log.store.raft_append(log.group(), &entries).unwrap();
+        let mut next = log.log_end();
         let apply = batches
             .into_iter()
             .enumerate()
-            .map(|(i, bytes)| ApplyBatch {
-                raft_index: first_index + i as u64,
-                bytes,
+            .map(|(i, bytes)| {
+                let base_offset = next;
+                next += BatchView::check_crc(bytes.clone()).unwrap().record_count() as u64;
+                ApplyBatch {
+                    raft_index: first_index + i as u64,
+                    base_offset,
+                    bytes,
+                }
             })
             .collect();
         log.apply(apply, b"state").unwrap()
@@ -793,5 +848,29 @@ mod tests {
         let follower = store.partition_log(6, 1).unwrap();
         assert_eq!((follower.log_start(), follower.log_end()), (0, 6));
         assert_eq!(follower.sm_state().unwrap().unwrap(), b"snap");
+    }
+
+    #[test]
+    fn a_snapshot_with_a_hole_or_a_wrong_end_is_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::PageCache).unwrap();
+        let leader = store.partition_log(7, 0).unwrap();
+        commit(&leader, 1, vec![batch(4, 1), batch(2, 1), batch(3, 1)]);
+        let shipped = leader.batches_upto(3).unwrap();
+        let follower = store.partition_log(7, 1).unwrap();
+        let mut holed = shipped.clone();
+        holed.remove(1);
+        let err = follower.install(3, 0, 9, holed, b"snap").unwrap_err();
+        assert!(matches!(err, StorageError::BadSnapshot { .. }), "{err}");
+        let err = follower
+            .install(3, 0, 12, shipped.clone(), b"snap")
+            .unwrap_err();
+        assert!(err.to_string().contains("the snapshot says 12"), "{err}");
+        let mut reordered = shipped.clone();
+        reordered[2].1 = 1;
+        assert!(follower.install(3, 0, 9, reordered, b"snap").is_err());
+        assert_eq!((follower.log_start(), follower.log_end()), (0, 0));
+        follower.install(3, 0, 9, shipped, b"snap").unwrap();
+        assert_eq!(follower.log_end(), 9);
     }
 }
