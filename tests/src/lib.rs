@@ -77,6 +77,8 @@ pub struct Broker {
     /// Data directory.
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
+    /// Extra environment variables of the process.
+    env: Vec<(String, String)>,
     /// The `ternd` executable to run (the workspace's by default).
     program: PathBuf,
 }
@@ -98,8 +100,14 @@ impl Broker {
             peer_addr: format!("127.0.0.1:{}", free_port()),
             data_dir: data_dir.to_path_buf(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             program: bin("ternd"),
         }
+    }
+
+    /// Sets an environment variable for the next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// Runs another `ternd` executable at the next start (e.g. a copy of the
@@ -162,6 +170,7 @@ impl Broker {
             .args(["--peer-listen", &self.peer_addr])
             .args(&self.extra_args)
             .env("TERN_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

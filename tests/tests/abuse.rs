@@ -37,8 +37,12 @@ use tern_tests::{bounded, metric_sum, Broker};
 /// ended the broker process).
 const RSS_BYTES_MAX: u64 = 256 << 20;
 /// The leader's resident set while a client floods a partition that cannot
-/// commit (its followers stopped).
-const UNCOMMITTED_RSS_BYTES_MAX: u64 = 512 << 20;
+/// commit (its followers stopped). The budget: 64 MiB held for the
+/// partition (`partition_uncommitted_bytes_max`), up to 256 MiB of request
+/// frames read and waiting for their (busy) answer
+/// (`request_bytes_in_flight_max`: more of them wait when the machine is
+/// slow), and the Raft log's write buffers and replication queues.
+const UNCOMMITTED_RSS_BYTES_MAX: u64 = 768 << 20;
 /// Longest a well-behaved produce may wait for its acknowledgement while an
 /// attack runs (generous: the test machine's CPUs are shared).
 const ACK_LATENCY_MAX: Duration = Duration::from_secs(15);
@@ -792,10 +796,7 @@ async fn a_partition_that_cannot_commit_pushes_back_with_busy() {
             .await
             .unwrap();
         let admin = Admin::new(client.clone());
-        admin
-            .create_topic("held", NewTopic::new(1))
-            .await
-            .unwrap();
+        admin.create_topic("held", NewTopic::new(1)).await.unwrap();
         let leader = loop {
             let t = admin.describe_topic("held").await.unwrap();
             if t.partitions[0].leader > 0 {
@@ -854,9 +855,12 @@ async fn a_partition_that_cannot_commit_pushes_back_with_busy() {
                 && codes[first_busy..].iter().all(|c| *c == ErrorCode::Busy),
             "{codes:?}"
         );
-        // Measured 298-312 MiB: the 64 MiB held, the Raft log's write
-        // buffers and the replication of those entries to the (stopped)
-        // followers. It stays there however long the client insists.
+        // Measured 298-312 MiB on a quiet machine, 440-500 MiB with two
+        // builds running beside it (more request frames wait for their
+        // answer): the 64 MiB held, the frames in flight, the Raft log's
+        // write buffers and the replication of those entries to the
+        // (stopped) followers. It stays there however long the client
+        // insists.
         assert!(
             peak < UNCOMMITTED_RSS_BYTES_MAX,
             "leader RSS peaked at {peak} bytes"

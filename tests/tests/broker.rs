@@ -485,7 +485,10 @@ async fn an_idempotent_producers_batches_are_stored_only_in_sequence() {
     .await
     .unwrap();
     let mut consumer = Consumer::new(client, ConsumerConfig::default());
-    consumer.assign("seq", &[0], Offset::Earliest).await.unwrap();
+    consumer
+        .assign("seq", &[0], Offset::Earliest)
+        .await
+        .unwrap();
     let mut values = Vec::new();
     bounded(Duration::from_secs(30), async {
         while values.len() < 3 {
@@ -496,6 +499,38 @@ async fn an_idempotent_producers_batches_are_stored_only_in_sequence() {
     })
     .await;
     assert_eq!(values, ["batch-0", "batch-1", "batch-2"]);
+}
+
+/// A replica that fails to open (a transient storage error) is retried
+/// with backoff until it opens, even though the catalogue does not change
+/// again; before, it stayed closed until its topic's entry changed, and the
+/// partition had no leader on this broker. A test hook makes the first two
+/// opens fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_failed_to_open_is_retried_until_it_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::configure(&dir.path().join("n1"), &[]);
+    broker.set_env("TERN_FAILPOINT_REPLICA_OPEN_FAILURES", "2");
+    broker.spawn();
+    let client = Client::connect(&broker.addr).await.unwrap();
+    bounded(Duration::from_secs(60), async {
+        topic(&client, "late", 1).await;
+        let producer = Producer::new(client.clone(), ProducerConfig::default());
+        producer
+            .send(ProducerRecord::new("late", "v"))
+            .await
+            .expect("acknowledged once the replica opened");
+    })
+    .await;
+    let (_, metrics) = broker.http("/metrics").unwrap();
+    assert_eq!(
+        metric_sum(&metrics, "tern_replica_open_failures_total"),
+        2.0
+    );
+    assert_eq!(metric_sum(&metrics, "tern_replicas_unopened"), 0.0);
+    assert!(broker
+        .log()
+        .contains("retrying replicas that failed to open"));
 }
 
 /// A fetch with nothing to read waits (long poll) and returns as soon as a

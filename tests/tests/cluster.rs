@@ -1027,6 +1027,60 @@ async fn a_replica_added_after_retention_catches_up_from_a_snapshot() {
     .await;
 }
 
+/// A Metadata request answered by a broker that hosts few of a topic's
+/// partitions asks the other brokers who leads the rest with one peer call
+/// per broker, not one per partition (before: ~200 calls for this topic,
+/// each a task and a frame on both brokers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_asks_each_other_broker_once_not_once_per_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 3, &[]);
+    bounded(Duration::from_secs(120), async {
+        let seed = &cluster.brokers[0];
+        let client = Client::connect(&seed.addr).await.unwrap();
+        let admin = Admin::new(client.clone());
+        let mut wide = NewTopic::new(300);
+        wide.replication_factor = 1;
+        admin.create_topic("wide", wide).await.unwrap();
+        let peer_calls = || {
+            let (_, m) = seed.http("/metrics").unwrap();
+            tern_tests::metric_sum(&m, "tern_raft_peer_rtt_seconds_count")
+        };
+        let conn = client.connection(&seed.addr).await.unwrap();
+        let before = peer_calls();
+        let answer = conn
+            .request(Request::Metadata {
+                topics: Some(vec!["wide".into()]),
+            })
+            .await
+            .unwrap();
+        let after = peer_calls();
+        let Response::Metadata { topics, .. } = answer else {
+            panic!("{answer:?}")
+        };
+        let topic = &topics[0];
+        assert_eq!(topic.partitions.len(), 300);
+        let elsewhere = topic
+            .partitions
+            .iter()
+            .filter(|p| p.replicas != [1])
+            .count();
+        assert!(elsewhere > 100, "{elsewhere} partitions hosted elsewhere");
+        for p in &topic.partitions {
+            assert_eq!(vec![p.leader], p.replicas, "partition {}", p.partition);
+        }
+        // Two calls (one per other broker), plus whatever Raft heartbeats
+        // of the metadata group fell in between.
+        let calls = after - before;
+        println!("{calls} peer calls for {elsewhere} partitions hosted elsewhere");
+        assert!(
+            calls < 60.0,
+            "{calls} peer calls for one Metadata request over {elsewhere} remote partitions"
+        );
+    })
+    .await;
+}
+
 /// Writes one peer-protocol frame: u32 big-endian length, then the body.
 fn peer_frame(body: &[u8]) -> Vec<u8> {
     let mut f = (body.len() as u32).to_be_bytes().to_vec();

@@ -557,28 +557,76 @@ impl RaftNode {
         }
     }
 
-    /// The leader of a group this node does not host, as one of its
-    /// `replicas` sees it (asked in order; `None` if none answers).
-    pub async fn leader_of(&self, group: u64, replicas: &[NodeId]) -> Option<NodeId> {
-        for r in replicas.iter().filter(|r| **r != self.node_id) {
-            let answer = self
-                .transport
-                .call(
-                    *r,
-                    None,
-                    group,
-                    network::KIND_LEADER_OF,
-                    Vec::new(),
-                    Duration::from_millis(300),
-                )
-                .await;
-            if let Ok(a) = answer {
-                if let Ok(Some(leader)) = network::decode::<Option<NodeId>>(&a) {
-                    return Some(leader);
+    /// The leaders of groups this node does not host, each as one of its
+    /// replicas sees it (`asks[i]` is a group and its replicas; the answer's
+    /// `i`th entry its leader, `None` if no replica named one). Replicas are
+    /// asked in rounds, one call per broker per round: first each group's
+    /// first other replica, then, for the groups still unanswered, the
+    /// next. A cluster's Metadata request costs a few calls, not one per
+    /// partition hosted elsewhere.
+    pub async fn leaders_of(&self, asks: &[(u64, Vec<NodeId>)]) -> Vec<Option<NodeId>> {
+        let mut leaders: Vec<Option<NodeId>> = vec![None; asks.len()];
+        let others: Vec<Vec<NodeId>> = asks
+            .iter()
+            .map(|(_, replicas)| {
+                replicas
+                    .iter()
+                    .copied()
+                    .filter(|r| *r != self.node_id)
+                    .collect()
+            })
+            .collect();
+        let rounds = others.iter().map(Vec::len).max().unwrap_or(0);
+        for round in 0..rounds {
+            // Which asks go to which broker this round.
+            let mut by_broker: BTreeMap<NodeId, Vec<usize>> = BTreeMap::new();
+            for (i, candidates) in others.iter().enumerate() {
+                if leaders[i].is_none() {
+                    if let Some(broker) = candidates.get(round) {
+                        by_broker.entry(*broker).or_default().push(i);
+                    }
+                }
+            }
+            if by_broker.is_empty() {
+                break;
+            }
+            let calls = by_broker.into_iter().flat_map(|(broker, asked)| {
+                asked
+                    .chunks(network::LEADER_ASKS_PER_CALL_MAX)
+                    .map(|chunk| (broker, chunk.to_vec()))
+                    .collect::<Vec<_>>()
+            });
+            let answers = futures::future::join_all(calls.map(|(broker, asked)| async move {
+                let groups: Vec<u64> = asked.iter().map(|i| asks[*i].0).collect();
+                let answer = match network::encode(&groups) {
+                    Ok(body) => self
+                        .transport
+                        .call(
+                            broker,
+                            None,
+                            META_GROUP,
+                            network::KIND_LEADERS_OF,
+                            body,
+                            Duration::from_millis(500),
+                        )
+                        .await
+                        .ok()
+                        .and_then(|a| network::decode::<Vec<Option<NodeId>>>(&a).ok()),
+                    Err(_) => None,
+                };
+                (asked, answer)
+            }))
+            .await;
+            for (asked, answer) in answers {
+                // An answer of the wrong length is ignored whole.
+                if let Some(found) = answer.filter(|a| a.len() == asked.len()) {
+                    for (i, leader) in asked.into_iter().zip(found) {
+                        leaders[i] = leader;
+                    }
                 }
             }
         }
-        None
+        leaders
     }
 
     /// Proposes one coordination operation: its result, or its refusal

@@ -70,10 +70,22 @@ pub(crate) const KIND_CLUSTER_CHANGE: u8 = 6;
 pub(crate) const KIND_WAS_MEMBER: u8 = 7;
 
 /// "Who leads this group?", asked of a replica by a broker that hosts none.
+/// Brokers now ask [`KIND_LEADERS_OF`]; this one is still answered for
+/// brokers of earlier versions during a rolling upgrade.
 pub(crate) const KIND_LEADER_OF: u8 = 8;
 
 /// "Which coordination (lock, balancer) plugins do you run?", asked of a broker before adding it.
 pub(crate) const KIND_COORD_PLUGINS: u8 = 9;
+
+/// "Who leads each of these groups?", asked of a replica by a broker that
+/// hosts none of them: one call per broker for a whole Metadata request
+/// instead of one per partition. The body is a list of group ids, the answer
+/// one `Option<NodeId>` per id (`None`: not hosted there, or no leader known).
+pub(crate) const KIND_LEADERS_OF: u8 = 10;
+
+/// Most group ids one [`KIND_LEADERS_OF`] call may name (a larger ask is
+/// refused whole; the asker splits its asks into calls of at most this).
+pub const LEADER_ASKS_PER_CALL_MAX: usize = 10_000;
 
 /// Answers [`KIND_COORD_PLUGINS`].
 pub type CoordPluginsHandler = Arc<dyn Fn() -> String + Send + Sync>;
@@ -535,6 +547,24 @@ impl Transport {
             // would read as "runs other plugins".
             let handler = handler.ok_or("the broker is still starting")?;
             return encode(&handler());
+        }
+        if kind == KIND_LEADERS_OF {
+            let groups: Vec<u64> = decode(&body)?;
+            if groups.len() > LEADER_ASKS_PER_CALL_MAX {
+                return Err(format!(
+                    "{} groups asked in one call; at most {LEADER_ASKS_PER_CALL_MAX} \
+                     (leader_asks_per_call_max)",
+                    groups.len()
+                ));
+            }
+            let leaders: Vec<Option<NodeId>> = groups
+                .iter()
+                .map(|g| {
+                    self.group(*g)
+                        .and_then(|raft| raft.metrics().borrow().current_leader)
+                })
+                .collect();
+            return encode(&leaders);
         }
         if kind == KIND_LEADER_OF {
             let raft = self.group(group).ok_or("group not hosted here")?;

@@ -153,6 +153,28 @@ pub struct Broker {
     /// Where the next multi-partition fetch starts reading (see
     /// `read_partitions`).
     fetch_rotation: std::sync::atomic::AtomicUsize,
+    /// Test hook: this many replica opens fail before any is attempted
+    /// (`TERN_FAILPOINT_REPLICA_OPEN_FAILURES`; 0 in production), so tests
+    /// can prove that a replica that failed to open is retried.
+    replica_open_failpoint: std::sync::atomic::AtomicU32,
+}
+
+/// First pause before retrying a replica that failed to open.
+pub const REPLICA_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest pause between retries of a replica that failed to open.
+pub const REPLICA_RETRY_MAX: Duration = Duration::from_secs(30);
+
+impl Topic {
+    /// Partitions whose replicas on broker `me` the catalogue assigns but
+    /// that are not open.
+    fn unopened(&self, me: NodeId) -> usize {
+        self.entry
+            .replicas
+            .iter()
+            .zip(&self.partitions)
+            .filter(|(replicas, open)| replicas.contains(&me) && open.is_none())
+            .count()
+    }
 }
 
 /// How long a remote partition's leader is trusted without asking again.
@@ -209,6 +231,12 @@ impl Broker {
             remote_leaders: std::sync::Mutex::new(HashMap::new()),
             refusal: std::sync::Mutex::new(None),
             fetch_rotation: std::sync::atomic::AtomicUsize::new(0),
+            replica_open_failpoint: std::sync::atomic::AtomicU32::new(
+                std::env::var("TERN_FAILPOINT_REPLICA_OPEN_FAILURES")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            ),
         });
         broker.reconcile().await;
         broker
@@ -262,19 +290,34 @@ impl Broker {
     }
 
     /// Follows the catalogue until `shutdown`, opening and closing replicas.
+    /// A replica that failed to open is retried with a growing pause
+    /// ([`REPLICA_RETRY_FIRST`] doubling to [`REPLICA_RETRY_MAX`]) until it
+    /// opens, even if the catalogue does not change meanwhile.
     pub async fn follow_catalogue(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let mut catalogue = self.raft.catalogue();
+        let mut pause = REPLICA_RETRY_FIRST;
+        let mut unopened = 0;
         loop {
+            let retry = tokio::time::sleep(pause);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 changed = catalogue.changed() => if changed.is_err() { return },
+                _ = retry, if unopened > 0 => {
+                    info!(replicas = unopened, "retrying replicas that failed to open");
+                }
             }
-            self.reconcile().await;
+            unopened = self.reconcile().await;
+            pause = if unopened > 0 {
+                (pause * 2).min(REPLICA_RETRY_MAX)
+            } else {
+                REPLICA_RETRY_FIRST
+            };
         }
     }
 
-    /// Makes the hosted topics match the catalogue.
-    async fn reconcile(&self) {
+    /// Makes the hosted topics match the catalogue. Returns how many
+    /// replicas this broker should host but could not open.
+    async fn reconcile(&self) -> usize {
         let _one_at_a_time = self.reconcile_lock.lock().await;
         let catalogue: Arc<Catalogue> = self.raft.catalogue().borrow().clone();
         let me = self.raft.node_id();
@@ -296,9 +339,13 @@ impl Broker {
             }
             info!(topic = %name, "deleted topic");
         }
+        let mut unopened = 0;
         for (name, entry) in &catalogue.topics {
             let existing = self.topic(name);
-            if existing.as_ref().is_some_and(|t| t.entry == *entry) {
+            if existing
+                .as_ref()
+                .is_some_and(|t| t.entry == *entry && t.unopened(me) == 0)
+            {
                 continue;
             }
             let mut partitions = Vec::with_capacity(entry.settings.partitions as usize);
@@ -322,7 +369,10 @@ impl Broker {
                     (None, true) => match self.open_partition(entry, index).await {
                         Ok(p) => partitions.push(Some(p)),
                         Err(e) => {
-                            warn!(topic = %name, partition = index, error = %e, "cannot open replica");
+                            warn!(topic = %name, partition = index, error = %e,
+                                  "cannot open replica; will retry");
+                            self.metrics.replica_open_failures.inc();
+                            unopened += 1;
                             partitions.push(None);
                         }
                     },
@@ -348,6 +398,8 @@ impl Broker {
                 .map(|t| t.partitions.iter().flatten().count() as i64)
                 .sum(),
         );
+        self.metrics.replicas_unopened.set(unopened as i64);
+        unopened
     }
 
     async fn close_partition(&self, topic: &str, p: &Partition) {
@@ -363,6 +415,15 @@ impl Broker {
         entry: &TopicEntry,
         index: u32,
     ) -> Result<Arc<Partition>, tern_raft::RaftStartError> {
+        let failpoint = &self.replica_open_failpoint;
+        if failpoint
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(tern_raft::RaftStartError::Config(
+                "failpoint TERN_FAILPOINT_REPLICA_OPEN_FAILURES".into(),
+            ));
+        }
         let (end_tx, end_rx) = watch::channel(0u64);
         let cache = self.cache.clone();
         let topic_id = entry.id;
@@ -394,9 +455,7 @@ impl Broker {
             log,
             raft,
             log_end: end_rx,
-            uncommitted: Arc::new(tokio::sync::Semaphore::new(
-                PARTITION_UNCOMMITTED_BYTES_MAX,
-            )),
+            uncommitted: Arc::new(tokio::sync::Semaphore::new(PARTITION_UNCOMMITTED_BYTES_MAX)),
         }))
     }
 
@@ -500,7 +559,10 @@ impl Broker {
             let records = view.record_count();
             let bytes = view.bytes().len();
             // A batch is at most BATCH_BYTES_MAX (8 MiB), well under the limit.
-            let Ok(uncommitted) = target.uncommitted.clone().try_acquire_many_owned(bytes as u32)
+            let Ok(uncommitted) = target
+                .uncommitted
+                .clone()
+                .try_acquire_many_owned(bytes as u32)
             else {
                 self.metrics
                     .limit_refusals
@@ -840,8 +902,8 @@ impl Broker {
         }
     }
 
-    /// Asks, for each wanted partition this broker does not host, one of
-    /// its replicas who leads it (cached briefly).
+    /// Asks, for the wanted partitions this broker does not host, their
+    /// replicas who leads them (one call per broker, cached briefly).
     async fn learn_remote_leaders(&self, wanted: Option<&[String]>) {
         let now = Instant::now();
         let mut asks = Vec::new();
@@ -865,11 +927,11 @@ impl Broker {
                 }
             }
         }
-        let answers =
-            futures::future::join_all(asks.into_iter().map(|(key, group, replicas)| async move {
-                (key, self.raft.leader_of(group, &replicas).await)
-            }))
-            .await;
+        let (keys, asks): (Vec<_>, Vec<_>) = asks
+            .into_iter()
+            .map(|(key, group, replicas)| (key, (group, replicas)))
+            .unzip();
+        let answers = keys.into_iter().zip(self.raft.leaders_of(&asks).await);
         let mut cache = self.remote_leaders.lock().expect("leader cache lock");
         for (key, leader) in answers {
             match leader {

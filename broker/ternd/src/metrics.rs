@@ -3,7 +3,9 @@
 //! Names follow Prometheus conventions: `tern_` prefix, base units in the
 //! name, `_total` for counters. Labels are bounded: API names and error
 //! codes are fixed sets; topic labels are bounded by the number of topics;
-//! per-partition series stop at [`PARTITION_SERIES_MAX`] partitions.
+//! per-partition series stop at [`PARTITION_SERIES_MAX`] partitions;
+//! per-group series (group names are chosen by clients) stop at
+//! `GROUP_SERIES_MAX` groups and per-group-partition series at 1,000.
 //!
 //! This module never does I/O; the HTTP endpoint lives in `http`.
 
@@ -68,6 +70,11 @@ pub struct Metrics {
     pub topics: IntGauge,
     /// Number of partitions on this node.
     pub partitions: IntGauge,
+    /// Replicas the catalogue assigns here that could not be opened (they
+    /// are retried with backoff).
+    pub replicas_unopened: IntGauge,
+    /// Failed attempts to open a replica.
+    pub replica_open_failures: IntCounter,
     /// Bytes removed by retention, by reason.
     pub retention_deleted_bytes: IntCounterVec,
     /// Batches removed by retention.
@@ -259,6 +266,14 @@ impl Metrics {
             partitions: reg!(IntGauge::new(
                 "tern_partitions",
                 "Number of partitions hosted by this node."
+            )),
+            replicas_unopened: reg!(IntGauge::new(
+                "tern_replicas_unopened",
+                "Replicas assigned to this node that failed to open (retried with backoff)."
+            )),
+            replica_open_failures: reg!(IntCounter::new(
+                "tern_replica_open_failures_total",
+                "Failed attempts to open a replica assigned to this node."
             )),
             retention_deleted_bytes: reg!(IntCounterVec::new(
                 Opts::new(

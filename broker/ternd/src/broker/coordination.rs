@@ -36,6 +36,10 @@ const NAME_BYTES_MAX: usize = 249;
 /// Most per-partition group series exported.
 const GROUP_PARTITION_SERIES_MAX: usize = 1_000;
 
+/// Most consumer groups that get their own per-group series (members,
+/// generation, rebalances); more groups than this still work, unexported.
+pub(super) const GROUP_SERIES_MAX: usize = 1_000;
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -419,7 +423,10 @@ impl Broker {
         m.group_committed_offset.reset();
         m.group_lag.reset();
         let mut series = 0;
-        for (name, g) in &state.groups {
+        // Group names are chosen by clients: only the first
+        // GROUP_SERIES_MAX groups (in name order) get per-group series, so
+        // no client can grow the scrape without bound.
+        for (name, g) in state.groups.iter().take(GROUP_SERIES_MAX) {
             m.group_members
                 .with_label_values(&[name])
                 .set(g.members.len() as i64);
