@@ -79,7 +79,11 @@ DASHBOARDS = [
         [
             panel("Errors /s by API and code", [(f"sum by (api, code) (rate(tern_request_errors_total[{R}]))", "{{api}} {{code}}")], "reqps"),
             panel("Open connections", [("sum by (instance) (tern_connections)", "{{instance}}")]),
-            panel("Topics and partitions", [("max(tern_topics)", "topics"), ("sum(tern_partitions)", "partition replicas")]),
+            panel("Topics and partitions", [
+                ("max(tern_topics)", "topics"),
+                ("sum(tern_partitions)", "partition replicas"),
+                ("sum(tern_replicas_unopened)", "replicas failing to open (retried)"),
+            ]),
         ],
         [
             panel("Leaders per broker", [('sum by (instance) (tern_raft_groups{role="leader"})', "{{instance}}")]),
