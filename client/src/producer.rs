@@ -46,6 +46,13 @@
 //!   a fresh producer id, numbered from 0, so that the gap does not block
 //!   them; a later batch is renumbered only once a broker said it was not
 //!   stored, so none is stored twice.
+//! - **A topic that grows**: keys are routed with the partition count the
+//!   producer last learned, re-read every
+//!   [`ProducerConfig::metadata_max_age`] by a background task (and at once
+//!   for a record naming a partition past it). A key that moves to a new
+//!   partition keeps its order there from then on; its earlier records stay
+//!   in the old one, so per-key order holds per partition, not across the
+//!   growth.
 //!
 //! # Cancel safety
 //!
