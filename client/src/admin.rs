@@ -94,6 +94,47 @@ impl Admin {
         }
     }
 
+    /// Grows `name` to `total` partitions in all — the new total, like
+    /// `kafka-topics --alter --partitions`, not the number to add. Existing
+    /// partitions keep their records and replicas; from then on about
+    /// `(total - old) / total` of the keys are routed to the new partitions
+    /// (their older records stay where they were: per-key order holds
+    /// within each partition, not across the growth). Producers see the new
+    /// count within their `metadata_max_age`; consumer groups reading the
+    /// topic rebalance at once. Returns when the new partitions have
+    /// leaders.
+    ///
+    /// Errors: `invalid_partitions` if `total` is not larger than the
+    /// current count or over the per-topic limit, `limit_exceeded` over the
+    /// cluster's `cluster_partitions_max`, `unknown_topic_or_partition` for
+    /// an unknown topic.
+    ///
+    /// ```no_run
+    /// # async fn demo(admin: tern_client::Admin) -> Result<(), tern_client::ClientError> {
+    /// admin.create_partitions("orders", 12).await?; // orders had 6
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    /// Cancelled, the request may or may not have been carried out (it is
+    /// one request: all or nothing); look before repeating it.
+    pub async fn create_partitions(&self, name: &str, total: u32) -> Result<(), ClientError> {
+        let r = self
+            .client
+            .request_any(Request::CreatePartitions {
+                topic: name.to_owned(),
+                count: total,
+            })
+            .await;
+        self.client.invalidate(name);
+        match r? {
+            Response::CreatePartitions => Ok(()),
+            _ => Err(ClientError::Decode(
+                "create partitions answered with another type".into(),
+            )),
+        }
+    }
+
     /// Deletes a topic and its data.
     ///
     /// # Cancel safety

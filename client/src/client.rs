@@ -617,7 +617,13 @@ impl Client {
     /// # Cancel safety
     /// Cancel safe, as [`Client::connection`].
     pub async fn leader(&self, topic: &str, partition: u32) -> Result<Connection, ClientError> {
-        let info = self.topic(topic).await?;
+        let mut info = self.topic(topic).await?;
+        if !info.partitions.iter().any(|p| p.partition == partition) {
+            // A partition newer than the cached metadata (the topic grew
+            // since it was fetched): ask once more before refusing.
+            self.invalidate(topic);
+            info = self.topic(topic).await?;
+        }
         let p = info
             .partitions
             .iter()

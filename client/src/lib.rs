@@ -44,7 +44,8 @@ pub use consumer::{
 pub use error::ClientError;
 pub use lock::{LockClient, LockGuard, LockOptions};
 pub use producer::{
-    Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata, IN_FLIGHT_PER_PARTITION_MAX,
+    Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+    IN_FLIGHT_PER_PARTITION_MAX, METADATA_MAX_AGE_DEFAULT, METADATA_MAX_AGE_MIN,
 };
 pub use tern_protocol::api::{OffsetSpec, PartitionInfo, TopicInfo};
 pub use tern_protocol::coord::{GroupInfo, LockInfo, LockMode};

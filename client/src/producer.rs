@@ -46,6 +46,13 @@
 //!   a fresh producer id, numbered from 0, so that the gap does not block
 //!   them; a later batch is renumbered only once a broker said it was not
 //!   stored, so none is stored twice.
+//! - **A topic that grows**: keys are routed with the partition count the
+//!   producer last learned, re-read every
+//!   [`ProducerConfig::metadata_max_age`] by a background task (and at once
+//!   for a record naming a partition past it). A key that moves to a new
+//!   partition keeps its order there from then on; its earlier records stay
+//!   in the old one, so per-key order holds per partition, not across the
+//!   growth.
 //!
 //! # Cancel safety
 //!
@@ -85,6 +92,15 @@ use crate::retry::RetryPolicy;
 /// batch is always still in that window.
 pub const IN_FLIGHT_PER_PARTITION_MAX: usize = 64;
 
+/// Default [`ProducerConfig::metadata_max_age`]: a topic's growth reaches
+/// keyed records within half a minute, for one small metadata request per
+/// producer every half minute.
+pub const METADATA_MAX_AGE_DEFAULT: Duration = Duration::from_secs(30);
+
+/// Shortest [`ProducerConfig::metadata_max_age`] honoured: a smaller value
+/// would turn the refresh into a metadata request loop.
+pub const METADATA_MAX_AGE_MIN: Duration = Duration::from_millis(100);
+
 /// Producer settings.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
@@ -113,6 +129,13 @@ pub struct ProducerConfig {
     pub delivery_timeout: Duration,
     /// How long the broker may take to make a batch durable.
     pub broker_timeout: Duration,
+    /// How old the partition counts of the topics it writes to may get
+    /// (Kafka's `metadata.max.age.ms`): a topic that grew
+    /// ([`crate::Admin::create_partitions`]) gets keyed records on its new
+    /// partitions at most this long after the growth. A record sent to an
+    /// explicit partition the producer does not know yet makes it ask at
+    /// once.
+    pub metadata_max_age: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -131,6 +154,7 @@ impl Default for ProducerConfig {
             retry_backoff_max: Duration::from_secs(1),
             delivery_timeout: Duration::from_secs(120),
             broker_timeout: Duration::from_secs(30),
+            metadata_max_age: METADATA_MAX_AGE_DEFAULT,
         }
     }
 }
@@ -361,6 +385,7 @@ impl Producer {
             producer_id: random_producer_id(),
         });
         tokio::spawn(run_linger(Arc::downgrade(&shared), linger_wake));
+        tokio::spawn(run_metadata_refresh(Arc::downgrade(&shared)));
         Producer { shared }
     }
 
@@ -394,18 +419,17 @@ impl Producer {
             .get(&record.topic)
             .cloned();
         let (topic, partitions) = match known {
+            // An explicit partition past the known count: the topic may
+            // have grown since; ask before refusing the record.
+            Some((_, n)) if record.partition.is_some_and(|p| p >= n) => {
+                match sh.refresh_count(&record.topic).await {
+                    Ok(k) => k,
+                    Err(e) => return Ok(Delivery::failed(e)),
+                }
+            }
             Some(k) => k,
             None => match sh.client.topic(&record.topic).await {
-                Ok(t) => {
-                    let entry = (
-                        Arc::<str>::from(record.topic.as_str()),
-                        t.partitions.len() as u32,
-                    );
-                    let mut st = sh.state.lock().expect("producer lock");
-                    st.partition_counts
-                        .insert(record.topic.clone(), entry.clone());
-                    entry
-                }
+                Ok(t) => sh.learn_count(&record.topic, t.partitions.len() as u32),
                 Err(e) => return Ok(Delivery::failed(e)),
             },
         };
@@ -581,6 +605,77 @@ impl Drop for Shared {
 
 /// Seals batches whose linger time has passed. Holds only a weak reference,
 /// so dropping the last `Producer` ends it.
+impl Shared {
+    /// Records a topic's partition count; it only grows (partitions are
+    /// never removed; an older answer must not undo a newer one).
+    fn learn_count(&self, topic: &str, count: u32) -> (Arc<str>, u32) {
+        let mut st = self.state.lock().expect("producer lock");
+        let entry = st
+            .partition_counts
+            .entry(topic.to_owned())
+            .or_insert_with(|| (Arc::from(topic), count));
+        entry.1 = entry.1.max(count);
+        entry.clone()
+    }
+
+    /// Asks the cluster for `topic`'s partition count now.
+    async fn refresh_count(&self, topic: &str) -> Result<(Arc<str>, u32), ClientError> {
+        let answer = self
+            .client
+            .refresh_metadata(Some(vec![topic.to_owned()]))
+            .await?;
+        match answer.into_iter().next() {
+            Some(t) if t.error == ErrorCode::None => {
+                Ok(self.learn_count(topic, t.partitions.len() as u32))
+            }
+            _ => Err(ClientError::UnknownTopic(topic.to_owned())),
+        }
+    }
+}
+
+/// Every `metadata_max_age`, learns the partition counts of the topics
+/// this producer writes to, in one metadata request, so keyed records
+/// follow a topic's growth. Ends with the producer.
+async fn run_metadata_refresh(shared: std::sync::Weak<Shared>) {
+    let period = match shared.upgrade() {
+        Some(sh) => sh.config.metadata_max_age.max(METADATA_MAX_AGE_MIN),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(sh) = shared.upgrade() else { return };
+        let topics: Vec<String> = sh
+            .state
+            .lock()
+            .expect("producer lock")
+            .partition_counts
+            .keys()
+            .cloned()
+            .collect();
+        if topics.is_empty() {
+            continue;
+        }
+        match sh.client.refresh_metadata(Some(topics)).await {
+            Ok(answer) => {
+                for t in answer.iter().filter(|t| t.error == ErrorCode::None) {
+                    let known = sh
+                        .state
+                        .lock()
+                        .expect("producer lock")
+                        .partition_counts
+                        .get(&t.name)
+                        .map_or(0, |k| k.1);
+                    let count = sh.learn_count(&t.name, t.partitions.len() as u32).1;
+                    if count > known {
+                        tracing::info!(topic = %t.name, from = known, to = count, "topic grew; routing keys over the new partitions");
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "metadata refresh failed; will try again"),
+        }
+    }
+}
+
 async fn run_linger(shared: std::sync::Weak<Shared>, wake: Arc<Notify>) {
     loop {
         let next = {

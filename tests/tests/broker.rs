@@ -1314,3 +1314,71 @@ fn the_cli_completes_uses_profiles_and_fails_in_one_line() {
     assert!(run.ok, "{}", run.stderr);
     assert!(!tern_run(cfg, &["--profile", "local", "topic", "list"], b"", &[]).ok);
 }
+
+/// `tern topic add-partitions T --count N` grows a topic to N partitions in
+/// all (its help says N is the new total, with an example); a count not
+/// larger than the current one, and an unknown topic, fail in one line
+/// that names the reason.
+#[test]
+fn the_cli_grows_a_topic_to_a_new_total_and_refuses_to_shrink_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("n1"), &[]);
+    let cfg = dir.path();
+    let tern = |args: &[&str]| {
+        let mut all = vec!["--broker", broker.addr.as_str()];
+        all.extend_from_slice(args);
+        tern_run(cfg, &all, b"", &[])
+    };
+    let help = tern(&["topic", "add-partitions", "--help"]);
+    assert!(help.ok, "{}", help.stderr);
+    assert!(
+        help.out().contains("TOTAL")
+            && help
+                .out()
+                .contains("tern topic add-partitions orders --count 12"),
+        "{}",
+        help.out()
+    );
+    let run = tern(&["topic", "create", "grow", "--partitions", "2"]);
+    assert!(run.ok, "{}", run.stderr);
+    let run = tern(&["topic", "add-partitions", "grow", "--count", "5"]);
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(run.out().trim(), "topic grow now has 5 partitions");
+    let run = tern(&["topic", "describe", "grow", "--output", "json"]);
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(
+        run.json_lines()[0]["partitions"].as_array().unwrap().len(),
+        5
+    );
+    // Records go to a new partition at once.
+    let run = tern_run(
+        cfg,
+        &[
+            "--broker",
+            broker.addr.as_str(),
+            "produce",
+            "grow",
+            "--partition",
+            "4",
+        ],
+        b"on-a-new-partition\n",
+        &[],
+    );
+    assert!(run.ok, "{}", run.stderr);
+
+    for (count, says) in [("5", "must be larger"), ("3", "has 5 partitions")] {
+        let run = tern(&["topic", "add-partitions", "grow", "--count", count]);
+        assert!(!run.ok);
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(
+            run.stderr.starts_with("Error: ")
+                && run.stderr.contains("invalid_partitions")
+                && run.stderr.contains(says),
+            "{}",
+            run.stderr
+        );
+    }
+    let run = tern(&["topic", "add-partitions", "nowhere", "--count", "3"]);
+    assert!(!run.ok);
+    assert!(run.stderr.contains("no topic"), "{}", run.stderr);
+}

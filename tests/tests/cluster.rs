@@ -234,8 +234,21 @@ fn spawn_producer(
     acked: Arc<Mutex<Vec<Acked>>>,
     failed: Arc<std::sync::atomic::AtomicU64>,
 ) -> tokio::task::JoinHandle<()> {
+    spawn_producer_with(producer_config(), client, topic, id, stop, acked, failed)
+}
+
+/// [`spawn_producer`] with its own producer settings.
+fn spawn_producer_with(
+    config: ProducerConfig,
+    client: Client,
+    topic: &'static str,
+    id: u32,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    acked: Arc<Mutex<Vec<Acked>>>,
+    failed: Arc<std::sync::atomic::AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let producer = Producer::new(client, producer_config());
+        let producer = Producer::new(client, config);
         let mut pending = std::collections::VecDeque::new();
         let mut seq = 0u64;
         // Paced so a long campaign's bookkeeping stays in memory.
@@ -903,6 +916,231 @@ async fn a_fourth_broker_joins_and_another_leaves_online_without_loss() {
             check(&logs, &acked, &[])
         );
         assert!(acked.len() > 1_000);
+    })
+    .await;
+}
+
+/// The replicas of partition `p` of `topic` as the rendezvous placement
+/// puts them on `brokers`, restated independently of the broker's code:
+/// seed = low 32 bits of XXH3(topic name); each broker scores
+/// XXH3(seed LE32 | p LE32 | broker LE64); the `rf` best win, best first.
+fn placed(topic: &str, p: u32, brokers: &[u64], rf: usize) -> Vec<u32> {
+    let seed = xxhash_rust::xxh3::xxh3_64(topic.as_bytes()) as u32;
+    let mut scored: Vec<(u64, u64)> = brokers
+        .iter()
+        .map(|b| {
+            let mut key = Vec::with_capacity(16);
+            key.extend_from_slice(&seed.to_le_bytes());
+            key.extend_from_slice(&p.to_le_bytes());
+            key.extend_from_slice(&b.to_le_bytes());
+            (xxhash_rust::xxh3::xxh3_64(&key), *b)
+        })
+        .collect();
+    scored.sort_unstable_by(|a, b| b.cmp(a));
+    scored.iter().take(rf).map(|(_, b)| *b as u32).collect()
+}
+
+/// Issue #15, item 1: a topic grows online. While a keyed producer writes
+/// and a consumer group reads, a topic of 3 partitions (RF 3) on 3 brokers
+/// grows to 6: the new partitions get leaders, on the brokers the
+/// rendezvous placement names, while the old ones keep their replicas; the
+/// producer routes keys over 6 partitions once its metadata refreshes
+/// (every key either stays or moves to a new partition); the group takes
+/// the new partitions up without a member restart and reads what is
+/// written to them; nothing acknowledged is lost, duplicated or reordered
+/// and the replicas agree. Growing it to a count not larger than the
+/// current one, past the per-topic or cluster limit, or growing an unknown
+/// topic is refused with a code and a message that say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_grows_online_and_producers_and_consumer_groups_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 3, &["--cluster-partitions-max", "8"]);
+    bounded(Duration::from_secs(180), async {
+        const TOPIC: &str = "growing";
+        let client = Client::connect_with(&cluster.seeds(), fault_client_config())
+            .await
+            .unwrap();
+        let admin = Admin::new(client.clone());
+        admin.create_topic(TOPIC, NewTopic::new(3)).await.unwrap();
+        let before = admin.describe_topic(TOPIC).await.unwrap();
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let producer = spawn_producer_with(
+            ProducerConfig {
+                metadata_max_age: Duration::from_millis(500),
+                ..producer_config()
+            },
+            client.clone(),
+            TOPIC,
+            0,
+            stop.clone(),
+            acked.clone(),
+            failed.clone(),
+        );
+
+        // One group member reads the topic the whole time.
+        let consumed: Arc<Mutex<Vec<(u32, u64, Bytes)>>> = Arc::default();
+        let member = {
+            let client = Client::connect_with(&cluster.seeds(), fault_client_config())
+                .await
+                .unwrap();
+            let stop = stop.clone();
+            let consumed = consumed.clone();
+            // `latest`: a new partition is still read from its first
+            // record, because the growth commits offset 0 for the group.
+            let config = ConsumerConfig {
+                offset_reset: tern_client::OffsetReset::Latest,
+                ..Default::default()
+            };
+            let mut consumer = Consumer::new(client, config);
+            consumer.subscribe("readers", &[TOPIC]).await.unwrap();
+            assert_eq!(consumer.assignment().len(), 3);
+            tokio::spawn(async move {
+                let generation = consumer.generation();
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    // Cancel safe: a timed-out wait loses no record.
+                    let next =
+                        tokio::time::timeout(Duration::from_millis(200), consumer.next_record());
+                    if let Ok(Ok(r)) = next.await {
+                        consumed.lock().unwrap().push((
+                            r.partition,
+                            r.offset,
+                            r.value.unwrap_or_default(),
+                        ));
+                    }
+                }
+                (generation, consumer)
+            })
+        };
+
+        let acked_on = |partitions: std::ops::Range<u32>| {
+            let acked = acked.lock().unwrap();
+            partitions
+                .clone()
+                .all(|p| acked.iter().filter(|a| a.partition == p).count() >= 50)
+        };
+        let consumed_on = |partitions: std::ops::Range<u32>| {
+            let consumed = consumed.lock().unwrap();
+            partitions
+                .clone()
+                .all(|p| consumed.iter().filter(|(cp, _, _)| *cp == p).count() >= 50)
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(acked_on(0..3) && consumed_on(0..3)) {
+            assert!(Instant::now() < deadline, "no traffic before the growth");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let grown_at = acked.lock().unwrap().len();
+        admin.create_partitions(TOPIC, 6).await.unwrap();
+
+        // The old partitions kept their replicas; the new ones are where
+        // the placement puts them and have leaders among them.
+        let after = admin.describe_topic(TOPIC).await.unwrap();
+        assert_eq!(after.partitions.len(), 6, "{after:?}");
+        for p in 0..3 {
+            assert_eq!(after.partitions[p].replicas, before.partitions[p].replicas);
+        }
+        for p in &after.partitions[3..] {
+            assert_eq!(
+                p.replicas,
+                placed(TOPIC, p.partition, &[1, 2, 3], 3),
+                "partition {} placed elsewhere",
+                p.partition
+            );
+            assert!(
+                p.replicas.contains(&p.leader),
+                "partition {p:?} has no leader among its replicas"
+            );
+        }
+
+        // Keyed records reach the new partitions, and the group reads them.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(acked_on(3..6) && consumed_on(3..6)) {
+            assert!(
+                Instant::now() < deadline,
+                "new partitions not produced to or not consumed: acked {}, consumed {}\n{}",
+                acked.lock().unwrap().len(),
+                consumed.lock().unwrap().len(),
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        producer.await.unwrap();
+        let (first_generation, consumer) = member.await.unwrap();
+        assert!(consumer.generation() > first_generation, "no rebalance");
+        let mut owned: Vec<u32> = consumer.assignment().iter().map(|(_, p)| *p).collect();
+        owned.sort();
+        assert_eq!(owned, vec![0, 1, 2, 3, 4, 5]);
+        drop(consumer);
+
+        // Routing: a key stays on its partition or moves to a new one,
+        // and after the growth the producer used the 6-partition layout.
+        let acked = acked.lock().unwrap().clone();
+        for a in &acked {
+            let (_, seq) = parse_value(&a.value).unwrap();
+            let key = format!("k{}", seq % 97);
+            let old = tern_protocol::partitioner::partition_for_key(key.as_bytes(), 3);
+            let new = tern_protocol::partitioner::partition_for_key(key.as_bytes(), 6);
+            assert!(
+                a.partition == old || a.partition == new,
+                "{key} on {}",
+                a.partition
+            );
+            if new != old {
+                assert!(new >= 3, "jump hash moves keys to new partitions only");
+            }
+        }
+        let moved_after = acked[grown_at..]
+            .iter()
+            .filter(|a| a.partition >= 3)
+            .count();
+        assert!(moved_after > 0);
+
+        let logs = converged(&cluster, TOPIC, 6).await;
+        let consumed = consumed.lock().unwrap().clone();
+        for p in 3..6 {
+            assert!(
+                consumed.iter().any(|(cp, o, _)| *cp == p && *o == 0),
+                "the group skipped the start of new partition {p}"
+            );
+        }
+        println!(
+            "{} acknowledged across the growth, {} failed, {} consumed\n{}",
+            acked.len(),
+            failed.load(std::sync::atomic::Ordering::Relaxed),
+            consumed.len(),
+            check(&logs, &acked, &consumed)
+        );
+
+        // Refusals, each with its reason.
+        let refused = |e: tern_client::ClientError, code: ErrorCode, says: &str| {
+            assert_eq!(e.code(), Some(code), "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+        };
+        let e = admin.create_partitions(TOPIC, 6).await.unwrap_err();
+        refused(e, ErrorCode::InvalidPartitions, "must be larger");
+        let e = admin.create_partitions(TOPIC, 2).await.unwrap_err();
+        refused(e, ErrorCode::InvalidPartitions, "has 6 partitions");
+        let e = admin.create_partitions("nowhere", 4).await.unwrap_err();
+        refused(e, ErrorCode::UnknownTopicOrPartition, "no topic");
+        let e = admin.create_partitions(TOPIC, 10_001).await.unwrap_err();
+        refused(e, ErrorCode::InvalidPartitions, "10000");
+        // 6 of the cluster's 8 partitions are taken: 3 more would pass.
+        let e = admin.create_partitions(TOPIC, 9).await.unwrap_err();
+        refused(e, ErrorCode::LimitExceeded, "cluster_partitions_max");
+        assert_eq!(
+            admin.describe_topic(TOPIC).await.unwrap().partitions.len(),
+            6
+        );
+        admin.create_partitions(TOPIC, 8).await.unwrap();
+        assert_eq!(
+            admin.describe_topic(TOPIC).await.unwrap().partitions.len(),
+            8
+        );
     })
     .await;
 }

@@ -42,11 +42,13 @@ pub enum ApiKey {
     Lock = 9,
     /// Consumer groups (see [`crate::coord`]).
     Group = 10,
+    /// Grow a topic to a new total partition count.
+    CreatePartitions = 15,
 }
 
 impl ApiKey {
     /// All request types, for metrics registration.
-    pub const ALL: [ApiKey; 11] = [
+    pub const ALL: [ApiKey; 12] = [
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::Metadata,
@@ -58,6 +60,7 @@ impl ApiKey {
         ApiKey::ReassignPartition,
         ApiKey::Lock,
         ApiKey::Group,
+        ApiKey::CreatePartitions,
     ];
 
     fn from_u16(v: u16) -> Result<ApiKey, DecodeError> {
@@ -81,6 +84,7 @@ impl ApiKey {
             ApiKey::ReassignPartition => "reassign_partition",
             ApiKey::Lock => "lock",
             ApiKey::Group => "group",
+            ApiKey::CreatePartitions => "create_partitions",
         }
     }
 }
@@ -334,6 +338,18 @@ pub enum Request {
     Lock(LockRequest),
     /// A consumer-group operation.
     Group(GroupRequest),
+    /// Grow a topic to `count` partitions in all (like Kafka's
+    /// CreatePartitions: the new total, not the number to add). Existing
+    /// partitions keep their data and replicas; keyed records of about
+    /// `(count - old) / count` of the keys go to the new partitions from
+    /// then on.
+    CreatePartitions {
+        /// Topic.
+        topic: String,
+        /// The new total, larger than the current count and at most
+        /// `PARTITIONS_PER_TOPIC_MAX`.
+        count: u32,
+    },
 }
 
 /// A successful response (errors of a whole request travel in the frame).
@@ -371,6 +387,9 @@ pub enum Response {
     Lock(LockResponse),
     /// A consumer-group answer.
     Group(GroupResponse),
+    /// The topic now has the requested partition count, and every new
+    /// partition has elected a leader.
+    CreatePartitions,
 }
 
 impl Request {
@@ -388,6 +407,7 @@ impl Request {
             Request::ReassignPartition { .. } => ApiKey::ReassignPartition,
             Request::Lock(_) => ApiKey::Lock,
             Request::Group(_) => ApiKey::Group,
+            Request::CreatePartitions { .. } => ApiKey::CreatePartitions,
         }
     }
 
@@ -464,6 +484,10 @@ impl Request {
             }
             Request::Lock(l) => l.encode(out),
             Request::Group(g) => g.encode(out),
+            Request::CreatePartitions { topic, count } => {
+                put_string(out, topic);
+                out.put_u32_le(*count);
+            }
         }
     }
 
@@ -556,6 +580,10 @@ impl Request {
             },
             ApiKey::Lock => Request::Lock(LockRequest::decode(r)?),
             ApiKey::Group => Request::Group(GroupRequest::decode(r)?),
+            ApiKey::CreatePartitions => Request::CreatePartitions {
+                topic: r.string("topic")?,
+                count: r.u32("count")?,
+            },
         })
     }
 }
@@ -602,6 +630,7 @@ impl Response {
             Response::ReassignPartition => ApiKey::ReassignPartition,
             Response::Lock(_) => ApiKey::Lock,
             Response::Group(_) => ApiKey::Group,
+            Response::CreatePartitions => ApiKey::CreatePartitions,
         }
     }
 
@@ -660,7 +689,8 @@ impl Response {
             | Response::DeleteTopic
             | Response::AddBroker
             | Response::RemoveBroker
-            | Response::ReassignPartition => {}
+            | Response::ReassignPartition
+            | Response::CreatePartitions => {}
             Response::ListOffsets { offset } => out.put_u64_le(*offset),
             Response::Lock(l) => l.encode(out),
             Response::Group(g) => g.encode(out),
@@ -750,6 +780,7 @@ impl Response {
             },
             ApiKey::Lock => Response::Lock(LockResponse::decode(r)?),
             ApiKey::Group => Response::Group(GroupResponse::decode(r)?),
+            ApiKey::CreatePartitions => Response::CreatePartitions,
         })
     }
 }
@@ -945,6 +976,45 @@ mod tests {
             partition: 1,
             spec: OffsetSpec::Timestamp(123),
         });
+        round_trip(Request::CreatePartitions {
+            topic: "orders".into(),
+            count: 12,
+        });
+    }
+
+    /// ApiKey 15 is CreatePartitions: topic string, then the new total as
+    /// a `u32`; nothing may follow (strict codec), and its answer is empty.
+    #[test]
+    fn create_partitions_layout_is_pinned_and_strict() {
+        let frame = RequestFrame {
+            correlation_id: 9,
+            request: Request::CreatePartitions {
+                topic: "t".into(),
+                count: 6,
+            },
+        };
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        expected.extend_from_slice(&15u16.to_le_bytes());
+        expected.extend_from_slice(&9u32.to_le_bytes());
+        expected.extend_from_slice(&1u16.to_le_bytes());
+        expected.push(b't');
+        expected.extend_from_slice(&6u32.to_le_bytes());
+        assert_eq!(&buf[..], &expected[..]);
+        let mut trailing = buf.clone();
+        trailing.put_u8(0);
+        assert!(RequestFrame::decode(trailing.freeze()).is_err());
+        let truncated = buf.split_to(buf.len() - 1);
+        assert!(RequestFrame::decode(truncated.freeze()).is_err());
+        let answer = ResponseFrame {
+            correlation_id: 9,
+            result: Ok(Response::CreatePartitions),
+        };
+        let mut out = BytesMut::new();
+        answer.encode(&mut out);
+        assert_eq!(ResponseFrame::decode(out.freeze()).unwrap(), answer);
     }
 
     #[test]

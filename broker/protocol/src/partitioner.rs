@@ -82,6 +82,50 @@ mod tests {
         }
     }
 
+    /// What `tern topic add-partitions` relies on: growing from `n` to
+    /// `n + k` partitions in one step moves about `k / (n + k)` of the keys
+    /// (within ±35 %), and every key that moves goes to one of the `k` new
+    /// partitions — never from one old partition to another, so the old
+    /// partitions only lose keys and per-key order breaks only for keys
+    /// that moved.
+    #[test]
+    fn growing_by_k_partitions_moves_about_k_in_n_plus_k_keys_all_to_new_ones() {
+        let keys: Vec<Vec<u8>> = (0..50_000)
+            .map(|i| format!("order-{i}").into_bytes())
+            .collect();
+        for (n, k) in [
+            (1u32, 1u32),
+            (1, 5),
+            (3, 3),
+            (3, 9),
+            (6, 2),
+            (8, 24),
+            (31, 1),
+            (100, 50),
+        ] {
+            let moved: Vec<&Vec<u8>> = keys
+                .iter()
+                .filter(|key| partition_for_key(key, n) != partition_for_key(key, n + k))
+                .collect();
+            let expected = keys.len() as f64 * k as f64 / (n + k) as f64;
+            let ratio = moved.len() as f64 / expected;
+            assert!(
+                (0.65..=1.35).contains(&ratio),
+                "{n}->{}: moved {}, expected ~{expected:.0}",
+                n + k,
+                moved.len()
+            );
+            for key in moved {
+                let to = partition_for_key(key, n + k);
+                assert!(
+                    (n..n + k).contains(&to),
+                    "{n}->{}: a key moved to old partition {to}",
+                    n + k
+                );
+            }
+        }
+    }
+
     #[test]
     fn modulo_hashing_would_move_most_keys() {
         let keys = 10_000u64;

@@ -547,6 +547,36 @@ impl CoordState {
         }
     }
 
+    /// A topic grew from `from` to `to` partitions. Every group reading it
+    /// (a member subscribed to it, or offsets committed for it) gets the
+    /// new partitions committed at offset 0 — they are empty as this
+    /// applies, so a member starts each at its first record whatever its
+    /// reset policy, and nothing produced to them after the growth is
+    /// skipped (a `latest` reset would skip what arrived before the member
+    /// took the partition) — then the groups rebalance, as for any
+    /// catalogue change.
+    pub fn partitions_added(
+        &mut self,
+        plugins: Option<&dyn CoordPlugins>,
+        topic: &str,
+        new_partitions: std::ops::Range<u32>,
+        topics: &dyn Fn(&str) -> Option<u32>,
+    ) {
+        for g in self.groups.values_mut() {
+            let reads = g
+                .members
+                .values()
+                .any(|m| m.topics.iter().any(|t| t == topic))
+                || g.offsets.keys().any(|(t, _)| t == topic);
+            if reads {
+                for p in new_partitions.clone() {
+                    g.offsets.entry((topic.to_owned(), p)).or_insert(0);
+                }
+            }
+        }
+        self.topic_changed(plugins, topic, topics);
+    }
+
     fn lock_answer(&self, name: &str, owner: u64) -> CoordResult {
         match self
             .locks
@@ -1075,6 +1105,59 @@ mod tests {
         };
         h.run(104, reset).unwrap();
         assert_eq!(h.state.groups["g"].offsets[&("orders".to_string(), 0)], 0);
+    }
+
+    #[test]
+    fn a_grown_topic_rebalances_its_groups_with_the_new_partitions_from_offset_0() {
+        let mut h = Harness::new();
+        for member in [1, 2] {
+            h.run(
+                member,
+                CoordOp::Join {
+                    group: "g".into(),
+                    member,
+                    topics: vec!["orders".into()],
+                    session_timeout_ms: 10_000,
+                },
+            )
+            .unwrap();
+        }
+        let owned = h.state.groups["g"].assigned_to(1)[0].clone();
+        let generation = h.state.groups["g"].generation;
+        h.run(
+            5,
+            CoordOp::Commit {
+                group: "g".into(),
+                member: 1,
+                generation,
+                offsets: vec![(owned.0.clone(), owned.1, 9)],
+            },
+        )
+        .unwrap();
+        // A group with no member left but commits on the topic reads it too.
+        h.run(
+            6,
+            CoordOp::SetOffsets {
+                group: "idle".into(),
+                offsets: vec![("orders".into(), 0, 3)],
+            },
+        )
+        .unwrap();
+        let grown = |t: &str| (t == "orders").then_some(6);
+        h.state
+            .partitions_added(Some(&Plugins), "orders", 4..6, &grown);
+        let g = &h.state.groups["g"];
+        assert_eq!(g.generation, generation + 1, "a new generation");
+        let mut assigned: Vec<u32> = g.assignment.keys().map(|(_, p)| *p).collect();
+        assigned.sort();
+        assert_eq!(assigned, vec![0, 1, 2, 3, 4, 5], "every partition owned");
+        assert_eq!(g.assigned_to(1).len(), 3);
+        assert_eq!(g.offsets[&owned], 9, "old commits kept");
+        assert_eq!(g.offsets[&("orders".to_string(), 4)], 0);
+        assert_eq!(g.offsets[&("orders".to_string(), 5)], 0);
+        let idle = &h.state.groups["idle"];
+        assert_eq!(idle.offsets[&("orders".to_string(), 0)], 3);
+        assert_eq!(idle.offsets[&("orders".to_string(), 5)], 0);
     }
 
     #[test]

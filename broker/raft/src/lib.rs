@@ -46,8 +46,8 @@ pub use meta_sm::{CoordView, MetaStateMachine};
 pub use network::{PeerError, Transport};
 pub use partition_sm::{OnApply, PartitionStateMachine};
 pub use types::{
-    place_replicas, BrokerEntry, Catalogue, Command, CommandResponse, NodeId, Raft, TernRaft,
-    TopicEntry, TopicSettings,
+    place_replicas, placement_seed, BrokerEntry, Catalogue, Command, CommandResponse, NodeId, Raft,
+    TernRaft, TopicEntry, TopicSettings,
 };
 
 /// Timing of every group.

@@ -145,18 +145,26 @@ impl MetaStateMachine {
         }
         *catalogue_changed = true;
         let topic_touched = match &command {
-            Command::CreateTopic { name, .. } | Command::DeleteTopic { name } => Some(name.clone()),
+            Command::CreateTopic { name, .. }
+            | Command::DeleteTopic { name }
+            | Command::AddPartitions { name, .. } => Some(name.clone()),
+            _ => None,
+        };
+        let grown_from = match &command {
+            Command::AddPartitions { from, .. } => Some(*from),
             _ => None,
         };
         let response = self.apply_catalogue_command(command);
         if let Some(topic) = topic_touched {
             let catalogue = &self.state.catalogue;
             let topics = |t: &str| catalogue.topics.get(t).map(|e| e.settings.partitions);
-            self.coord
-                .state
-                .lock()
-                .expect("coordination state lock")
-                .topic_changed(self.plugins.as_deref(), &topic, &topics);
+            let mut coord = self.coord.state.lock().expect("coordination state lock");
+            match (grown_from, topics(&topic)) {
+                (Some(from), Some(to)) if response == CommandResponse::Done => {
+                    coord.partitions_added(self.plugins.as_deref(), &topic, from..to, &topics)
+                }
+                _ => coord.topic_changed(self.plugins.as_deref(), &topic, &topics),
+            }
         }
         response
     }
@@ -235,6 +243,12 @@ impl MetaStateMachine {
                 );
                 CommandResponse::Done
             }
+            Command::AddPartitions {
+                name,
+                topic_id,
+                from,
+                replicas,
+            } => add_partitions(catalogue, &name, topic_id, from, replicas),
             Command::Append(_) | Command::Coord { .. } => CommandResponse::Rejected {
                 code: ErrorCode::InvalidRequest as u16,
                 message: "not a catalogue command".into(),
@@ -351,9 +365,135 @@ impl RaftStateMachine<TernRaft> for MetaStateMachine {
     }
 }
 
+/// Grows topic `name` by the partitions placed in `replicas`, appended
+/// after its existing ones, which keep their data and placement. The new
+/// partitions' placement is also their creation-time placement: those
+/// brokers bootstrap their Raft groups, like a new topic's.
+fn add_partitions(
+    catalogue: &mut Catalogue,
+    name: &str,
+    topic_id: u32,
+    from: u32,
+    replicas: Vec<Vec<NodeId>>,
+) -> CommandResponse {
+    let Some(topic) = catalogue.topics.get_mut(name).filter(|t| t.id == topic_id) else {
+        return CommandResponse::Rejected {
+            code: ErrorCode::UnknownTopicOrPartition as u16,
+            message: format!("no topic {name:?} (it was deleted while it grew)"),
+        };
+    };
+    let added = u32::try_from(replicas.len()).ok().filter(|n| *n > 0);
+    let to = added.and_then(|n| from.checked_add(n));
+    let (Some(to), true) = (to, topic.settings.partitions == from) else {
+        return CommandResponse::Rejected {
+            code: ErrorCode::InvalidPartitions as u16,
+            message: format!(
+                "topic {name:?} has {} partitions, not {from} as when this growth was planned; \
+                 ask again",
+                topic.settings.partitions
+            ),
+        };
+    };
+    // Both vectors have one entry per partition; asserted, not assumed, so
+    // a catalogue that ever broke this stops here rather than misplacing.
+    assert_eq!(
+        topic.replicas.len(),
+        from as usize,
+        "replicas per partition"
+    );
+    assert_eq!(
+        topic.initial_replicas.len(),
+        from as usize,
+        "initial replicas per partition"
+    );
+    topic.settings.partitions = to;
+    topic.initial_replicas.extend(replicas.iter().cloned());
+    topic.replicas.extend(replicas);
+    CommandResponse::Done
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::TopicSettings;
+
+    fn catalogue_with(name: &str, partitions: u32) -> Catalogue {
+        let mut c = Catalogue::default();
+        let replicas: Vec<Vec<NodeId>> = (0..partitions).map(|p| vec![1 + p as u64 % 3]).collect();
+        c.topics.insert(
+            name.into(),
+            TopicEntry {
+                id: 7,
+                name: name.into(),
+                settings: TopicSettings {
+                    partitions,
+                    replication_factor: 1,
+                    retention_ms: -1,
+                    retention_bytes: -1,
+                },
+                initial_replicas: replicas.clone(),
+                replicas,
+            },
+        );
+        c
+    }
+
+    #[test]
+    fn growing_appends_the_placed_partitions_and_keeps_the_old_ones() {
+        let mut c = catalogue_with("t", 3);
+        let before = c.topics["t"].clone();
+        let placed = vec![vec![3, 1], vec![2, 3], vec![1, 2]];
+        assert_eq!(
+            add_partitions(&mut c, "t", 7, 3, placed.clone()),
+            CommandResponse::Done
+        );
+        let t = &c.topics["t"];
+        assert_eq!(t.settings.partitions, 6);
+        assert_eq!(t.replicas[..3], before.replicas[..]);
+        assert_eq!(t.replicas[3..], placed[..]);
+        assert_eq!(t.initial_replicas[3..], placed[..]);
+        assert_eq!(t.id, before.id);
+    }
+
+    #[test]
+    fn a_stale_growth_is_refused_and_changes_nothing() {
+        let mut c = catalogue_with("t", 3);
+        let before = c.clone();
+        let refused = |r: CommandResponse, code: ErrorCode| {
+            assert!(
+                matches!(&r, CommandResponse::Rejected { code: c, .. } if *c == code as u16),
+                "{r:?}"
+            )
+        };
+        // Planned against 2 partitions (another growth came first).
+        refused(
+            add_partitions(&mut c, "t", 7, 2, vec![vec![1]]),
+            ErrorCode::InvalidPartitions,
+        );
+        // Planned against a topic of the same name that was deleted since.
+        refused(
+            add_partitions(&mut c, "t", 6, 3, vec![vec![1]]),
+            ErrorCode::UnknownTopicOrPartition,
+        );
+        refused(
+            add_partitions(&mut c, "u", 7, 3, vec![vec![1]]),
+            ErrorCode::UnknownTopicOrPartition,
+        );
+        // Nothing to add, or a count past u32.
+        refused(
+            add_partitions(&mut c, "t", 7, 3, vec![]),
+            ErrorCode::InvalidPartitions,
+        );
+        assert_eq!(c, before);
+        let mut huge = catalogue_with("t", 3);
+        huge.topics.get_mut("t").unwrap().settings.partitions = u32::MAX;
+        let huge_before = huge.clone();
+        refused(
+            add_partitions(&mut huge, "t", 7, u32::MAX, vec![vec![1]]),
+            ErrorCode::InvalidPartitions,
+        );
+        assert_eq!(huge, huge_before);
+    }
     use crate::log_store::LogStore;
     use openraft::testing::{StoreBuilder, Suite};
 

@@ -118,6 +118,22 @@ pub enum Command {
         /// The operations, applied in order.
         ops: Vec<crate::coord::CoordOp>,
     },
+    /// Metadata group: grow a topic from `from` partitions to
+    /// `from + replicas.len()`, `replicas[i]` being the brokers of the new
+    /// partition `from + i` (placed by the proposer, so applying is
+    /// deterministic). Refused unless the topic still has id `topic_id` and
+    /// exactly `from` partitions: a concurrent growth, or a deletion and
+    /// re-creation, in between makes the placement stale.
+    AddPartitions {
+        /// Topic name.
+        name: String,
+        /// The topic's id when the placement was made.
+        topic_id: u32,
+        /// Its partition count then.
+        from: u32,
+        /// Replicas of each new partition.
+        replicas: Vec<Vec<NodeId>>,
+    },
 }
 
 /// A state machine's answer to one command.
@@ -179,6 +195,14 @@ pub struct TopicEntry {
     /// Brokers that held each partition at creation: the only ones that
     /// may bootstrap its Raft group (a replica added later joins it).
     pub initial_replicas: Vec<Vec<NodeId>>,
+}
+
+/// The seed of a topic's placement: both creation and growth place
+/// partition `p` with `place_replicas(placement_seed(name), p, ..)`, so a
+/// grown partition lands where it would have, had the topic been created
+/// that large on the same brokers.
+pub fn placement_seed(name: &str) -> u32 {
+    xxhash_rust::xxh3::xxh3_64(name.as_bytes()) as u32
 }
 
 /// Picks `count` distinct brokers for partition `partition` of topic

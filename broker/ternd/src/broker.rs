@@ -27,8 +27,8 @@ use tern_protocol::api::{
 use tern_protocol::record::BATCH_BYTES_MAX;
 use tern_protocol::{BatchView, ErrorCode, Request, Response};
 use tern_raft::{
-    place_replicas, Catalogue, ClusterChange, Command, CommandResponse, NodeId, Raft, RaftNode,
-    TernRaft, TopicEntry, TopicSettings, WriteError,
+    place_replicas, placement_seed, Catalogue, ClusterChange, Command, CommandResponse, NodeId,
+    Raft, RaftNode, TernRaft, TopicEntry, TopicSettings, WriteError,
 };
 use tern_storage::{PartitionLog, StorageError, Store};
 use tokio::sync::{oneshot, watch};
@@ -630,6 +630,10 @@ impl Broker {
             }
             Request::CreateTopic { name, config } => self.create_topic(name, config).await,
             Request::DeleteTopic { name } => self.delete_topic(name).await,
+            Request::CreatePartitions { topic, count } => {
+                let span = tracing::info_span!("create_partitions", topic = %topic, count);
+                self.create_partitions(topic, count).instrument(span).await
+            }
             Request::AddBroker { node_id, peer_addr } => {
                 if node_id == 0 {
                     return Err(Failure::new(
@@ -1078,11 +1082,11 @@ impl Broker {
                 format!("topic {name:?} already exists"),
             ));
         }
-        self.check_catalogue_room(config.partitions)?;
+        self.check_catalogue_room(config.partitions, true)?;
         // The replication factor is capped by the number of brokers.
         let brokers = self.raft.voters();
         let rf = (config.replication_factor.max(1) as usize).min(brokers.len());
-        let seed = xxhash_rust::xxh3::xxh3_64(name.as_bytes()) as u32;
+        let seed = placement_seed(&name);
         let replicas = (0..config.partitions)
             .map(|p| place_replicas(seed, p, &brokers, rf))
             .collect();
@@ -1099,21 +1103,9 @@ impl Broker {
         self.catalogue_write(command).await?;
         // Answer once this node serves the topic and its local replicas know
         // their leaders, so the creator can produce right away.
-        let deadline = Instant::now() + ADMIN_TIMEOUT;
-        while Instant::now() < deadline {
-            self.reconcile().await;
-            if let Some(t) = self.topic(&name) {
-                let elected = t
-                    .partitions
-                    .iter()
-                    .flatten()
-                    .all(|p| p.raft.metrics().borrow().current_leader.is_some());
-                if elected {
-                    info!(topic = %name, partitions = config.partitions, replication_factor = rf, "created topic");
-                    return Ok(Response::CreateTopic);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if self.wait_elected(&name, config.partitions).await {
+            info!(topic = %name, partitions = config.partitions, replication_factor = rf, "created topic");
+            return Ok(Response::CreateTopic);
         }
         Err(Failure::new(
             ErrorCode::RequestTimedOut,
@@ -1121,12 +1113,96 @@ impl Broker {
         ))
     }
 
-    /// Refuses a topic that would take the cluster over `cluster_topics_max`
-    /// or `cluster_partitions_max`: every partition is a Raft group on each
-    /// of its replicas and a line of every metadata answer. Checked against
-    /// this broker's copy of the catalogue before proposing, so concurrent
-    /// creations through several brokers may overshoot by those few topics.
-    fn check_catalogue_room(&self, partitions: u32) -> Result<(), Failure> {
+    /// Waits (up to `ADMIN_TIMEOUT`) until this node serves `name` with
+    /// `partitions` partitions and every replica it hosts knows its leader.
+    async fn wait_elected(&self, name: &str, partitions: u32) -> bool {
+        let deadline = Instant::now() + ADMIN_TIMEOUT;
+        while Instant::now() < deadline {
+            self.reconcile().await;
+            if let Some(t) = self.topic(name) {
+                let elected = t.partitions.len() >= partitions as usize
+                    && t.partitions
+                        .iter()
+                        .flatten()
+                        .all(|p| p.raft.metrics().borrow().current_leader.is_some());
+                if elected {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Grows `topic` to `count` partitions in all. The new partitions are
+    /// placed like a topic created that large on today's brokers (same
+    /// rendezvous seed and replication factor), appended after the old
+    /// ones, which keep their data and replicas. The command carries the
+    /// placement and the count it was planned against, so applying it is
+    /// deterministic and a concurrent growth makes it fail rather than
+    /// misplace. Answers once this node serves the new partitions and they
+    /// have leaders.
+    async fn create_partitions(&self, topic: String, count: u32) -> Result<Response, Failure> {
+        let entry = self
+            .raft
+            .catalogue()
+            .borrow()
+            .topics
+            .get(&topic)
+            .cloned()
+            .ok_or_else(|| {
+                Failure::new(
+                    ErrorCode::UnknownTopicOrPartition,
+                    format!("no topic {topic:?}"),
+                )
+            })?;
+        let from = entry.settings.partitions;
+        if count <= from {
+            return Err(Failure::new(
+                ErrorCode::InvalidPartitions,
+                format!(
+                    "topic {topic:?} has {from} partitions; the count given is the new total \
+                     and must be larger (partitions cannot be removed)"
+                ),
+            ));
+        }
+        if count > PARTITIONS_PER_TOPIC_MAX {
+            return Err(Failure::new(
+                ErrorCode::InvalidPartitions,
+                format!("partitions must be 1..={PARTITIONS_PER_TOPIC_MAX}"),
+            ));
+        }
+        self.check_catalogue_room(count - from, false)?;
+        let brokers = self.raft.voters();
+        let rf = (entry.settings.replication_factor.max(1) as usize).min(brokers.len());
+        let seed = placement_seed(&topic);
+        let replicas = (from..count)
+            .map(|p| place_replicas(seed, p, &brokers, rf))
+            .collect();
+        self.catalogue_write(Command::AddPartitions {
+            name: topic.clone(),
+            topic_id: entry.id,
+            from,
+            replicas,
+        })
+        .await?;
+        if self.wait_elected(&topic, count).await {
+            info!(topic = %topic, from, to = count, replication_factor = rf, "added partitions");
+            return Ok(Response::CreatePartitions);
+        }
+        Err(Failure::new(
+            ErrorCode::RequestTimedOut,
+            "partitions added but the new ones have not elected leaders yet",
+        ))
+    }
+
+    /// Refuses a topic (`new_topic`) or a growth that would take the
+    /// cluster over `cluster_topics_max` or `cluster_partitions_max`: every
+    /// partition is a Raft group on each of its replicas and a line of every
+    /// metadata answer. Checked against this broker's copy of the catalogue
+    /// before proposing, so concurrent creations through several brokers
+    /// may overshoot by those few topics.
+    fn check_catalogue_room(&self, partitions: u32, new_topic: bool) -> Result<(), Failure> {
         let catalogue = self.raft.catalogue().borrow().clone();
         let topics = catalogue.topics.len();
         let existing: u64 = catalogue
@@ -1141,7 +1217,7 @@ impl Broker {
                 .inc();
             Err(Failure::new(ErrorCode::LimitExceeded, message))
         };
-        if topics >= self.config.cluster_topics_max {
+        if new_topic && topics >= self.config.cluster_topics_max {
             return refuse(
                 "cluster_topics_max",
                 format!(

@@ -106,10 +106,10 @@ impl Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create, list, describe, reassign, verify and delete topics.
+    /// Create, list, describe, reassign, verify, grow and delete topics.
     #[command(
         subcommand,
-        after_help = "Examples:\n  tern topic create orders --partitions 6\n  tern topic list --output json"
+        after_help = "Examples:\n  tern topic create orders --partitions 6\n  tern topic add-partitions orders --count 12\n  tern topic list --output json"
     )]
     Topic(topic::TopicCommand),
     /// List, add and remove brokers.

@@ -1,4 +1,5 @@
-//! `tern topic ...`: create, list, describe, verify, reassign, delete.
+//! `tern topic ...`: create, list, describe, verify, reassign, add partitions,
+//! delete.
 
 use clap::Subcommand;
 use serde_json::json;
@@ -73,6 +74,24 @@ pub(crate) enum TopicCommand {
         #[arg(long, value_delimiter = ',')]
         replicas: Vec<u32>,
     },
+    /// Grow a topic to --count partitions in all, online. --count is the new
+    /// TOTAL (like `kafka-topics --alter --partitions`), not the number to
+    /// add; partitions cannot be removed.
+    #[command(after_help = "Example (orders has 6 partitions; give it 6 more):\n  \
+        tern topic add-partitions orders --count 12\n\n\
+        Existing partitions keep their records and replicas. From then on about\n\
+        (new - old) / new of the keys go to the new partitions; records written\n\
+        before keep their place, so per-key order holds within a partition, not\n\
+        across the growth. Producers pick up the new count within their metadata\n\
+        refresh (30 s by default); consumer groups rebalance at once and read the\n\
+        new partitions from their first record.")]
+    AddPartitions {
+        /// Topic name.
+        name: String,
+        /// The new total number of partitions (larger than the current one).
+        #[arg(long)]
+        count: u32,
+    },
     /// Delete a topic and all its records.
     #[command(after_help = "Example:\n  tern topic delete orders")]
     Delete {
@@ -103,6 +122,10 @@ pub(crate) async fn run(client: Client, command: TopicCommand) -> anyhow::Result
                 )
                 .await?;
             println!("created topic {name} with {partitions} partitions");
+        }
+        TopicCommand::AddPartitions { name, count } => {
+            admin.create_partitions(&name, count).await?;
+            println!("topic {name} now has {count} partitions");
         }
         TopicCommand::List { output } => {
             for t in admin.list_topics().await? {

@@ -175,3 +175,70 @@ async fn retried_batches_keep_order_and_are_stored_once() {
     assert_eq!(read, sent, "the log differs from the deliveries");
     broker.stop().await;
 }
+
+/// A topic grown while a producer writes to it: a record for a partition
+/// the producer's cached count does not have yet makes it ask the cluster
+/// (instead of refusing the record), and within `metadata_max_age` keyed
+/// records are routed over the new count — each key either stays or moves
+/// to a new partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_producer_follows_a_topic_that_grew() {
+    use tern_protocol::partitioner::partition_for_key;
+    let broker = TestBroker::start(None).await;
+    broker.create_topic("grows", 2).await;
+    let client = broker.client().await;
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            metadata_max_age: Duration::from_millis(200),
+            ..Default::default()
+        },
+    );
+    let key = |i: u32| format!("key-{i}");
+    for i in 0..20 {
+        let m = producer
+            .send(ProducerRecord::new("grows", "before").with_key(key(i)))
+            .await
+            .expect("send before the growth");
+        assert_eq!(m.partition, partition_for_key(key(i).as_bytes(), 2));
+    }
+    bounded(
+        LIMIT,
+        "grow the topic",
+        crate::Admin::new(client.clone()).create_partitions("grows", 5),
+    )
+    .await
+    .expect("grow");
+    // Explicit partition 4: unknown to the producer's cache, known to the
+    // cluster.
+    let m = bounded(
+        LIMIT,
+        "send to a new partition",
+        producer.send(ProducerRecord::new("grows", "explicit").with_partition(4)),
+    )
+    .await
+    .expect("a new partition takes records at once");
+    assert_eq!((m.partition, m.offset), (4, 0));
+    // Keyed records follow once the count is refreshed.
+    eventually(LIMIT, "keys routed over 5 partitions", || {
+        let producer = producer.clone();
+        async move {
+            let mut all_new = true;
+            for i in 0..20 {
+                let m = producer
+                    .send(ProducerRecord::new("grows", "after").with_key(key(i)))
+                    .await
+                    .expect("send after the growth");
+                let (old, new) = (
+                    partition_for_key(key(i).as_bytes(), 2),
+                    partition_for_key(key(i).as_bytes(), 5),
+                );
+                assert!(m.partition == old || m.partition == new);
+                all_new &= m.partition == new;
+            }
+            all_new
+        }
+    })
+    .await;
+    broker.stop().await;
+}
