@@ -2,7 +2,9 @@
 # Container fault test: builds the tern image (base image made locally with
 # debootstrap when it cannot be pulled), starts the 3 brokers of
 # deploy/compose.yaml on their private network (on free host ports), produces
-# and consumes through the published ports with the host's `tern` CLI,
+# and consumes through the published ports with the host's `tern` CLI
+# (over TLS with the compose file's `admin` client certificate: every port of
+# the compose brokers is TLS, between brokers mutual TLS),
 # `docker kill`s the leader of a partition in the middle of a produce stream
 # (which must complete: nothing acknowledged lost), then runs a seeded fault
 # campaign of `docker kill`, `docker pause` and `docker network disconnect`
@@ -21,10 +23,19 @@ export RUST_BACKTRACE=0
 python3 deploy/k8s/check.py
 # Against the Kubernetes OpenAPI schemas (the ServiceMonitor CRD has none: warned, not failed).
 python3 -m kubernetes_validate --strict --quiet deploy/k8s/tern.yaml
+# The Secret the StatefulSet mounts, as deploy/k8s/make-secret.sh makes it.
+secrets=$(mktemp -d /tmp/tern-k8s-secret.XXXXXX)
+TERN="$T/tern" deploy/k8s/make-secret.sh "$secrets" 3 default >"$secrets/tern-tls.yaml" 2>/dev/null
+python3 -m kubernetes_validate --strict --quiet "$secrets/tern-tls.yaml"
+grep -q "node-3-key.pem:" "$secrets/tern-tls.yaml" && ! grep -q "ca-key" "$secrets/tern-tls.yaml" ||
+  { echo "tern-tls Secret must hold ca.pem and every node's certificate and key, never the CA key"; exit 1; }
+# ternd accepts the ConfigMap's config file with the Secret's files (the
+# StatefulSet passes them as flags: each pod its own node certificate).
 cfg=$(mktemp /tmp/tern-k8s-config.XXXXXX.toml)
 python3 -c 'import sys, yaml; [print(d["data"]["tern.toml"]) for d in yaml.safe_load_all(open("deploy/k8s/tern.yaml")) if d and d["kind"] == "ConfigMap"]' >"$cfg"
-"$T/ternd" --config "$cfg" plugins list >/dev/null
+"$T/ternd" --config "$cfg" --tls-ca "$secrets/ca.pem" --tls-cert "$secrets/node-1.pem" --tls-key "$secrets/node-1-key.pem" plugins list >/dev/null
 rm -f "$cfg"
+rm -rf "$secrets"
 if command -v docker-compose >/dev/null; then
   docker-compose -f deploy/compose.yaml config -q && echo "compose file valid"
 fi
@@ -51,14 +62,28 @@ cid() { dc ps -q "tern-$1"; }
 http() { eval echo "\$TERN_HTTP_$1"; }
 wait_ready() { # broker...
   for i in "$@"; do
-    for _ in $(seq 1 600); do curl -sf "127.0.0.1:$(http "$i")/ready" >/dev/null && continue 2; sleep 0.1; done
+    for _ in $(seq 1 600); do
+      curl -sf --cacert "$WORK/certs/ca.pem" "https://127.0.0.1:$(http "$i")/ready" >/dev/null && continue 2
+      sleep 0.1
+    done
     dc logs --tail 30 "tern-$i"; echo "broker $i not ready"; exit 1
   done
 }
-dc up -d tern-1 tern-2 tern-3 >/dev/null 2>&1
+# The init service makes the certificates first (depends_on), then the brokers start.
+dc up -d tern-1 tern-2 tern-3 >/dev/null 2>&1 || { dc logs tern-certs; echo "compose up failed"; exit 1; }
+certs=$(docker ps -aq --filter "label=com.docker.compose.project=$P" --filter "label=com.docker.compose.service=tern-certs")
+docker cp "$certs:/etc/tern/certs" "$WORK/certs"
+[ ! -e "$WORK/certs/ca-key.pem" ] || { echo "the CA key must not be in the brokers' certificate volume"; exit 1; }
 wait_ready 1 2 3
+if curl -sf "http://127.0.0.1:$TERN_HTTP_1/ready" >/dev/null; then echo "metrics port answered plain HTTP"; exit 1; fi
 SEEDS="127.0.0.1:$TERN_PORT_1,127.0.0.1:$TERN_PORT_2,127.0.0.1:$TERN_PORT_3"
-tern() { timeout 300 "$T/tern" --broker "$SEEDS" "$@"; }
+tls=(--tls-ca "$WORK/certs/ca.pem" --tls-cert "$WORK/certs/admin.pem" --tls-key "$WORK/certs/admin-key.pem")
+tern() { timeout 300 "$T/tern" --broker "$SEEDS" "${tls[@]}" "$@"; }
+# Without TLS the brokers answer nothing useful.
+if timeout 20 "$T/tern" --broker "127.0.0.1:$TERN_PORT_1" topic list >/dev/null 2>&1; then
+  echo "a plaintext client was served"; exit 1
+fi
+echo "docker: brokers up with TLS on every port (mutual TLS between brokers)"
 [ "$(docker inspect -f '{{.Config.User}}' "$(cid 1)")" = tern ] || { echo "image must run as non-root"; exit 1; }
 
 N=20000

@@ -48,10 +48,24 @@ allowed = {"broker": {"data_dir", "listen", "metrics_listen", "advertise", "dura
                       "handshake_timeout_ms", "idle_timeout_ms", "request_bytes_in_flight_max",
                       "cluster_topics_max", "cluster_partitions_max"},
            "plugins": {"lock", "balancer", "cache", "dir"},
-           "tls": {"cert", "key", "ca", "metrics_plaintext"}}
+           "tls": {"cert", "key", "ca", "metrics_plaintext"},
+           "auth": {"super_users"}}
 for table, keys in cfg.items():
     if table not in allowed or set(keys) - allowed[table]:
         errors.append(f"config: unknown keys in [{table}]: {set(keys) - allowed.get(table, set())}")
+# TLS on: every broker mounts the tern-tls Secret and passes its files.
+vols = {v["name"]: v for v in sts["template"]["spec"]["volumes"]}
+if vols.get("tls", {}).get("secret", {}).get("secretName") != "tern-tls":
+    errors.append("brokers must mount the tern-tls Secret")
+args = " ".join(c.get("args", []))
+for flag in ("--tls-ca", "--tls-cert", "--tls-key"):
+    if flag not in args:
+        errors.append(f"ternd needs {flag}")
+if cfg.get("broker", {}).get("insecure"):
+    errors.append("insecure = true: TLS must be on")
+for probe in ("readinessProbe", "livenessProbe"):
+    if c[probe]["httpGet"].get("scheme") != "HTTPS":
+        errors.append(f"{probe} must use HTTPS (the metrics port serves TLS)")
 if errors:
     sys.exit("\n".join(errors))
 print(f"k8s manifests: {len(docs)} objects check out")

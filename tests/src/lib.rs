@@ -639,6 +639,8 @@ pub fn metric_sum(text: &str, prefix: &str) -> f64 {
 pub fn run_ternd(args: &[&str], limit: Duration) -> (bool, String, String) {
     let mut child = Command::new(bin("ternd"))
         .args(args)
+        // As many users' shells have it: errors must still be one line.
+        .env("RUST_BACKTRACE", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -353,6 +353,9 @@ fn a_broker_refuses_to_listen_off_loopback_without_tls() {
         err.contains("--insecure") && err.contains("0.0.0.0"),
         "{err}"
     );
+    // One line with its causes, no backtrace (run_ternd sets RUST_BACKTRACE).
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.starts_with("Error: resolve configuration: "), "{err}");
 }
 
 // ---------------------------------------------------------------- rotation and metrics

@@ -4,7 +4,20 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` is the whole cause chain on one line; returning the
+            // error from main would print a backtrace when RUST_BACKTRACE
+            // is set.
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let mut flags = ternd::Flags::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
