@@ -222,7 +222,7 @@ impl Client {
             };
             let error = match outcome {
                 Ok(_) => return Ok(client),
-                Err(e) if !e.is_retriable() => return Err(e),
+                Err(e) if !e.is_retriable() => return Err(e.surface_authentication_failure()),
                 Err(e) => e,
             };
             let remaining = deadline.saturating_duration_since(Instant::now());

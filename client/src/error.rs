@@ -120,6 +120,20 @@ impl ClientError {
     }
 }
 
+impl ClientError {
+    /// A refused password behind a "no broker reachable" is the failure
+    /// itself: the brokers were reached, they refused the credentials.
+    pub(crate) fn surface_authentication_failure(self) -> ClientError {
+        match self {
+            ClientError::NoBrokerReachable {
+                last_error: Some(last),
+                ..
+            } if matches!(*last, ClientError::AuthenticationFailed { .. }) => *last,
+            other => other,
+        }
+    }
+}
+
 impl Clone for ClientError {
     fn clone(&self) -> Self {
         use ClientError::*;

@@ -927,7 +927,8 @@ mod tests {
         );
         let server = || rfc_started().1;
         let nonce = format!("{CLIENT_NONCE}{SERVER_NONCE}");
-        let cases: Vec<(String, fn(&ScramError) -> bool)> = vec![
+        type Check = fn(&ScramError) -> bool;
+        let cases: Vec<(String, Check)> = vec![
             (format!("c=biws,r={nonce}"), |e| {
                 matches!(e, ScramError::Truncated { expected: "p=", .. })
             }),
