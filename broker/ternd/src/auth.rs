@@ -193,12 +193,12 @@ impl Broker {
                     }
                 };
                 let users = self.raft().users();
+                // The decoy is derived for every exchange, so a known and an
+                // unknown user cost the same work.
+                let decoy = StoredCredential::decoy(&self.auth().decoy_secret, first.username());
                 let (credential, known) = match users.get(first.username()) {
                     Some(c) => (c.clone(), true),
-                    None => (
-                        StoredCredential::decoy(&self.auth().decoy_secret, first.username()),
-                        false,
-                    ),
+                    None => (decoy, false),
                 };
                 let (exchange, server_first) = ServerExchange::start(first, credential);
                 *state = SaslState::AwaitingFinal {
