@@ -1076,3 +1076,48 @@ fn scram_the_cli_adds_a_user_from_stdin_then_produces_with_tern_password() {
     assert!(!ok);
     assert!(err.contains("authentication_required"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_a_tls_client_certificate_counts_as_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("certs"));
+    certs.node(1);
+    certs.client("carol");
+    let mut args = certs.broker_args();
+    args.extend(AUTH_ARGS.iter().map(|s| s.to_string()));
+    // The harness authenticates as the bootstrap admin, over TLS.
+    let cluster = Cluster::start_with_env(dir.path(), 1, &refs(&args), &AUTH_ENV);
+    bounded(LIMIT, async {
+        // A certificate's principal is enough.
+        let carol = Client::connect_with(&cluster.seeds(), certs.client_config(Some("carol")))
+            .await
+            .unwrap();
+        Admin::new(carol.clone())
+            .create_topic("certified", NewTopic::new(1))
+            .await
+            .unwrap();
+        round_trip(&carol, "certified", "by certificate").await;
+        // TLS without a certificate or a password is not.
+        let anonymous = ClientConfig {
+            bootstrap_timeout: Duration::from_secs(10),
+            ..certs.client_config(None)
+        };
+        let e = Client::connect_with(&cluster.seeds(), anonymous)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(tern_protocol::ErrorCode::AuthenticationRequired),
+            "{e:#?}"
+        );
+        // SCRAM over TLS works too.
+        let admin = Client::connect_with(
+            &cluster.seeds(),
+            certs.client_config(None).credentials(ADMIN, ADMIN_PASSWORD),
+        )
+        .await
+        .unwrap();
+        round_trip(&admin, "certified", "by password over tls").await;
+    })
+    .await;
+}

@@ -35,7 +35,9 @@ pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Delay before answering a source's first recent failure; it doubles with
 /// each further one, up to [`AUTH_FAILURE_DELAY_MAX`].
 pub const AUTH_FAILURE_DELAY_MIN: Duration = Duration::from_millis(50);
-/// Longest delay before a failure is answered.
+/// Longest delay before a failure is answered: under `tern-client`'s
+/// default connect timeout (5 s), so a client hears the refusal (not
+/// retried) instead of timing out (retried).
 pub const AUTH_FAILURE_DELAY_MAX: Duration = Duration::from_secs(3);
 
 /// Where one connection's exchange stands.
