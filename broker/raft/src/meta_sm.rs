@@ -417,6 +417,11 @@ impl RaftStateMachine<TernRaft> for MetaStateMachine {
         self.state = state;
         self.users = users;
         self.users_changed = true;
+        tracing::info!(
+            last_log_id = ?meta.last_log_id,
+            users = self.users.len(),
+            "installed a metadata snapshot"
+        );
         *self.coord.state.lock().expect("coordination state lock") = coord;
         self.persist_and_publish(true, true)
     }
