@@ -1002,6 +1002,34 @@ mod tests {
     }
 
     #[test]
+    fn random_messages_never_panic() {
+        // xorshift: deterministic, no dependency.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet = b"nyrpcsivme=,abcAB0123456789+/%$ \x00\xff";
+        let prefixes: [&[u8]; 5] = [b"", b"n,,", b"n,,n=user,r=", b"c=biws,r=", b"r="];
+        let credential = rfc_credential();
+        let first = ClientFirst::parse(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO").unwrap();
+        for _ in 0..20_000 {
+            let mut message = prefixes[(next() % 5) as usize].to_vec();
+            let len = (next() % 60) as usize;
+            message.extend((0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]));
+            let _ = ClientFirst::parse(&message);
+            let (server, _) =
+                ServerExchange::start_with_nonce(first.clone(), credential.clone(), SERVER_NONCE);
+            let _ = server.finish(&message);
+            let (client, _) =
+                ClientExchange::start_with_nonce("user", "pencil", CLIENT_NONCE).unwrap();
+            let _ = client.respond(&message);
+        }
+    }
+
+    #[test]
     fn credentials_and_names_are_checked() {
         assert!(StoredCredential::derive("pw", b"saltsalt", 4095).is_err());
         assert!(StoredCredential::derive("pw", b"short", 4096).is_err());
