@@ -195,6 +195,7 @@ DASHBOARDS = [
         ],
         [
             panel("Protocol violations /s", [(f"sum(rate(tern_protocol_violations_total[{R}]))", "closed connections")], "ops"),
+            panel("Authentication failures /s", [(f"sum by (mechanism) (rate(tern_auth_failures_total[{R}]))", "{{mechanism}}")], "ops"),
             panel("Build", [("tern_build_info", "{{version}}")], kind="table"),
         ],
     ]),

@@ -5,6 +5,7 @@ use std::time::Duration;
 use tern_protocol::api::{
     FetchPartition, OffsetSpec, TopicConfig, TopicInfo, RETENTION_BROKER_DEFAULT,
 };
+use tern_protocol::auth::{UserRequest, UserResponse};
 use tern_protocol::coord::{GroupInfo, GroupRequest, GroupResponse};
 use tern_protocol::{ErrorCode, Request, Response};
 
@@ -421,6 +422,55 @@ impl Admin {
         }
         digest.xxh3 = hasher.digest();
         Ok(digest)
+    }
+
+    /// Creates user `name` with `password`, or changes its password. The
+    /// stored credential is derived here; the password is never sent. On a
+    /// broker that requires authentication, this client must be
+    /// authenticated as a super-user.
+    ///
+    /// # Cancel safety
+    /// Cancelled after the request was written, it may still be carried out.
+    pub async fn upsert_user(&self, name: &str, password: &str) -> Result<(), ClientError> {
+        tern_auth::validate_username(name)
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        let credential = crate::auth::derive_credential(password)?;
+        self.user_request(UserRequest::Upsert {
+            name: name.to_owned(),
+            credential,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Deletes user `name` (connections it already opened stay open).
+    ///
+    /// # Cancel safety
+    /// Cancelled after the request was written, it may still be carried out.
+    pub async fn delete_user(&self, name: &str) -> Result<(), ClientError> {
+        self.user_request(UserRequest::Delete {
+            name: name.to_owned(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Every username, sorted.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn list_users(&self) -> Result<Vec<String>, ClientError> {
+        match self.user_request(UserRequest::List).await? {
+            UserResponse::List(names) => Ok(names),
+            other => Err(ClientError::Decode(format!("answered with {other:?}"))),
+        }
+    }
+
+    async fn user_request(&self, request: UserRequest) -> Result<UserResponse, ClientError> {
+        match self.client.request_any(Request::User(request)).await? {
+            Response::User(answer) => Ok(answer),
+            other => Err(ClientError::Decode(format!("answered with {other:?}"))),
+        }
     }
 
     /// Names of every consumer group.

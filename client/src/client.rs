@@ -61,6 +61,9 @@ pub struct ClientConfig {
     pub liveness_timeout: Duration,
     /// TLS to every broker, when set (brokers started with `--tls-*`).
     pub tls: Option<ClientTls>,
+    /// SCRAM-SHA-256 credentials: every connection (each reconnect
+    /// included) authenticates right after it opens, before any request.
+    pub credentials: Option<crate::Credentials>,
 }
 
 impl Default for ClientConfig {
@@ -71,7 +74,19 @@ impl Default for ClientConfig {
             bootstrap_timeout: Duration::from_secs(30),
             liveness_timeout: LIVENESS_TIMEOUT_DEFAULT,
             tls: None,
+            credentials: None,
         }
+    }
+}
+
+impl ClientConfig {
+    /// These settings, authenticating every connection as `username`
+    /// with `password` (SCRAM-SHA-256; the password is never sent). A
+    /// refused password fails with the non-retriable
+    /// [`ClientError::AuthenticationFailed`].
+    pub fn credentials(mut self, username: &str, password: &str) -> ClientConfig {
+        self.credentials = Some(crate::Credentials::new(username, password));
+        self
     }
 }
 
@@ -207,7 +222,7 @@ impl Client {
             };
             let error = match outcome {
                 Ok(_) => return Ok(client),
-                Err(e) if !e.is_retriable() => return Err(e),
+                Err(e) if !e.is_retriable() => return Err(e.surface_authentication_failure()),
                 Err(e) => e,
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -256,6 +271,7 @@ impl Client {
             timeouts,
             self.inner.tls.as_ref().map(|t| &t.0),
             Some(self.inner.suspects.clone()),
+            config.credentials.as_ref(),
         )
         .await?;
         let mut conns = self.inner.connections.lock().expect("connections lock");

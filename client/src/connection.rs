@@ -116,7 +116,7 @@ impl Connection {
             request: request_timeout,
             liveness: LIVENESS_TIMEOUT_DEFAULT,
         };
-        Self::open(addr, timeouts, None, None).await
+        Self::open(addr, timeouts, None, None, None).await
     }
 
     /// Connects to `addr` with the timeouts and TLS settings of `config`
@@ -135,19 +135,29 @@ impl Connection {
             request: config.request_timeout,
             liveness: config.liveness_timeout,
         };
-        Self::open(addr, timeouts, tls.as_ref(), None).await
+        Self::open(
+            addr,
+            timeouts,
+            tls.as_ref(),
+            None,
+            config.credentials.as_ref(),
+        )
+        .await
     }
 
     /// Connects with every timeout given, over TLS when `tls` is given (the
     /// broker's certificate must name the host of `addr` and chain to the
     /// configured CA; the handshake counts towards the connect timeout); a
     /// connection declared dead marks `addr` in `suspects`, a connection
-    /// that hears from it clears it.
+    /// that hears from it clears it. With `credentials`, the connection
+    /// authenticates (SCRAM-SHA-256) before it is handed out; the exchange
+    /// counts towards the connect timeout too.
     pub(crate) async fn open(
         addr: &str,
         timeouts: Timeouts,
         tls: Option<&tern_tls::TlsConnector>,
         suspects: Option<Suspects>,
+        credentials: Option<&crate::Credentials>,
     ) -> Result<Connection, ClientError> {
         let failed = |message: String| ClientError::connect(addr, std::io::Error::other(message));
         let open = async {
@@ -155,15 +165,22 @@ impl Connection {
                 .await
                 .map_err(|e| ClientError::connect(addr, e))?;
             let _ = stream.set_nodelay(true);
-            let Some(tls) = tls else {
-                return Ok(Box::new(stream) as Box<dyn ByteStream>);
+            let mut stream = match tls {
+                None => Box::new(stream) as Box<dyn ByteStream>,
+                Some(tls) => {
+                    let name = server_name(addr)
+                        .ok_or_else(|| failed("no host name in address".into()))?;
+                    let stream = tls
+                        .connect(name, stream)
+                        .await
+                        .map_err(|e| failed(format!("TLS handshake: {e}")))?;
+                    Box::new(stream) as Box<dyn ByteStream>
+                }
             };
-            let name = server_name(addr).ok_or_else(|| failed("no host name in address".into()))?;
-            let stream = tls
-                .connect(name, stream)
-                .await
-                .map_err(|e| failed(format!("TLS handshake: {e}")))?;
-            Ok(Box::new(stream) as Box<dyn ByteStream>)
+            if let Some(credentials) = credentials {
+                crate::auth::authenticate(&mut stream, addr, credentials).await?;
+            }
+            Ok(stream)
         };
         let stream = tokio::time::timeout(timeouts.connect, open)
             .await
@@ -621,9 +638,15 @@ pub(crate) mod tests {
     async fn a_broker_that_stops_answering_fails_requests_within_the_liveness_timeout() {
         let broker = FakeBroker::start(|_| Behaviour::Hang).await;
         let suspects = Suspects::default();
-        let conn = Connection::open(&broker.addr, timeouts(600), None, Some(suspects.clone()))
-            .await
-            .unwrap();
+        let conn = Connection::open(
+            &broker.addr,
+            timeouts(600),
+            None,
+            Some(suspects.clone()),
+            None,
+        )
+        .await
+        .unwrap();
         let started = Instant::now();
         let answer = conn.request(delete()).await;
         let waited = started.elapsed();
@@ -653,9 +676,15 @@ pub(crate) mod tests {
             broker.addr.clone(),
             std::time::Instant::now() + Duration::from_secs(60),
         );
-        let conn = Connection::open(&broker.addr, timeouts(600), None, Some(suspects.clone()))
-            .await
-            .unwrap();
+        let conn = Connection::open(
+            &broker.addr,
+            timeouts(600),
+            None,
+            Some(suspects.clone()),
+            None,
+        )
+        .await
+        .unwrap();
         // Held for more than three liveness timeouts: the pings keep it.
         let answer = conn.request(delete()).await;
         assert!(matches!(answer, Ok(Response::DeleteTopic)), "{answer:?}");
@@ -669,7 +698,7 @@ pub(crate) mod tests {
             hold: Duration::from_millis(200),
         })
         .await;
-        let conn = Connection::open(&broker.addr, timeouts(300), None, None)
+        let conn = Connection::open(&broker.addr, timeouts(300), None, None, None)
             .await
             .unwrap();
         // Idle for several liveness timeouts: nothing waits, so the silence

@@ -98,6 +98,16 @@ pub enum ClientError {
     /// The producer or consumer was closed.
     #[error("closed")]
     Closed,
+    /// The broker refused the credentials (unknown user or wrong password,
+    /// which it does not tell apart), or the exchange failed (a broker that
+    /// could not prove it knows the user). Not retriable.
+    #[error("authentication as {username:?} failed: {message}")]
+    AuthenticationFailed {
+        /// The username tried.
+        username: String,
+        /// The broker's or the exchange's detail.
+        message: String,
+    },
 }
 
 impl ClientError {
@@ -106,6 +116,20 @@ impl ClientError {
         ClientError::Connect {
             addr: addr.to_owned(),
             source,
+        }
+    }
+}
+
+impl ClientError {
+    /// A refused password behind a "no broker reachable" is the failure
+    /// itself: the brokers were reached, they refused the credentials.
+    pub(crate) fn surface_authentication_failure(self) -> ClientError {
+        match self {
+            ClientError::NoBrokerReachable {
+                last_error: Some(last),
+                ..
+            } if matches!(*last, ClientError::AuthenticationFailed { .. }) => *last,
+            other => other,
         }
     }
 }
@@ -151,6 +175,10 @@ impl Clone for ClientError {
             },
             InvalidArgument(m) => InvalidArgument(m.clone()),
             Closed => Closed,
+            AuthenticationFailed { username, message } => AuthenticationFailed {
+                username: username.clone(),
+                message: message.clone(),
+            },
         }
     }
 }
@@ -169,6 +197,7 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Broker { code, .. } | ClientError::Partition { code, .. } => Some(*code),
+            ClientError::AuthenticationFailed { .. } => Some(ErrorCode::AuthenticationFailed),
             // Why no broker could be reached, if a broker said so (e.g.
             // `TooManyConnections`).
             ClientError::NoBrokerReachable {
@@ -182,6 +211,18 @@ impl ClientError {
     /// Whether retrying the same call may succeed (after a metadata refresh).
     pub fn is_retriable(&self) -> bool {
         match self {
+            // Brokers that refuse our credentials stay refusing: retrying
+            // would only hammer them (and be slowed down by them).
+            ClientError::NoBrokerReachable {
+                last_error: Some(last),
+                ..
+            } if matches!(
+                last.code(),
+                Some(ErrorCode::AuthenticationFailed | ErrorCode::AuthenticationRequired)
+            ) =>
+            {
+                false
+            }
             ClientError::ConnectionClosed { .. }
             | ClientError::Unresponsive { .. }
             | ClientError::Connect { .. }

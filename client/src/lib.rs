@@ -25,6 +25,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod admin;
+mod auth;
 mod client;
 mod connection;
 mod consumer;
@@ -36,6 +37,7 @@ mod retry;
 mod tests;
 
 pub use admin::{Admin, NewTopic, ReplicaDigest};
+pub use auth::{derive_credential, Credentials};
 pub use client::{Client, ClientConfig, ClientTls};
 pub use connection::Connection;
 pub use consumer::{

@@ -77,7 +77,7 @@ pub struct Broker {
     /// Data directory.
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
-    /// Extra environment variables of the process.
+    /// Environment variables of the process (besides `TERN_LOG`).
     env: Vec<(String, String)>,
     /// The `ternd` executable to run (the workspace's by default).
     program: PathBuf,
@@ -105,9 +105,19 @@ impl Broker {
         }
     }
 
-    /// Sets an environment variable for the next start.
+    /// Sets an environment variable for the next start (e.g.
+    /// `TERN_BOOTSTRAP_PASSWORD`, which has no flag).
     pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// The value given to [`Broker::set_env`] for `key`.
+    pub fn env(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Runs another `ternd` executable at the next start (e.g. a copy of the
@@ -169,6 +179,7 @@ impl Broker {
             .args(["--listen", &self.addr, "--metrics-listen", &self.http_addr])
             .args(["--peer-listen", &self.peer_addr])
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("TERN_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -380,8 +391,16 @@ impl Drop for LinkProxy {
 
 impl Cluster {
     /// Client settings that reach these brokers: TLS trusting the CA the
-    /// brokers were given (`--tls-ca`), if any; the harness's timeouts.
+    /// brokers were given (`--tls-ca`), if any; the bootstrap user's
+    /// credentials (`TERN_BOOTSTRAP_USER`/`_PASSWORD`), if any; the
+    /// harness's timeouts.
     pub fn client_config(&self) -> tern_client::ClientConfig {
+        let credentials = self.brokers.first().and_then(|b| {
+            Some(tern_client::Credentials::new(
+                b.env("TERN_BOOTSTRAP_USER")?,
+                b.env("TERN_BOOTSTRAP_PASSWORD")?,
+            ))
+        });
         let ca = self.brokers.first().and_then(|b| {
             b.extra_args
                 .iter()
@@ -395,6 +414,7 @@ impl Cluster {
                 ca: PathBuf::from(ca),
                 identity: None,
             }),
+            credentials,
             ..Default::default()
         }
     }
@@ -403,18 +423,40 @@ impl Cluster {
     /// `{node}` in an argument stands for each broker's node id (e.g. its
     /// own certificate file: `certs/node-{node}.pem`).
     pub fn start(dir: &Path, n: usize, extra_args: &[&str]) -> Cluster {
-        Self::start_inner(dir, n, extra_args, false)
+        Self::start_inner(dir, n, extra_args, &[], false)
+    }
+
+    /// Like [`Self::start`], with environment variables for every broker.
+    pub fn start_with_env(
+        dir: &Path,
+        n: usize,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Cluster {
+        Self::start_inner(dir, n, extra_args, env, false)
     }
 
     /// Like [`Self::start`], but every peer link goes through a
     /// [`LinkProxy`] the test can cut ([`Self::isolate`]).
     pub fn start_partitionable(dir: &Path, n: usize, extra_args: &[&str]) -> Cluster {
-        Self::start_inner(dir, n, extra_args, true)
+        Self::start_inner(dir, n, extra_args, &[], true)
     }
 
-    fn start_inner(dir: &Path, n: usize, extra_args: &[&str], proxied: bool) -> Cluster {
+    fn start_inner(
+        dir: &Path,
+        n: usize,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        proxied: bool,
+    ) -> Cluster {
         let mut brokers: Vec<Broker> = (0..n)
-            .map(|i| Broker::configure(&dir.join(format!("node{}", i + 1)), extra_args))
+            .map(|i| {
+                let mut b = Broker::configure(&dir.join(format!("node{}", i + 1)), extra_args);
+                for (k, v) in env {
+                    b.set_env(k, v);
+                }
+                b
+            })
             .collect();
         let mut links = HashMap::new();
         if proxied {

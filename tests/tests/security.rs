@@ -516,3 +516,668 @@ async fn adding_a_member_again_cannot_move_its_address() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------- users and SCRAM
+
+const ADMIN: &str = "admin";
+const ADMIN_PASSWORD: &str = "admin secret";
+
+/// Broker flags and environment of an authenticating cluster: every
+/// connection must authenticate; `admin` is a super-user, created at start.
+const AUTH_ARGS: [&str; 3] = ["--auth-required", "--super-user", ADMIN];
+const AUTH_ENV: [(&str, &str); 2] = [
+    ("TERN_BOOTSTRAP_USER", ADMIN),
+    ("TERN_BOOTSTRAP_PASSWORD", ADMIN_PASSWORD),
+];
+
+/// A single broker requiring authentication, with the bootstrap admin.
+fn auth_broker(dir: &Path) -> Broker {
+    let mut broker = Broker::configure(dir, &AUTH_ARGS);
+    for (k, v) in AUTH_ENV {
+        broker.set_env(k, v);
+    }
+    broker.spawn();
+    broker
+}
+
+/// Client settings authenticating as `user`; a short bootstrap, so a test
+/// that expects a refusal learns it was not retried for 30 s.
+fn as_user(user: &str, password: &str) -> ClientConfig {
+    ClientConfig {
+        bootstrap_timeout: Duration::from_secs(10),
+        ..tern_tests::fault_client_config()
+    }
+    .credentials(user, password)
+}
+
+/// Connects as the bootstrap admin once the broker has created it (the
+/// readiness check of an authenticating broker), within a deadline.
+async fn admin_when_ready(seeds: &str) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Client::connect_with(seeds, as_user(ADMIN, ADMIN_PASSWORD)).await {
+            Ok(client) => return client,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("admin not accepted yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the bootstrap admin was never accepted: {e:#?}"),
+        }
+    }
+}
+
+/// Frames spoken by hand on a plain connection.
+struct RawConnection {
+    stream: TcpStream,
+    next_id: u32,
+}
+
+impl RawConnection {
+    async fn open(addr: &str) -> RawConnection {
+        RawConnection {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            next_id: 1,
+        }
+    }
+
+    async fn call(
+        &mut self,
+        request: tern_protocol::Request,
+    ) -> Result<tern_protocol::Response, tern_protocol::ErrorReply> {
+        let correlation_id = self.next_id;
+        self.next_id += 1;
+        let mut body = BytesMut::new();
+        tern_protocol::RequestFrame {
+            correlation_id,
+            request,
+        }
+        .encode(&mut body);
+        let mut frame = BytesMut::new();
+        frame.put_u32(body.len() as u32);
+        frame.put_slice(&body);
+        self.stream.write_all(&frame).await.unwrap();
+        let mut len = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), self.stream.read_exact(&mut len))
+            .await
+            .expect("an answer within 10 s")
+            .expect("an answer before the connection closed");
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut body).await.unwrap();
+        let reply = tern_protocol::ResponseFrame::decode(body.into()).unwrap();
+        assert_eq!(reply.correlation_id, correlation_id);
+        reply.result
+    }
+
+    async fn authenticate_bytes(
+        &mut self,
+        bytes: &[u8],
+    ) -> Result<tern_protocol::Response, tern_protocol::ErrorReply> {
+        self.call(tern_protocol::Request::SaslAuthenticate {
+            auth_bytes: bytes::Bytes::copy_from_slice(bytes),
+        })
+        .await
+    }
+
+    async fn handshake(&mut self) {
+        let answer = self
+            .call(tern_protocol::Request::SaslHandshake {
+                mechanism: "SCRAM-SHA-256".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            answer,
+            tern_protocol::Response::SaslHandshake {
+                mechanisms: vec!["SCRAM-SHA-256".into()]
+            }
+        );
+    }
+
+    /// Whether the broker closed the connection (within 10 s).
+    async fn is_closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut byte)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+fn sasl_bytes(answer: tern_protocol::Response) -> Vec<u8> {
+    match answer {
+        tern_protocol::Response::SaslAuthenticate { auth_bytes } => auth_bytes.to_vec(),
+        other => panic!("not a SASL answer: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_an_unauthenticated_client_is_refused_when_auth_is_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = auth_broker(&dir.path().join("n1"));
+    bounded(LIMIT, async {
+        let admin = admin_when_ready(&broker.addr).await;
+        Admin::new(admin.clone())
+            .create_topic("guarded", NewTopic::new(1))
+            .await
+            .unwrap();
+        // The client library: refused at once, not retried until its
+        // bootstrap deadline.
+        let started = Instant::now();
+        let anonymous = ClientConfig {
+            bootstrap_timeout: Duration::from_secs(10),
+            ..tern_tests::fault_client_config()
+        };
+        let e = Client::connect_with(&broker.addr, anonymous)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(tern_protocol::ErrorCode::AuthenticationRequired),
+            "{e:#?}"
+        );
+        assert!(!e.is_retriable());
+        assert!(started.elapsed() < Duration::from_secs(5), "it was retried");
+        // By hand: every request but the SASL ones is refused, and the
+        // connection stays usable for authenticating.
+        let mut raw = RawConnection::open(&broker.addr).await;
+        for request in [
+            tern_protocol::Request::Metadata { topics: None },
+            tern_protocol::Request::Fetch {
+                max_wait_ms: 0,
+                min_bytes: 0,
+                max_bytes: 1024,
+                partitions: vec![tern_protocol::api::FetchPartition {
+                    topic: "guarded".into(),
+                    partition: 0,
+                    offset: 0,
+                    max_bytes: 1024,
+                }],
+            },
+            tern_protocol::Request::Produce {
+                acks: tern_protocol::api::Acks::All,
+                timeout_ms: 1000,
+                partitions: vec![],
+            },
+            tern_protocol::Request::User(tern_protocol::auth::UserRequest::List),
+        ] {
+            let refused = raw.call(request).await.unwrap_err();
+            assert_eq!(
+                refused.code,
+                tern_protocol::ErrorCode::AuthenticationRequired
+            );
+        }
+        raw.handshake().await;
+        // The admin is served.
+        round_trip(&admin, "guarded", "authenticated").await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_a_wrong_password_and_an_unknown_user_are_refused_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = auth_broker(&dir.path().join("n1"));
+    bounded(LIMIT, async {
+        let admin = admin_when_ready(&broker.addr).await;
+        Admin::new(admin)
+            .upsert_user("alice", "alice password")
+            .await
+            .unwrap();
+        let refusal = |user: &'static str, password: &'static str| {
+            let addr = broker.addr.clone();
+            async move {
+                let started = Instant::now();
+                let e = Client::connect_with(&addr, as_user(user, password))
+                    .await
+                    .unwrap_err();
+                assert!(!e.is_retriable(), "{e:#?}");
+                assert!(started.elapsed() < Duration::from_secs(5), "it was retried");
+                match e {
+                    tern_client::ClientError::AuthenticationFailed { message, .. } => message,
+                    other => panic!("not an authentication failure: {other:#?}"),
+                }
+            }
+        };
+        let wrong_password = refusal("alice", "not her password").await;
+        let unknown_user = refusal("mallory", "any password").await;
+        assert_eq!(wrong_password, unknown_user);
+        assert!(wrong_password.contains("authentication failed"));
+        // The right password still works.
+        let alice = Client::connect_with(&broker.addr, as_user("alice", "alice password"))
+            .await
+            .unwrap();
+        Admin::new(alice)
+            .create_topic("alices", NewTopic::new(1))
+            .await
+            .unwrap();
+    })
+    .await;
+    let (_, metrics) = broker.http("/metrics").unwrap();
+    assert!(
+        tern_tests::metric_sum(
+            &metrics,
+            "tern_auth_failures_total{mechanism=\"SCRAM-SHA-256\"}"
+        ) >= 2.0,
+        "{metrics}"
+    );
+    let log = broker.log();
+    assert!(log.contains("tern::security"), "{log}");
+    assert!(
+        log.contains("reason=wrong password") || log.contains("reason=\"wrong password\""),
+        "{log}"
+    );
+    assert!(log.contains("unknown user"), "{log}");
+    assert!(
+        log.contains("operation=\"create\"") || log.contains("operation=create"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_the_right_password_produces_and_consumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = auth_broker(&dir.path().join("n1"));
+    bounded(LIMIT, async {
+        let admin = admin_when_ready(&broker.addr).await;
+        let admin = Admin::new(admin);
+        admin.upsert_user("alice", "first password").await.unwrap();
+        assert_eq!(admin.list_users().await.unwrap(), vec!["admin", "alice"]);
+        let alice = Client::connect_with(&broker.addr, as_user("alice", "first password"))
+            .await
+            .unwrap();
+        Admin::new(alice.clone())
+            .create_topic("orders", NewTopic::new(2))
+            .await
+            .unwrap();
+        round_trip(&alice, "orders", "as alice").await;
+        // Not a super-user: no user administration.
+        let e = Admin::new(alice).list_users().await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(tern_protocol::ErrorCode::AuthenticationRequired)
+        );
+        // A password change takes effect for new connections.
+        admin.upsert_user("alice", "second password").await.unwrap();
+        assert!(
+            Client::connect_with(&broker.addr, as_user("alice", "first password"))
+                .await
+                .is_err()
+        );
+        let alice = Client::connect_with(&broker.addr, as_user("alice", "second password"))
+            .await
+            .unwrap();
+        round_trip(&alice, "orders", "after the change").await;
+        admin.delete_user("alice").await.unwrap();
+        assert_eq!(admin.list_users().await.unwrap(), vec!["admin"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_users_survive_a_restart_and_reach_every_broker_of_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    // The harness authenticates as the bootstrap admin to see the cluster ready.
+    let mut cluster = Cluster::start_with_env(dir.path(), 3, &AUTH_ARGS, &AUTH_ENV);
+    let bob = as_user("bob", "bob password");
+    bounded(LIMIT, async {
+        let admin = Client::connect_with(&cluster.seeds(), cluster.client_config())
+            .await
+            .unwrap();
+        Admin::new(admin)
+            .upsert_user("bob", "bob password")
+            .await
+            .unwrap();
+        // Bob authenticates with each broker itself (one connection each,
+        // no other broker involved) once the user has reached it.
+        for b in &cluster.brokers {
+            authenticated_metadata_eventually(&b.addr, &bob).await;
+        }
+    })
+    .await;
+    cluster.brokers[1].restart();
+    cluster.wait_ready();
+    bounded(LIMIT, async {
+        let conn = tern_client::Connection::connect_with(&cluster.brokers[1].addr, &bob)
+            .await
+            .expect("bob authenticates with the restarted broker");
+        conn.request(tern_protocol::Request::Metadata { topics: None })
+            .await
+            .unwrap();
+        let client = Client::connect_with(&cluster.brokers[1].addr, bob.clone())
+            .await
+            .unwrap();
+        Admin::new(client.clone())
+            .create_topic("bobs", NewTopic::new(3))
+            .await
+            .unwrap();
+        round_trip(&client, "bobs", "replicated user").await;
+    })
+    .await;
+}
+
+/// Waits (bounded) until `config` authenticates with the broker at `addr`
+/// and gets metadata there.
+async fn authenticated_metadata_eventually(addr: &str, config: &ClientConfig) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = async {
+            let conn = tern_client::Connection::connect_with(addr, config).await?;
+            conn.request(tern_protocol::Request::Metadata { topics: None })
+                .await
+        };
+        match attempt.await {
+            Ok(_) => return,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("{addr} does not accept the user yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{addr} never accepted the user: {e:#?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_malformed_handshakes_get_a_clear_error_and_a_closed_connection() {
+    use tern_auth::ClientExchange;
+    use tern_protocol::ErrorCode;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = auth_broker(&dir.path().join("n1"));
+    bounded(LIMIT, async {
+        let admin = admin_when_ready(&broker.addr).await;
+        Admin::new(admin)
+            .upsert_user("alice", "alice password")
+            .await
+            .unwrap();
+        let refused = |answer: Result<_, tern_protocol::ErrorReply>, wanted: &str| {
+            let e = answer.expect_err("refused");
+            assert_eq!(e.code, ErrorCode::AuthenticationFailed, "{e:?}");
+            assert!(
+                e.message.contains(wanted),
+                "{wanted:?} not in {:?}",
+                e.message
+            );
+        };
+        // Truncated client-first.
+        let mut raw = RawConnection::open(&broker.addr).await;
+        raw.handshake().await;
+        refused(raw.authenticate_bytes(b"n,,n=alice").await, "ends before");
+        assert!(raw.is_closed().await);
+        // Oversized client-first (under the frame's bound, over SCRAM's).
+        let mut raw = RawConnection::open(&broker.addr).await;
+        raw.handshake().await;
+        let mut big = b"n,,n=alice,r=".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 2000));
+        refused(raw.authenticate_bytes(&big).await, "over the limit");
+        assert!(raw.is_closed().await);
+        // A message before the handshake.
+        let mut raw = RawConnection::open(&broker.addr).await;
+        refused(
+            raw.authenticate_bytes(b"n,,n=alice,r=abc").await,
+            "out of order",
+        );
+        assert!(raw.is_closed().await);
+        // A client-final whose nonce is not this exchange's.
+        let mut raw = RawConnection::open(&broker.addr).await;
+        raw.handshake().await;
+        let (exchange, first) = ClientExchange::start("alice", "alice password").unwrap();
+        let server_first = sasl_bytes(raw.authenticate_bytes(&first).await.unwrap());
+        let (_, client_final) = exchange.respond(&server_first).unwrap();
+        let tampered = String::from_utf8(client_final)
+            .unwrap()
+            .replacen(",r=", ",r=x", 1);
+        refused(raw.authenticate_bytes(tampered.as_bytes()).await, "nonce");
+        assert!(raw.is_closed().await);
+        // A client-final replayed from a successful exchange on another connection.
+        let mut first_conn = RawConnection::open(&broker.addr).await;
+        first_conn.handshake().await;
+        let (exchange, first) = ClientExchange::start("alice", "alice password").unwrap();
+        let server_first = sasl_bytes(first_conn.authenticate_bytes(&first).await.unwrap());
+        let (awaiting, client_final) = exchange.respond(&server_first).unwrap();
+        let server_final = sasl_bytes(first_conn.authenticate_bytes(&client_final).await.unwrap());
+        awaiting.verify(&server_final).unwrap();
+        // One exchange per connection.
+        let again = first_conn
+            .call(tern_protocol::Request::SaslHandshake {
+                mechanism: "SCRAM-SHA-256".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(again.code, ErrorCode::InvalidRequest);
+        assert!(again.message.contains("already authenticated"), "{again:?}");
+        let mut replay = RawConnection::open(&broker.addr).await;
+        replay.handshake().await;
+        let (_, first) = ClientExchange::start("alice", "alice password").unwrap();
+        replay.authenticate_bytes(&first).await.unwrap();
+        refused(replay.authenticate_bytes(&client_final).await, "nonce");
+        assert!(replay.is_closed().await);
+        // The first connection stays authenticated and served; so are others.
+        assert!(first_conn
+            .call(tern_protocol::Request::Metadata { topics: None })
+            .await
+            .is_ok());
+        let alice = Client::connect_with(&broker.addr, as_user("alice", "alice password"))
+            .await
+            .unwrap();
+        Admin::new(alice.clone())
+            .create_topic("after-garbage", NewTopic::new(1))
+            .await
+            .unwrap();
+        round_trip(&alice, "after-garbage", "still serving").await;
+    })
+    .await;
+}
+
+#[test]
+fn scram_the_cli_adds_a_user_from_stdin_then_produces_with_tern_password() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = auth_broker(&dir.path().join("n1"));
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(admin_when_ready(&broker.addr));
+    let tern = |args: &[&str], env: &[(&str, &str)], stdin: &str| {
+        let mut command = Command::new(tern_tests::bin("tern"));
+        command
+            .args(["--broker", &broker.addr])
+            .args(args)
+            .env_remove("TERN_BROKER")
+            .env_remove("TERN_PROFILE")
+            .env_remove("TERN_USERNAME")
+            .env_remove("TERN_PASSWORD")
+            .env("TERN_CONFIG", dir.path().join("tern.toml"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let as_admin = [("TERN_USERNAME", ADMIN), ("TERN_PASSWORD", ADMIN_PASSWORD)];
+    let (ok, _, err) = tern(
+        &["user", "add", "carol", "--password-stdin"],
+        &as_admin,
+        "carol password\n",
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = tern(&["user", "list"], &as_admin, "");
+    assert!(ok, "{err}");
+    assert_eq!(out, "admin\ncarol\n");
+    let as_carol = [("TERN_PASSWORD", "carol password")];
+    let (ok, _, err) = tern(
+        &[
+            "--username",
+            "carol",
+            "topic",
+            "create",
+            "cli-auth",
+            "--partitions",
+            "1",
+        ],
+        &as_carol,
+        "",
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = tern(
+        &["--username", "carol", "produce", "cli-auth"],
+        &as_carol,
+        "one\ntwo\n",
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = tern(
+        &[
+            "--username",
+            "carol",
+            "consume",
+            "cli-auth",
+            "--from-beginning",
+            "--count",
+            "2",
+        ],
+        &as_carol,
+        "",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "one\ntwo\n");
+    // The login password may come from stdin too.
+    let (ok, out, err) = tern(
+        &["--username", "carol", "--password-stdin", "topic", "list"],
+        &[],
+        "carol password\n",
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("cli-auth"), "{out}");
+    // A wrong password fails at once, naming authentication; no password
+    // at all is refused before connecting.
+    let started = Instant::now();
+    let (ok, _, err) = tern(
+        &["--username", "carol", "topic", "list"],
+        &[("TERN_PASSWORD", "wrong")],
+        "",
+    );
+    assert!(!ok);
+    assert!(err.contains("authentication"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(8), "it was retried");
+    let (ok, _, err) = tern(&["--username", "carol", "topic", "list"], &[], "");
+    assert!(!ok);
+    assert!(err.contains("TERN_PASSWORD"), "{err}");
+    // Without credentials the broker refuses.
+    let (ok, _, err) = tern(&["topic", "list"], &[], "");
+    assert!(!ok);
+    assert!(err.contains("authentication_required"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_a_tls_client_certificate_counts_as_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("certs"));
+    certs.node(1);
+    certs.client("carol");
+    let mut args = certs.broker_args();
+    args.extend(AUTH_ARGS.iter().map(|s| s.to_string()));
+    // The harness authenticates as the bootstrap admin, over TLS.
+    let cluster = Cluster::start_with_env(dir.path(), 1, &refs(&args), &AUTH_ENV);
+    bounded(LIMIT, async {
+        // A certificate's principal is enough.
+        let carol = Client::connect_with(&cluster.seeds(), certs.client_config(Some("carol")))
+            .await
+            .unwrap();
+        Admin::new(carol.clone())
+            .create_topic("certified", NewTopic::new(1))
+            .await
+            .unwrap();
+        round_trip(&carol, "certified", "by certificate").await;
+        // TLS without a certificate or a password is not.
+        let anonymous = ClientConfig {
+            bootstrap_timeout: Duration::from_secs(10),
+            ..certs.client_config(None)
+        };
+        let e = Client::connect_with(&cluster.seeds(), anonymous)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(tern_protocol::ErrorCode::AuthenticationRequired),
+            "{e:#?}"
+        );
+        // SCRAM over TLS works too.
+        let admin = Client::connect_with(
+            &cluster.seeds(),
+            certs.client_config(None).credentials(ADMIN, ADMIN_PASSWORD),
+        )
+        .await
+        .unwrap();
+        round_trip(&admin, "certified", "by password over tls").await;
+    })
+    .await;
+}
+
+/// Metadata entries written before a broker joins: past two snapshots of
+/// the metadata group (one per 1,000 entries, keeping 1,000 entries behind
+/// the last), so the newcomer can only catch up from a snapshot.
+const METADATA_ENTRIES_PAST_PURGE: usize = 2_600;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_users_reach_a_broker_that_catches_up_from_a_metadata_snapshot() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start_with_env(dir.path(), 3, &AUTH_ARGS, &AUTH_ENV);
+    let admin = bounded(Duration::from_secs(240), async {
+        let admin = Admin::new(
+            Client::connect_with(&cluster.seeds(), cluster.client_config())
+                .await
+                .unwrap(),
+        );
+        // Each change of dave's password is one metadata entry; the last
+        // password is the one that counts.
+        futures::stream::iter(0..METADATA_ENTRIES_PAST_PURGE)
+            .map(|i| {
+                let admin = &admin;
+                async move {
+                    admin
+                        .upsert_user("dave", &format!("dave password {i}"))
+                        .await
+                        .unwrap()
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<()>>()
+            .await;
+        admin
+            .upsert_user("dave", "dave's final password")
+            .await
+            .unwrap();
+        admin
+    })
+    .await;
+    let four = cluster.start_joining(dir.path(), &AUTH_ARGS);
+    let peer = cluster.brokers[four].peer_addr.clone();
+    bounded(LIMIT, admin.add_broker(4, &peer)).await.unwrap();
+    cluster.brokers[four].wait_ready();
+    bounded(LIMIT, async {
+        authenticated_metadata_eventually(
+            &cluster.brokers[four].addr,
+            &as_user("dave", "dave's final password"),
+        )
+        .await;
+    })
+    .await;
+    let log = cluster.brokers[four].log();
+    assert!(
+        log.contains("installed a metadata snapshot"),
+        "broker 4 caught up without a snapshot; the test proves nothing:\n{log}"
+    );
+}

@@ -11,6 +11,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::auth::{UserRequest, UserResponse, SASL_BYTES_MAX};
 use crate::coord::{GroupRequest, GroupResponse, LockRequest, LockResponse};
 use crate::error::{DecodeError, ErrorCode};
 use crate::frame::{FRAME_BYTES_MAX, PROTOCOL_VERSION};
@@ -42,13 +43,19 @@ pub enum ApiKey {
     Lock = 9,
     /// Consumer groups (see [`crate::coord`]).
     Group = 10,
+    /// Start authenticating: choose a SASL mechanism (see [`crate::auth`]).
+    SaslHandshake = 11,
+    /// One message of the chosen SASL mechanism.
+    SaslAuthenticate = 12,
+    /// User administration (create, change, delete, list).
+    User = 13,
     /// Grow a topic to a new total partition count.
     CreatePartitions = 15,
 }
 
 impl ApiKey {
     /// All request types, for metrics registration.
-    pub const ALL: [ApiKey; 12] = [
+    pub const ALL: [ApiKey; 15] = [
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::Metadata,
@@ -60,6 +67,9 @@ impl ApiKey {
         ApiKey::ReassignPartition,
         ApiKey::Lock,
         ApiKey::Group,
+        ApiKey::SaslHandshake,
+        ApiKey::SaslAuthenticate,
+        ApiKey::User,
         ApiKey::CreatePartitions,
     ];
 
@@ -84,6 +94,9 @@ impl ApiKey {
             ApiKey::ReassignPartition => "reassign_partition",
             ApiKey::Lock => "lock",
             ApiKey::Group => "group",
+            ApiKey::SaslHandshake => "sasl_handshake",
+            ApiKey::SaslAuthenticate => "sasl_authenticate",
+            ApiKey::User => "user",
             ApiKey::CreatePartitions => "create_partitions",
         }
     }
@@ -338,6 +351,18 @@ pub enum Request {
     Lock(LockRequest),
     /// A consumer-group operation.
     Group(GroupRequest),
+    /// Choose the SASL mechanism of this connection's authentication.
+    SaslHandshake {
+        /// E.g. `SCRAM-SHA-256`.
+        mechanism: String,
+    },
+    /// One client message of the SASL exchange.
+    SaslAuthenticate {
+        /// The mechanism's message, at most [`SASL_BYTES_MAX`] bytes.
+        auth_bytes: Bytes,
+    },
+    /// A user administration operation.
+    User(UserRequest),
     /// Grow a topic to `count` partitions in all (like Kafka's
     /// CreatePartitions: the new total, not the number to add). Existing
     /// partitions keep their data and replicas; keyed records of about
@@ -387,6 +412,18 @@ pub enum Response {
     Lock(LockResponse),
     /// A consumer-group answer.
     Group(GroupResponse),
+    /// The mechanism is accepted; these are all the broker offers.
+    SaslHandshake {
+        /// Mechanism names.
+        mechanisms: Vec<String>,
+    },
+    /// The server's next message of the SASL exchange.
+    SaslAuthenticate {
+        /// The mechanism's message.
+        auth_bytes: Bytes,
+    },
+    /// A user administration answer.
+    User(UserResponse),
     /// The topic now has the requested partition count, and every new
     /// partition has elected a leader.
     CreatePartitions,
@@ -407,6 +444,9 @@ impl Request {
             Request::ReassignPartition { .. } => ApiKey::ReassignPartition,
             Request::Lock(_) => ApiKey::Lock,
             Request::Group(_) => ApiKey::Group,
+            Request::SaslHandshake { .. } => ApiKey::SaslHandshake,
+            Request::SaslAuthenticate { .. } => ApiKey::SaslAuthenticate,
+            Request::User(_) => ApiKey::User,
             Request::CreatePartitions { .. } => ApiKey::CreatePartitions,
         }
     }
@@ -484,6 +524,9 @@ impl Request {
             }
             Request::Lock(l) => l.encode(out),
             Request::Group(g) => g.encode(out),
+            Request::SaslHandshake { mechanism } => put_string(out, mechanism),
+            Request::SaslAuthenticate { auth_bytes } => put_bytes(out, auth_bytes),
+            Request::User(u) => u.encode(out),
             Request::CreatePartitions { topic, count } => {
                 put_string(out, topic);
                 out.put_u32_le(*count);
@@ -580,6 +623,13 @@ impl Request {
             },
             ApiKey::Lock => Request::Lock(LockRequest::decode(r)?),
             ApiKey::Group => Request::Group(GroupRequest::decode(r)?),
+            ApiKey::SaslHandshake => Request::SaslHandshake {
+                mechanism: r.string("mechanism")?,
+            },
+            ApiKey::SaslAuthenticate => Request::SaslAuthenticate {
+                auth_bytes: r.bytes("auth_bytes", SASL_BYTES_MAX)?,
+            },
+            ApiKey::User => Request::User(UserRequest::decode(r)?),
             ApiKey::CreatePartitions => Request::CreatePartitions {
                 topic: r.string("topic")?,
                 count: r.u32("count")?,
@@ -630,6 +680,9 @@ impl Response {
             Response::ReassignPartition => ApiKey::ReassignPartition,
             Response::Lock(_) => ApiKey::Lock,
             Response::Group(_) => ApiKey::Group,
+            Response::SaslHandshake { .. } => ApiKey::SaslHandshake,
+            Response::SaslAuthenticate { .. } => ApiKey::SaslAuthenticate,
+            Response::User(_) => ApiKey::User,
             Response::CreatePartitions => ApiKey::CreatePartitions,
         }
     }
@@ -694,6 +747,14 @@ impl Response {
             Response::ListOffsets { offset } => out.put_u64_le(*offset),
             Response::Lock(l) => l.encode(out),
             Response::Group(g) => g.encode(out),
+            Response::SaslHandshake { mechanisms } => {
+                out.put_u32_le(mechanisms.len() as u32);
+                for m in mechanisms {
+                    put_string(out, m);
+                }
+            }
+            Response::SaslAuthenticate { auth_bytes } => put_bytes(out, auth_bytes),
+            Response::User(u) => u.encode(out),
         }
     }
 
@@ -780,6 +841,18 @@ impl Response {
             },
             ApiKey::Lock => Response::Lock(LockResponse::decode(r)?),
             ApiKey::Group => Response::Group(GroupResponse::decode(r)?),
+            ApiKey::SaslHandshake => {
+                let n = r.list_len("mechanisms", 2)?;
+                let mut mechanisms = Vec::with_capacity(n);
+                for _ in 0..n {
+                    mechanisms.push(r.string("mechanism")?);
+                }
+                Response::SaslHandshake { mechanisms }
+            }
+            ApiKey::SaslAuthenticate => Response::SaslAuthenticate {
+                auth_bytes: r.bytes("auth_bytes", SASL_BYTES_MAX)?,
+            },
+            ApiKey::User => Response::User(UserResponse::decode(r)?),
             ApiKey::CreatePartitions => Response::CreatePartitions,
         })
     }
@@ -1177,6 +1250,67 @@ mod tests {
     }
 
     #[test]
+    fn authentication_messages_round_trip_and_are_bounded() {
+        use crate::auth::*;
+        let credential = UserCredential {
+            salt: Bytes::from_static(&[1; 16]),
+            iterations: 4096,
+            stored_key: Bytes::from_static(&[2; 32]),
+            server_key: Bytes::from_static(&[3; 32]),
+        };
+        for r in [
+            Request::SaslHandshake {
+                mechanism: "SCRAM-SHA-256".into(),
+            },
+            Request::SaslAuthenticate {
+                auth_bytes: Bytes::from_static(b"n,,n=user,r=abc"),
+            },
+            Request::User(UserRequest::Upsert {
+                name: "alice".into(),
+                credential,
+            }),
+            Request::User(UserRequest::Delete {
+                name: "alice".into(),
+            }),
+            Request::User(UserRequest::List),
+        ] {
+            round_trip(r);
+        }
+        for r in [
+            Response::SaslHandshake {
+                mechanisms: vec!["SCRAM-SHA-256".into()],
+            },
+            Response::SaslAuthenticate {
+                auth_bytes: Bytes::from_static(b"v=abc"),
+            },
+            Response::User(UserResponse::Done),
+            Response::User(UserResponse::List(vec!["a".into(), "b".into()])),
+        ] {
+            let f = ResponseFrame {
+                correlation_id: 6,
+                result: Ok(r),
+            };
+            let mut buf = BytesMut::new();
+            f.encode(&mut buf);
+            assert_eq!(ResponseFrame::decode(buf.freeze()).unwrap(), f);
+        }
+        let mut buf = BytesMut::new();
+        RequestFrame {
+            correlation_id: 1,
+            request: Request::SaslAuthenticate {
+                auth_bytes: Bytes::from(vec![b'a'; SASL_BYTES_MAX + 1]),
+            },
+        }
+        .encode(&mut buf);
+        let err = RequestFrame::decode(buf.freeze()).unwrap_err();
+        assert!(matches!(err.error, DecodeError::TooLarge { .. }));
+        assert_eq!(err.api, Some(ApiKey::SaslAuthenticate));
+        assert_eq!(ApiKey::from_u16(11), Ok(ApiKey::SaslHandshake));
+        assert_eq!(ApiKey::from_u16(12), Ok(ApiKey::SaslAuthenticate));
+        assert_eq!(ApiKey::from_u16(13), Ok(ApiKey::User));
+    }
+
+    #[test]
     fn a_bad_body_keeps_the_correlation_id_for_the_error_reply() {
         let mut buf = BytesMut::new();
         buf.put_u16_le(PROTOCOL_VERSION);
@@ -1228,7 +1362,7 @@ mod tests {
             let mut body: Vec<u8> = (0..len).map(|_| rng.random()).collect();
             if body.len() >= 4 {
                 body[0..2].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-                body[2] = rng.random_range(0..7);
+                body[2] = rng.random_range(0..ApiKey::ALL.len() as u8);
                 body[3] = 0;
             }
             let _ = RequestFrame::decode(Bytes::from(body.clone()));

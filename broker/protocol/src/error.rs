@@ -70,6 +70,14 @@ pub enum ErrorCode {
     /// appended. Retry once the earlier batch is stored, which keeps the
     /// producer's batches in order.
     OutOfOrderSequence = 25,
+    /// The SASL exchange failed: unknown user or wrong password (the two
+    /// are not told apart), or a malformed or out-of-order message. The
+    /// broker closes the connection. Not retriable with the same
+    /// credentials.
+    AuthenticationFailed = 26,
+    /// The broker requires authentication and this connection has not
+    /// authenticated: only the SASL handshake is allowed until it has.
+    AuthenticationRequired = 27,
 }
 
 impl ErrorCode {
@@ -102,6 +110,8 @@ impl ErrorCode {
             23 => LimitExceeded,
             24 => TooManyConnections,
             25 => OutOfOrderSequence,
+            26 => AuthenticationFailed,
+            27 => AuthenticationRequired,
             _ => Unknown,
         }
     }
@@ -154,6 +164,8 @@ impl ErrorCode {
             LimitExceeded => "limit_exceeded",
             TooManyConnections => "too_many_connections",
             OutOfOrderSequence => "out_of_order_sequence",
+            AuthenticationFailed => "authentication_failed",
+            AuthenticationRequired => "authentication_required",
         }
     }
 }
@@ -225,5 +237,9 @@ mod tests {
         }
         assert_eq!(ErrorCode::from_u16(23), ErrorCode::LimitExceeded);
         assert_eq!(ErrorCode::from_u16(24), ErrorCode::TooManyConnections);
+        assert_eq!(ErrorCode::from_u16(26), ErrorCode::AuthenticationFailed);
+        assert_eq!(ErrorCode::from_u16(27), ErrorCode::AuthenticationRequired);
+        assert!(!ErrorCode::AuthenticationFailed.is_retriable());
+        assert!(!ErrorCode::AuthenticationRequired.is_retriable());
     }
 }

@@ -13,6 +13,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod api;
+pub mod auth;
 pub mod coord;
 pub mod error;
 pub mod frame;

@@ -47,7 +47,7 @@ pub use network::{PeerError, Transport};
 pub use partition_sm::{OnApply, PartitionStateMachine};
 pub use types::{
     place_replicas, placement_seed, BrokerEntry, Catalogue, Command, CommandResponse, NodeId, Raft,
-    TernRaft, TopicEntry, TopicSettings,
+    TernRaft, TopicEntry, TopicSettings, Users, USERS_MAX,
 };
 
 /// Timing of every group.
@@ -182,6 +182,7 @@ pub struct RaftNode {
     transport: Arc<Transport>,
     meta: Raft,
     catalogue: watch::Receiver<Arc<Catalogue>>,
+    users: watch::Receiver<Arc<Users>>,
     partition_config: Arc<openraft::Config>,
     initial_cluster: BTreeMap<NodeId, String>,
     hooks: RaftHooks,
@@ -277,7 +278,7 @@ impl RaftNode {
         let fresh = log
             .is_fresh()
             .map_err(|e| RaftStartError::Config(e.to_string()))?;
-        let (sm, catalogue, coord) = MetaStateMachine::open(store.clone(), plugins)
+        let (sm, catalogue, coord, users) = MetaStateMachine::open(store.clone(), plugins)
             .map_err(|e| RaftStartError::Config(e.to_string()))?;
         let meta = Raft::new(
             cluster.node_id,
@@ -338,6 +339,7 @@ impl RaftNode {
             transport: transport.clone(),
             meta,
             catalogue,
+            users,
             partition_config,
             initial_cluster: cluster.initial_cluster,
             hooks,
@@ -714,6 +716,11 @@ impl RaftNode {
     /// Follows the catalogue.
     pub fn catalogue(&self) -> watch::Receiver<Arc<Catalogue>> {
         self.catalogue.clone()
+    }
+
+    /// The users as this node's metadata state machine last applied them.
+    pub fn users(&self) -> Arc<Users> {
+        self.users.borrow().clone()
     }
 
     /// Ids of the metadata group's voters (the brokers of the cluster).

@@ -6,8 +6,11 @@
 //! commands, so every node has the catalogue; catalogue changes are
 //! published on a `watch` channel that the broker's reconciler follows to
 //! open and close partition groups, and coordination changes on another
-//! that waiting lock requests and group heartbeats follow. The state is
-//! small: it is persisted whole with every apply and is itself the snapshot.
+//! that waiting lock requests and group heartbeats follow. The users
+//! (stored SCRAM credentials, never passwords) are published on a third,
+//! which the broker reads when a client authenticates. The state is
+//! small: it is persisted whole with every apply and is itself the snapshot
+//! (catalogue, coordination state, users).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -23,7 +26,7 @@ use crate::coord::{CoordPlugins, CoordState};
 use crate::log_store::blocking;
 use crate::types::{
     BrokerEntry, Catalogue, Command, CommandResponse, Entry, LogId, NodeId, PrebuiltSnapshot,
-    RaftStorageError, StoredMembership, TernRaft, TopicEntry,
+    RaftStorageError, StoredMembership, TernRaft, TopicEntry, Users, USERS_MAX,
 };
 
 const STATE_KEY: &[u8] = b"sm/meta";
@@ -61,13 +64,26 @@ impl CoordView {
     }
 }
 
-/// An opened state machine with the receivers of its catalogue and its
-/// coordination state.
+/// An opened state machine with the receivers of its catalogue, its
+/// coordination state and its users.
 pub type Opened = (
     MetaStateMachine,
     watch::Receiver<Arc<Catalogue>>,
     Arc<CoordView>,
+    watch::Receiver<Arc<Users>>,
 );
+
+/// Decodes the persisted or snapshotted state. States written before users
+/// existed are the first two parts alone: they decode with no users.
+fn decode_state(bytes: &[u8]) -> Result<(MetaState, CoordState, Users), RaftStorageError> {
+    match bincode::deserialize::<(MetaState, CoordState, Users)>(bytes) {
+        Ok(state) => Ok(state),
+        Err(with_users) => match bincode::deserialize::<(MetaState, CoordState)>(bytes) {
+            Ok((meta, coord)) => Ok((meta, coord, Users::new())),
+            Err(_) => Err(sm_err(with_users)),
+        },
+    }
+}
 
 /// The metadata state machine.
 pub struct MetaStateMachine {
@@ -76,6 +92,10 @@ pub struct MetaStateMachine {
     publish: watch::Sender<Arc<Catalogue>>,
     coord: Arc<CoordView>,
     plugins: Option<Arc<dyn CoordPlugins>>,
+    users: Users,
+    publish_users: watch::Sender<Arc<Users>>,
+    /// A user command was applied since the last publication.
+    users_changed: bool,
 }
 
 impl MetaStateMachine {
@@ -85,15 +105,15 @@ impl MetaStateMachine {
         store: Store,
         plugins: Option<Arc<dyn CoordPlugins>>,
     ) -> Result<Opened, RaftStorageError> {
-        let (mut state, coord): (MetaState, CoordState) =
-            match store.meta_get(STATE_KEY).map_err(sm_err)? {
-                Some(v) => bincode::deserialize(&v).map_err(sm_err)?,
-                None => Default::default(),
-            };
+        let (mut state, coord, users) = match store.meta_get(STATE_KEY).map_err(sm_err)? {
+            Some(v) => decode_state(&v)?,
+            None => Default::default(),
+        };
         if state.catalogue.next_topic_id == 0 {
             state.catalogue.next_topic_id = 1;
         }
         let (publish, rx) = watch::channel(Arc::new(state.catalogue.clone()));
+        let (publish_users, users_rx) = watch::channel(Arc::new(users.clone()));
         let coord = Arc::new(CoordView {
             state: std::sync::Mutex::new(coord),
             applied: watch::channel(0).0,
@@ -105,9 +125,13 @@ impl MetaStateMachine {
                 publish,
                 coord: coord.clone(),
                 plugins,
+                users,
+                publish_users,
+                users_changed: false,
             },
             rx,
             coord,
+            users_rx,
         ))
     }
 
@@ -143,6 +167,13 @@ impl MetaStateMachine {
                 .collect();
             return CommandResponse::Coord(answers);
         }
+        if matches!(
+            command,
+            Command::PutUser { .. } | Command::DeleteUser { .. }
+        ) {
+            self.users_changed = true;
+            return self.apply_user_command(command);
+        }
         *catalogue_changed = true;
         let topic_touched = match &command {
             Command::CreateTopic { name, .. }
@@ -167,6 +198,47 @@ impl MetaStateMachine {
             }
         }
         response
+    }
+
+    /// Users: the broker checked the name and credential before proposing;
+    /// the limits that depend on the replicated state are checked here.
+    fn apply_user_command(&mut self, command: Command) -> CommandResponse {
+        match command {
+            Command::PutUser {
+                name,
+                credential,
+                create_only,
+            } => {
+                if let Some(existing) = self.users.get_mut(&name) {
+                    if !create_only {
+                        *existing = credential;
+                    }
+                    return CommandResponse::Done;
+                }
+                if self.users.len() >= USERS_MAX {
+                    return CommandResponse::Rejected {
+                        code: ErrorCode::LimitExceeded as u16,
+                        message: format!(
+                            "the cluster has {} users, its limit (USERS_MAX); delete some first",
+                            self.users.len()
+                        ),
+                    };
+                }
+                self.users.insert(name, credential);
+                CommandResponse::Done
+            }
+            Command::DeleteUser { name } => match self.users.remove(&name) {
+                Some(_) => CommandResponse::Done,
+                None => CommandResponse::Rejected {
+                    code: ErrorCode::InvalidRequest as u16,
+                    message: format!("no user {name:?}"),
+                },
+            },
+            _ => CommandResponse::Rejected {
+                code: ErrorCode::InvalidRequest as u16,
+                message: "not a user command".into(),
+            },
+        }
     }
 
     fn apply_catalogue_command(&mut self, command: Command) -> CommandResponse {
@@ -249,7 +321,10 @@ impl MetaStateMachine {
                 from,
                 replicas,
             } => add_partitions(catalogue, &name, topic_id, from, replicas),
-            Command::Append(_) | Command::Coord { .. } => CommandResponse::Rejected {
+            Command::Append(_)
+            | Command::Coord { .. }
+            | Command::PutUser { .. }
+            | Command::DeleteUser { .. } => CommandResponse::Rejected {
                 code: ErrorCode::InvalidRequest as u16,
                 message: "not a catalogue command".into(),
             },
@@ -259,11 +334,11 @@ impl MetaStateMachine {
     /// The whole state, as persisted and as snapshot data.
     fn encode_state(&self) -> Result<Vec<u8>, RaftStorageError> {
         let coord = self.coord.state.lock().expect("coordination state lock");
-        bincode::serialize(&(&self.state, &*coord)).map_err(sm_err)
+        bincode::serialize(&(&self.state, &*coord, &self.users)).map_err(sm_err)
     }
 
     fn persist_and_publish(
-        &self,
+        &mut self,
         sync: bool,
         catalogue_changed: bool,
     ) -> Result<(), RaftStorageError> {
@@ -280,6 +355,10 @@ impl MetaStateMachine {
         if catalogue_changed {
             self.publish
                 .send_replace(Arc::new(self.state.catalogue.clone()));
+        }
+        if std::mem::take(&mut self.users_changed) {
+            self.publish_users
+                .send_replace(Arc::new(self.users.clone()));
         }
         self.coord
             .applied
@@ -346,11 +425,17 @@ impl RaftStateMachine<TernRaft> for MetaStateMachine {
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), RaftStorageError> {
-        let (mut state, coord): (MetaState, CoordState) =
-            bincode::deserialize(snapshot.get_ref()).map_err(sm_err)?;
+        let (mut state, coord, users) = decode_state(snapshot.get_ref())?;
         state.applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
         self.state = state;
+        self.users = users;
+        self.users_changed = true;
+        tracing::info!(
+            last_log_id = ?meta.last_log_id,
+            users = self.users.len(),
+            "installed a metadata snapshot"
+        );
         *self.coord.state.lock().expect("coordination state lock") = coord;
         self.persist_and_publish(true, true)
     }
@@ -507,9 +592,76 @@ mod tests {
             let store =
                 Store::open(dir.path(), tern_storage::Durability::PageCache).map_err(sm_err)?;
             let log = LogStore::new(store.clone(), 0);
-            let (sm, _rx, _coord) = MetaStateMachine::open(store, None)?;
+            let (sm, _rx, _coord, _users) = MetaStateMachine::open(store, None)?;
             Ok((dir, log, sm))
         }
+    }
+
+    fn entry(index: u64, command: Command) -> Entry {
+        openraft::Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    fn put(name: &str, password: &str, create_only: bool) -> Command {
+        Command::PutUser {
+            name: name.into(),
+            credential: tern_auth::StoredCredential::generate(password, 4096).unwrap(),
+            create_only,
+        }
+    }
+
+    /// Users are applied, published, persisted (a reopened state machine
+    /// has them) and carried by the snapshot to a fresh node; `create_only`
+    /// never replaces a user.
+    #[tokio::test]
+    async fn users_survive_reopening_and_snapshot_installation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), tern_storage::Durability::PageCache).unwrap();
+        let (mut sm, _rx, _coord, users) = MetaStateMachine::open(store.clone(), None).unwrap();
+        let alice = put("alice", "first", false);
+        let answers = sm
+            .apply(vec![
+                entry(1, alice.clone()),
+                entry(2, put("bob", "b", false)),
+                entry(3, put("alice", "bootstrap", true)),
+                entry(4, Command::DeleteUser { name: "bob".into() }),
+                entry(5, Command::DeleteUser { name: "bob".into() }),
+            ])
+            .await
+            .unwrap();
+        assert!(matches!(answers[4], CommandResponse::Rejected { .. }));
+        let Command::PutUser { credential, .. } = alice else {
+            unreachable!()
+        };
+        let published = users.borrow().clone();
+        assert_eq!(published.keys().collect::<Vec<_>>(), vec!["alice"]);
+        assert_eq!(
+            published["alice"], credential,
+            "create_only replaced a user"
+        );
+        drop(sm);
+        let (mut reopened, _rx, _coord, users) = MetaStateMachine::open(store, None).unwrap();
+        assert_eq!(users.borrow()["alice"], credential);
+        let snapshot = reopened.get_current_snapshot().await.unwrap().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let store = Store::open(other.path(), tern_storage::Durability::PageCache).unwrap();
+        let (mut fresh, _rx, _coord, users) = MetaStateMachine::open(store, None).unwrap();
+        assert!(users.borrow().is_empty());
+        fresh
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(users.borrow()["alice"], credential);
+    }
+
+    #[test]
+    fn a_state_written_before_users_existed_still_decodes() {
+        let old = bincode::serialize(&(MetaState::default(), CoordState::default())).unwrap();
+        let (_, _, users) = decode_state(&old).unwrap();
+        assert!(users.is_empty());
+        assert!(decode_state(b"garbage").is_err());
     }
 
     /// openraft's own storage conformance suite, run against Tern's RocksDB

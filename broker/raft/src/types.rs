@@ -134,6 +134,22 @@ pub enum Command {
         /// Replicas of each new partition.
         replicas: Vec<Vec<NodeId>>,
     },
+    /// Metadata group: create a user or replace its credential.
+    PutUser {
+        /// Username (checked by `tern_auth::validate_username`).
+        name: String,
+        /// What the brokers check its exchanges against.
+        credential: tern_auth::StoredCredential,
+        /// Only create: an existing user is left as it is (the bootstrap
+        /// user of `TERN_BOOTSTRAP_USER`, proposed at every start, must
+        /// never undo a later password change).
+        create_only: bool,
+    },
+    /// Metadata group: delete a user.
+    DeleteUser {
+        /// Username.
+        name: String,
+    },
 }
 
 /// A state machine's answer to one command.
@@ -160,6 +176,13 @@ pub enum CommandResponse {
     /// its refusal (wire error code, message).
     Coord(Vec<Result<crate::coord::CoordResult, (u16, String)>>),
 }
+
+/// Most users the cluster holds; creating one more is refused with
+/// `LimitExceeded`.
+pub const USERS_MAX: usize = 10_000;
+
+/// The users of the cluster by name, as replicated by the metadata group.
+pub type Users = BTreeMap<String, tern_auth::StoredCredential>;
 
 /// The cluster catalogue held by the metadata group.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

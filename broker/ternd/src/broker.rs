@@ -87,7 +87,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
         Failure {
             code,
             message: message.into(),
@@ -153,6 +153,8 @@ pub struct Broker {
     /// Where the next multi-partition fetch starts reading (see
     /// `read_partitions`).
     fetch_rotation: std::sync::atomic::AtomicUsize,
+    /// Client authentication (decoy secret, failures per source).
+    auth: crate::auth::Authenticator,
     /// Test hook: this many replica opens fail before any is attempted
     /// (`TERN_FAILPOINT_REPLICA_OPEN_FAILURES`; 0 in production), so tests
     /// can prove that a replica that failed to open is retried.
@@ -231,6 +233,7 @@ impl Broker {
             remote_leaders: std::sync::Mutex::new(HashMap::new()),
             refusal: std::sync::Mutex::new(None),
             fetch_rotation: std::sync::atomic::AtomicUsize::new(0),
+            auth: crate::auth::Authenticator::default(),
             replica_open_failpoint: std::sync::atomic::AtomicU32::new(
                 std::env::var("TERN_FAILPOINT_REPLICA_OPEN_FAILURES")
                     .ok()
@@ -245,6 +248,11 @@ impl Broker {
     /// The resolved configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Client authentication state.
+    pub(crate) fn auth(&self) -> &crate::auth::Authenticator {
+        &self.auth
     }
 
     /// The metrics.
@@ -697,6 +705,11 @@ impl Broker {
             } => self.reassign(topic, partition, replicas).await,
             Request::Lock(l) => self.lock(l).await,
             Request::Group(g) => self.group(g).await,
+            Request::User(u) => self.user_admin(session, u).await,
+            Request::SaslHandshake { .. } | Request::SaslAuthenticate { .. } => Err(Failure::new(
+                ErrorCode::InvalidRequest,
+                "SASL requests belong to a connection's exchange (Broker::sasl_step)",
+            )),
             Request::ListOffsets {
                 topic,
                 partition,
@@ -1291,6 +1304,54 @@ impl Broker {
             .map_err(write_failure)?;
         self.reconcile().await;
         Ok(Response::ReassignPartition)
+    }
+
+    /// Creates, changes, deletes or lists users (replicated through the
+    /// metadata group) once [`Broker::require_cluster_admin`] allows it.
+    async fn user_admin(
+        &self,
+        session: &Session,
+        request: tern_protocol::auth::UserRequest,
+    ) -> Result<Response, Failure> {
+        use tern_protocol::auth::{UserRequest, UserResponse};
+        let principal = session.principal();
+        let principal = principal.as_deref().unwrap_or("anonymous");
+        if let Err(refused) = self.require_cluster_admin(session) {
+            warn!(target: "tern::security", principal, peer = %session.peer(), "user administration refused: not a super-user");
+            return Err(refused);
+        }
+        let invalid =
+            |e: tern_auth::ScramError| Failure::new(ErrorCode::InvalidRequest, e.to_string());
+        match request {
+            UserRequest::List => Ok(Response::User(UserResponse::List(
+                self.raft.users().keys().cloned().collect(),
+            ))),
+            UserRequest::Upsert { name, credential } => {
+                tern_auth::validate_username(&name).map_err(invalid)?;
+                let credential = tern_auth::StoredCredential::from_parts(
+                    &credential.salt,
+                    credential.iterations,
+                    &credential.stored_key,
+                    &credential.server_key,
+                )
+                .map_err(invalid)?;
+                let existed = self.raft.users().contains_key(&name);
+                self.catalogue_write(Command::PutUser {
+                    name: name.clone(),
+                    credential,
+                    create_only: false,
+                })
+                .await?;
+                info!(target: "tern::security", principal, peer = %session.peer(), user = %name, operation = if existed { "change" } else { "create" }, "user administration");
+                Ok(Response::User(UserResponse::Done))
+            }
+            UserRequest::Delete { name } => {
+                self.catalogue_write(Command::DeleteUser { name: name.clone() })
+                    .await?;
+                info!(target: "tern::security", principal, peer = %session.peer(), user = %name, operation = "delete", "user administration");
+                Ok(Response::User(UserResponse::Done))
+            }
+        }
     }
 
     async fn catalogue_write(&self, command: Command) -> Result<(), Failure> {

@@ -198,6 +198,17 @@ pub struct Flags {
     #[arg(long = "super-user", env = "TERN_SUPER_USERS", value_delimiter = ',')]
     pub super_users: Vec<String>,
 
+    /// Require every client connection to authenticate (SCRAM-SHA-256, or
+    /// a TLS client certificate) before anything but the SASL handshake.
+    #[arg(long, env = "TERN_AUTH_REQUIRED")]
+    pub auth_required: bool,
+
+    /// On start, create this user if the cluster has no user of that name
+    /// yet; its password is read from the environment variable
+    /// TERN_BOOTSTRAP_PASSWORD (never from the command line).
+    #[arg(long, env = "TERN_BOOTSTRAP_USER")]
+    pub bootstrap_user: Option<String>,
+
     /// Run a maintenance subcommand instead of the broker.
     #[command(subcommand)]
     pub command: Option<Subcommand>,
@@ -261,6 +272,7 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct AuthFile {
     super_users: Option<Vec<String>>,
+    required: Option<bool>,
 }
 
 /// The `[tls]` table of the TOML file.
@@ -363,12 +375,34 @@ pub struct Config {
     pub insecure: bool,
     /// Principals allowed every operation.
     pub super_users: Vec<String>,
+    /// Connections must authenticate before any other request.
+    pub auth_required: bool,
+    /// The user created at start if absent (`TERN_BOOTSTRAP_USER`).
+    pub bootstrap_user: Option<BootstrapUser>,
     /// Limits on client connections.
     pub connection_limits: ConnectionLimits,
     /// Most topics in the cluster.
     pub cluster_topics_max: usize,
     /// Most partitions in the cluster, all topics together.
     pub cluster_partitions_max: u64,
+}
+
+/// The user `TERN_BOOTSTRAP_USER` / `TERN_BOOTSTRAP_PASSWORD` name, created
+/// at start when the cluster has no user of that name.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BootstrapUser {
+    /// Username.
+    pub name: String,
+    /// Password (never logged: `Debug` hides it).
+    pub password: String,
+}
+
+impl std::fmt::Debug for BootstrapUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapUser")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Limits on the client port: how many connections, how long they may
@@ -574,11 +608,34 @@ impl Config {
         } else {
             flags.super_users
         };
+        let auth_required = flags.auth_required || auth_file.required.unwrap_or(false);
+        let bootstrap_user = match flags.bootstrap_user {
+            None => None,
+            Some(name) => {
+                tern_auth::validate_username(&name).map_err(|e| ConfigError::Invalid {
+                    key: "bootstrap_user",
+                    detail: e.to_string(),
+                })?;
+                let password =
+                    std::env::var("TERN_BOOTSTRAP_PASSWORD").map_err(|_| ConfigError::Invalid {
+                        key: "bootstrap_user",
+                        detail: "TERN_BOOTSTRAP_USER is set but TERN_BOOTSTRAP_PASSWORD is not"
+                            .into(),
+                    })?;
+                tern_auth::validate_password(&password).map_err(|e| ConfigError::Invalid {
+                    key: "bootstrap_user",
+                    detail: e.to_string(),
+                })?;
+                Some(BootstrapUser { name, password })
+            }
+        };
         Ok(Config {
             tls,
             metrics_tls,
             insecure,
             super_users,
+            auth_required,
+            bootstrap_user,
             connection_limits,
             cluster_topics_max,
             cluster_partitions_max,
@@ -770,6 +827,33 @@ mod tests {
         assert!(err.to_string().contains("node id 4"), "{err}");
         let single = Config::resolve(Flags::default()).unwrap();
         assert_eq!(single.initial_cluster[&1], "127.0.0.1:4652");
+    }
+
+    #[test]
+    fn auth_required_comes_from_the_flag_or_the_auth_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tern.toml");
+        std::fs::write(&path, "[auth]\nrequired = true\nsuper_users = [\"root\"]\n").unwrap();
+        let cfg = Config::resolve(Flags {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(cfg.auth_required);
+        assert_eq!(cfg.super_users, vec!["root"]);
+        assert!(!Config::resolve(Flags::default()).unwrap().auth_required);
+        let flagged = Config::resolve(Flags {
+            auth_required: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(flagged.auth_required);
+        let bad = Config::resolve(Flags {
+            bootstrap_user: Some("has space".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(bad.to_string().contains("bootstrap_user"), "{bad}");
     }
 
     #[test]

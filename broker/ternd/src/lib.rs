@@ -9,6 +9,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod disk;
@@ -212,6 +213,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tokio::spawn(broker.clone().follow_catalogue(shutdown.clone())),
         tokio::spawn(register(broker.clone(), shutdown.clone())),
     ];
+    if let Some(user) = config.bootstrap_user.clone() {
+        tasks.push(tokio::spawn(bootstrap_user(
+            broker.clone(),
+            user,
+            shutdown.clone(),
+        )));
+    }
     if let Some(tls) = tls {
         tasks.push(tokio::spawn(reload_tls(tls, shutdown.clone())));
     }
@@ -323,6 +331,55 @@ async fn register(broker: Arc<Broker>, shutdown: CancellationToken) {
                 return;
             }
             Err(e) => tracing::debug!(error = %e, "registration pending"),
+        }
+    }
+}
+
+/// Creates the `TERN_BOOTSTRAP_USER` unless the cluster has a user of that
+/// name, retrying until the metadata group has a leader. The check is made
+/// in the state machine (`create_only`), so a broker that has not caught up
+/// yet cannot undo a password changed since.
+async fn bootstrap_user(
+    broker: Arc<Broker>,
+    user: config::BootstrapUser,
+    shutdown: CancellationToken,
+) {
+    let credential = match tern_auth::StoredCredential::generate(
+        &user.password,
+        tern_auth::ITERATIONS_DEFAULT,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(user = %user.name, error = %e, "bootstrap user not created");
+            return;
+        }
+    };
+    let command = tern_raft::Command::PutUser {
+        name: user.name.clone(),
+        credential,
+        create_only: true,
+    };
+    loop {
+        let attempt = broker
+            .raft()
+            .meta_write(command.clone(), std::time::Duration::from_secs(5));
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            o = attempt => o,
+        };
+        match outcome {
+            Ok(tern_raft::CommandResponse::Rejected { message, .. }) => {
+                tracing::error!(target: "tern::security", user = %user.name, %message, "bootstrap user not created");
+                return;
+            }
+            Ok(_) => {
+                tracing::info!(target: "tern::security", user = %user.name, "bootstrap user present (created unless it existed)");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "bootstrap user pending");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
         }
     }
 }

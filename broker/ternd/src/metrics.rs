@@ -160,6 +160,9 @@ pub struct Metrics {
     /// Bytes of request frames read and not yet answered, on all
     /// connections (bounded by `request_bytes_in_flight_max`).
     pub request_bytes_in_flight: IntGauge,
+    /// Failed client authentications, by SASL mechanism (wrong password,
+    /// unknown user, malformed or out-of-order messages).
+    pub auth_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -482,6 +485,13 @@ impl Metrics {
                 "tern_request_bytes_in_flight",
                 "Bytes of request frames read and not yet answered, on all client connections."
             )),
+            auth_failures: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tern_auth_failures_total",
+                    "Failed client authentications, by SASL mechanism."
+                ),
+                &["mechanism"]
+            )),
             registry,
         };
         m.build_info
@@ -512,6 +522,8 @@ impl Metrics {
         for limit in REFUSED_LIMITS {
             m.limit_refusals.with_label_values(&[limit]);
         }
+        m.auth_failures
+            .with_label_values(&[tern_auth::SCRAM_SHA_256]);
         m
     }
 

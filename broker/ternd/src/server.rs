@@ -23,6 +23,14 @@
 //! Garbage on the socket (a frame over the size limit, a header that cannot
 //! be read) closes that connection only; a readable header with a bad body
 //! gets an error response and the connection stays open.
+//!
+//! Authentication: `SaslHandshake` and `SaslAuthenticate` are carried
+//! through the connection's exchange ([`crate::auth`]) one at a time, before
+//! the next frame is read, so a request pipelined behind the last SASL
+//! message already sees the proven principal. A failed exchange is answered
+//! `authentication_failed` and the connection closed. With `auth required`,
+//! any other request of a connection without a principal (from SCRAM or a
+//! TLS client certificate) is answered `authentication_required`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -42,7 +50,8 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::broker::{finish_produce, Broker};
+use crate::auth::SaslState;
+use crate::broker::{finish_produce, Broker, Failure};
 use crate::config::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::session::Session;
@@ -388,6 +397,7 @@ async fn handle_connection<S>(
     let idle = Duration::from_millis(limits.idle_timeout_ms);
     let mut first_request = true;
     let mut last_read = opened;
+    let mut sasl = SaslState::default();
     // Idle means: nothing read and nothing written for `idle`.
     let idle_deadline = |last_read: tokio::time::Instant| {
         let wrote = opened
@@ -500,6 +510,43 @@ async fn handle_connection<S>(
             .with_label_values(&[api.name()])
             .inc();
         let correlation_id = frame.correlation_id;
+        if matches!(api, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate) {
+            let span = tracing::debug_span!("sasl", api = api.name(), correlation_id);
+            let outcome = broker
+                .sasl_step(&session, &mut sasl, frame.request)
+                .instrument(span)
+                .await;
+            if let (Ok(_), Some(principal)) = (&outcome.result, session.principal()) {
+                tracing::Span::current().record("principal", &*principal);
+            }
+            respond(
+                broker,
+                api,
+                started,
+                correlation_id,
+                outcome.result,
+                &out_tx,
+            )
+            .await;
+            drop((permit, held));
+            if outcome.close {
+                break;
+            }
+            continue;
+        }
+        if broker.config().auth_required && session.principal().is_none() {
+            let refused = Failure::new(
+                ErrorCode::AuthenticationRequired,
+                format!(
+                    "this broker requires authentication: authenticate (SCRAM-SHA-256 with \
+                     SaslHandshake, or a TLS client certificate) before {}",
+                    api.name()
+                ),
+            );
+            respond(broker, api, started, correlation_id, Err(refused), &out_tx).await;
+            drop((permit, held));
+            continue;
+        }
         let out = out_tx.clone();
         let b = broker.clone();
         let session = session.clone();

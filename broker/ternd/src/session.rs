@@ -2,7 +2,7 @@
 //! has been proven on this connection.
 //!
 //! Owns: the connection's principal (from its TLS client certificate, or
-//! later from a SASL exchange) and its address. It must never hold a
+//! from a completed SCRAM-SHA-256 exchange: `crate::auth`) and its address. It must never hold a
 //! principal that was not proven on this connection: a request never names
 //! its own principal, every authorization decision reads it from here.
 

@@ -16,6 +16,7 @@ mod output;
 mod produce;
 mod profile;
 mod topic;
+mod user;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -66,6 +67,15 @@ struct Cli {
     /// PEM key of --tls-cert.
     #[arg(long, global = true, env = "TERN_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Authenticate as this user (SCRAM-SHA-256). The password comes from
+    /// TERN_PASSWORD or --password-stdin, never from the command line.
+    #[arg(long, global = true, env = "TERN_USERNAME")]
+    username: Option<String>,
+    /// Read the password from the first line of stdin: the login password
+    /// of --username, or for `user add`/`user passwd` the new user's (log
+    /// in with TERN_PASSWORD then).
+    #[arg(long, global = true)]
+    password_stdin: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -86,6 +96,33 @@ pub(crate) async fn connect(brokers: &str) -> anyhow::Result<Client> {
 }
 
 impl Cli {
+    /// The login password of --username: TERN_PASSWORD, else the first
+    /// line of stdin with --password-stdin (unless that gives a new user's
+    /// password).
+    fn login_password(&self) -> anyhow::Result<Option<String>> {
+        let Some(user) = &self.username else {
+            return Ok(None);
+        };
+        if let Ok(password) = std::env::var("TERN_PASSWORD") {
+            return Ok(Some(password));
+        }
+        let stdin_is_new_password =
+            matches!(&self.command, Command::User(c) if c.reads_new_password());
+        if self.password_stdin && !stdin_is_new_password {
+            return user::read_stdin_line()
+                .map(Some)
+                .context("read the password from stdin");
+        }
+        anyhow::bail!(
+            "--username {user} needs a password: set TERN_PASSWORD{}",
+            if stdin_is_new_password {
+                " (--password-stdin gives the new user's password)"
+            } else {
+                " or give --password-stdin"
+            }
+        )
+    }
+
     /// Client settings from the global flags.
     fn client_config(&self) -> anyhow::Result<tern_client::ClientConfig> {
         let tls = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
@@ -96,9 +133,13 @@ impl Cli {
             }),
             (None, _, _) => anyhow::bail!("--tls-cert needs --tls-ca (the CA to trust)"),
         };
+        let credentials = self.login_password()?.map(|password| {
+            tern_client::Credentials::new(self.username.clone().unwrap_or_default(), password)
+        });
         Ok(tern_client::ClientConfig {
             tls,
             bootstrap_timeout: self.connect_timeout,
+            credentials,
             ..Default::default()
         })
     }
@@ -139,6 +180,12 @@ enum Command {
             tern group reset-offsets billing --topic orders --to-earliest --dry-run"
     )]
     Group(group::GroupCommand),
+    /// Users that authenticate with SCRAM-SHA-256: add, passwd, remove, list.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  tern user add alice\n  tern --username admin user list"
+    )]
+    User(user::UserCommand),
     /// Load generator: throughput and latency percentiles.
     #[command(
         subcommand,
@@ -212,7 +259,14 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let client_config = cli.client_config()?;
+    // Commands that need no broker must not ask for a password.
+    let client_config = match cli.command {
+        Command::Completions { .. } | Command::Profile(_) | Command::Cert(_) => {
+            tern_client::ClientConfig::default()
+        }
+        _ => cli.client_config()?,
+    };
+    let password_stdin = cli.password_stdin;
     // Commands that need no broker.
     let command = match cli.command {
         Command::Completions { shell } => {
@@ -249,6 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Consume(a) => ok(consume::run(connect().await?, a).await),
             Command::Lock(c) => lock::run(connect().await?, c).await,
             Command::Group(c) => ok(group::run(connect().await?, c).await),
+            Command::User(c) => ok(user::run(connect().await?, c, password_stdin).await),
             Command::Bench(b) => ok(bench::run(&brokers, b).await),
             Command::Completions { .. } | Command::Profile(_) | Command::Cert(_) => {
                 unreachable!("handled above")
