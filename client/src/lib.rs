@@ -46,6 +46,7 @@ pub use lock::{LockClient, LockGuard, LockOptions};
 pub use producer::{
     Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata, IN_FLIGHT_PER_PARTITION_MAX,
 };
+pub use tern_protocol::acl::{AclRule, Effect, Operation, ResourceKind, ResourcePattern};
 pub use tern_protocol::api::{OffsetSpec, PartitionInfo, TopicInfo};
 pub use tern_protocol::coord::{GroupInfo, LockInfo, LockMode};
 pub use tern_protocol::ErrorCode;

@@ -11,6 +11,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::acl::{AclRequest, AclResponse};
 use crate::coord::{GroupRequest, GroupResponse, LockRequest, LockResponse};
 use crate::error::{DecodeError, ErrorCode};
 use crate::frame::{FRAME_BYTES_MAX, PROTOCOL_VERSION};
@@ -42,11 +43,15 @@ pub enum ApiKey {
     Lock = 9,
     /// Consumer groups (see [`crate::coord`]).
     Group = 10,
+    // 11, 12 and 13 are assigned on another branch; the lead merges them.
+    /// Authorization rules: add, remove, list (see [`crate::acl`]).
+    Acl = 14,
 }
 
 impl ApiKey {
     /// All request types, for metrics registration.
-    pub const ALL: [ApiKey; 11] = [
+    // Keep in wire-number order; 11..=13 are reserved (another branch).
+    pub const ALL: [ApiKey; 12] = [
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::Metadata,
@@ -58,6 +63,7 @@ impl ApiKey {
         ApiKey::ReassignPartition,
         ApiKey::Lock,
         ApiKey::Group,
+        ApiKey::Acl,
     ];
 
     fn from_u16(v: u16) -> Result<ApiKey, DecodeError> {
@@ -81,6 +87,7 @@ impl ApiKey {
             ApiKey::ReassignPartition => "reassign_partition",
             ApiKey::Lock => "lock",
             ApiKey::Group => "group",
+            ApiKey::Acl => "acl",
         }
     }
 }
@@ -334,6 +341,8 @@ pub enum Request {
     Lock(LockRequest),
     /// A consumer-group operation.
     Group(GroupRequest),
+    /// An authorization-rule operation.
+    Acl(AclRequest),
 }
 
 /// A successful response (errors of a whole request travel in the frame).
@@ -371,6 +380,8 @@ pub enum Response {
     Lock(LockResponse),
     /// A consumer-group answer.
     Group(GroupResponse),
+    /// An authorization-rule answer.
+    Acl(AclResponse),
 }
 
 impl Request {
@@ -388,6 +399,7 @@ impl Request {
             Request::ReassignPartition { .. } => ApiKey::ReassignPartition,
             Request::Lock(_) => ApiKey::Lock,
             Request::Group(_) => ApiKey::Group,
+            Request::Acl(_) => ApiKey::Acl,
         }
     }
 
@@ -464,6 +476,7 @@ impl Request {
             }
             Request::Lock(l) => l.encode(out),
             Request::Group(g) => g.encode(out),
+            Request::Acl(a) => a.encode(out),
         }
     }
 
@@ -556,6 +569,7 @@ impl Request {
             },
             ApiKey::Lock => Request::Lock(LockRequest::decode(r)?),
             ApiKey::Group => Request::Group(GroupRequest::decode(r)?),
+            ApiKey::Acl => Request::Acl(AclRequest::decode(r)?),
         })
     }
 }
@@ -602,6 +616,7 @@ impl Response {
             Response::ReassignPartition => ApiKey::ReassignPartition,
             Response::Lock(_) => ApiKey::Lock,
             Response::Group(_) => ApiKey::Group,
+            Response::Acl(_) => ApiKey::Acl,
         }
     }
 
@@ -664,6 +679,7 @@ impl Response {
             Response::ListOffsets { offset } => out.put_u64_le(*offset),
             Response::Lock(l) => l.encode(out),
             Response::Group(g) => g.encode(out),
+            Response::Acl(a) => a.encode(out),
         }
     }
 
@@ -750,6 +766,7 @@ impl Response {
             },
             ApiKey::Lock => Response::Lock(LockResponse::decode(r)?),
             ApiKey::Group => Response::Group(GroupResponse::decode(r)?),
+            ApiKey::Acl => Response::Acl(AclResponse::decode(r)?),
         })
     }
 }
@@ -1009,6 +1026,7 @@ mod tests {
             Request::Lock(LockRequest::Acquire {
                 name: "l".into(),
                 owner: 7,
+                secret: u128::MAX - 1,
                 mode: LockMode::Shared,
                 lease_ms: 10_000,
                 wait_ms: 5,
@@ -1016,31 +1034,37 @@ mod tests {
             Request::Lock(LockRequest::KeepAlive {
                 name: "l".into(),
                 owner: 7,
+                secret: 1 << 100,
             }),
             Request::Lock(LockRequest::Release {
                 name: "l".into(),
                 owner: 7,
+                secret: 3,
             }),
             Request::Lock(LockRequest::List),
             Request::Group(GroupRequest::Join {
                 group: "g".into(),
                 member: 3,
+                secret: 5 << 70,
                 topics: vec!["a".into(), "b".into()],
                 session_timeout_ms: 6000,
             }),
             Request::Group(GroupRequest::Heartbeat {
                 group: "g".into(),
                 member: 3,
+                secret: 6,
                 generation: 9,
                 wait_ms: 1000,
             }),
             Request::Group(GroupRequest::Leave {
                 group: "g".into(),
                 member: 3,
+                secret: 7,
             }),
             Request::Group(GroupRequest::Commit {
                 group: "g".into(),
                 member: 3,
+                secret: 8,
                 generation: 9,
                 offsets: vec![("a".into(), 1, 42)],
             }),

@@ -70,6 +70,10 @@ pub enum ErrorCode {
     /// appended. Retry once the earlier batch is stored, which keeps the
     /// producer's batches in order.
     OutOfOrderSequence = 25,
+    // 26 and 27 are assigned on another branch; the lead merges them.
+    /// The connection's principal may not do this (no ACL allows it, or
+    /// one denies it). Retrying cannot help until an ACL changes.
+    AccessDenied = 28,
 }
 
 impl ErrorCode {
@@ -102,6 +106,7 @@ impl ErrorCode {
             23 => LimitExceeded,
             24 => TooManyConnections,
             25 => OutOfOrderSequence,
+            28 => AccessDenied,
             _ => Unknown,
         }
     }
@@ -154,6 +159,7 @@ impl ErrorCode {
             LimitExceeded => "limit_exceeded",
             TooManyConnections => "too_many_connections",
             OutOfOrderSequence => "out_of_order_sequence",
+            AccessDenied => "access_denied",
         }
     }
 }
@@ -225,5 +231,7 @@ mod tests {
         }
         assert_eq!(ErrorCode::from_u16(23), ErrorCode::LimitExceeded);
         assert_eq!(ErrorCode::from_u16(24), ErrorCode::TooManyConnections);
+        assert_eq!(ErrorCode::from_u16(28), ErrorCode::AccessDenied);
+        assert!(!ErrorCode::AccessDenied.is_retriable());
     }
 }

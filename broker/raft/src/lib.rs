@@ -182,6 +182,7 @@ pub struct RaftNode {
     transport: Arc<Transport>,
     meta: Raft,
     catalogue: watch::Receiver<Arc<Catalogue>>,
+    acls: watch::Receiver<Arc<tern_acl::AclSet>>,
     partition_config: Arc<openraft::Config>,
     initial_cluster: BTreeMap<NodeId, String>,
     hooks: RaftHooks,
@@ -277,7 +278,7 @@ impl RaftNode {
         let fresh = log
             .is_fresh()
             .map_err(|e| RaftStartError::Config(e.to_string()))?;
-        let (sm, catalogue, coord) = MetaStateMachine::open(store.clone(), plugins)
+        let (sm, catalogue, coord, acls) = MetaStateMachine::open(store.clone(), plugins)
             .map_err(|e| RaftStartError::Config(e.to_string()))?;
         let meta = Raft::new(
             cluster.node_id,
@@ -338,6 +339,7 @@ impl RaftNode {
             transport: transport.clone(),
             meta,
             catalogue,
+            acls,
             partition_config,
             initial_cluster: cluster.initial_cluster,
             hooks,
@@ -661,6 +663,17 @@ impl RaftNode {
     /// The transport (for metrics and tests).
     pub fn transport(&self) -> &Arc<Transport> {
         &self.transport
+    }
+
+    /// The authorization rules as this node has applied them (cheap: an
+    /// `Arc` of the indexed set, replaced on every change).
+    pub fn acls(&self) -> Arc<tern_acl::AclSet> {
+        self.acls.borrow().clone()
+    }
+
+    /// Follows the authorization rules.
+    pub fn follow_acls(&self) -> watch::Receiver<Arc<tern_acl::AclSet>> {
+        self.acls.clone()
     }
 
     /// Follows the catalogue.

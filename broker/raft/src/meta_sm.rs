@@ -6,8 +6,10 @@
 //! commands, so every node has the catalogue; catalogue changes are
 //! published on a `watch` channel that the broker's reconciler follows to
 //! open and close partition groups, and coordination changes on another
-//! that waiting lock requests and group heartbeats follow. The state is
-//! small: it is persisted whole with every apply and is itself the snapshot.
+//! that waiting lock requests and group heartbeats follow, and the
+//! authorization rules (ACLs) on a third that every request's check reads.
+//! The state is small: it is persisted whole with every apply and is itself
+//! the snapshot (catalogue, coordination state, then the ACL rules).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, Snapshot, SnapshotMeta, StorageIOError};
 use serde::{Deserialize, Serialize};
+use tern_acl::{AclError, AclRule, AclSet};
 use tern_protocol::ErrorCode;
 use tern_storage::Store;
 use tokio::sync::watch;
@@ -61,13 +64,31 @@ impl CoordView {
     }
 }
 
-/// An opened state machine with the receivers of its catalogue and its
-/// coordination state.
+/// An opened state machine with the receivers of its catalogue, its
+/// coordination state and its ACL rules.
 pub type Opened = (
     MetaStateMachine,
     watch::Receiver<Arc<Catalogue>>,
     Arc<CoordView>,
+    watch::Receiver<Arc<AclSet>>,
 );
+
+/// The persisted state: before ACLs existed it was the first two only, and
+/// such a state still opens (with no rules).
+type Persisted = (MetaState, CoordState, Vec<AclRule>);
+
+fn decode_state(bytes: &[u8]) -> Result<(MetaState, CoordState, AclSet), RaftStorageError> {
+    let (state, coord, rules): Persisted = match bincode::deserialize::<Persisted>(bytes) {
+        Ok(s) => s,
+        Err(_) => {
+            let (state, coord): (MetaState, CoordState) =
+                bincode::deserialize(bytes).map_err(sm_err)?;
+            (state, coord, Vec::new())
+        }
+    };
+    let acls = AclSet::from_rules(rules).map_err(sm_err)?;
+    Ok((state, coord, acls))
+}
 
 /// The metadata state machine.
 pub struct MetaStateMachine {
@@ -76,6 +97,9 @@ pub struct MetaStateMachine {
     publish: watch::Sender<Arc<Catalogue>>,
     coord: Arc<CoordView>,
     plugins: Option<Arc<dyn CoordPlugins>>,
+    /// The rules; the published copy is replaced on every change.
+    acls: Arc<AclSet>,
+    publish_acls: watch::Sender<Arc<AclSet>>,
 }
 
 impl MetaStateMachine {
@@ -85,11 +109,12 @@ impl MetaStateMachine {
         store: Store,
         plugins: Option<Arc<dyn CoordPlugins>>,
     ) -> Result<Opened, RaftStorageError> {
-        let (mut state, coord): (MetaState, CoordState) =
-            match store.meta_get(STATE_KEY).map_err(sm_err)? {
-                Some(v) => bincode::deserialize(&v).map_err(sm_err)?,
-                None => Default::default(),
-            };
+        let (mut state, coord, acls) = match store.meta_get(STATE_KEY).map_err(sm_err)? {
+            Some(v) => decode_state(&v)?,
+            None => Default::default(),
+        };
+        let acls = Arc::new(acls);
+        let (publish_acls, acls_rx) = watch::channel(acls.clone());
         if state.catalogue.next_topic_id == 0 {
             state.catalogue.next_topic_id = 1;
         }
@@ -105,9 +130,12 @@ impl MetaStateMachine {
                 publish,
                 coord: coord.clone(),
                 plugins,
+                acls,
+                publish_acls,
             },
             rx,
             coord,
+            acls_rx,
         ))
     }
 
@@ -143,6 +171,9 @@ impl MetaStateMachine {
                 .collect();
             return CommandResponse::Coord(answers);
         }
+        if let Command::AddAcl(_) | Command::RemoveAcl(_) = command {
+            return self.apply_acl_command(command);
+        }
         *catalogue_changed = true;
         let topic_touched = match &command {
             Command::CreateTopic { name, .. } | Command::DeleteTopic { name } => Some(name.clone()),
@@ -159,6 +190,33 @@ impl MetaStateMachine {
                 .topic_changed(self.plugins.as_deref(), &topic, &topics);
         }
         response
+    }
+
+    /// Adds or removes a rule and publishes the new set (copied only when
+    /// a reader still holds the old one).
+    fn apply_acl_command(&mut self, command: Command) -> CommandResponse {
+        let acls = Arc::make_mut(&mut self.acls);
+        let outcome = match command {
+            Command::AddAcl(rule) => acls.add(rule).map(|_| ()),
+            Command::RemoveAcl(rule) => {
+                acls.remove(&rule);
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        match outcome {
+            Ok(()) => {
+                self.publish_acls.send_replace(self.acls.clone());
+                CommandResponse::Done
+            }
+            Err(e) => CommandResponse::Rejected {
+                code: match e {
+                    AclError::TooManyRules { .. } => ErrorCode::LimitExceeded,
+                    AclError::InvalidRule { .. } => ErrorCode::InvalidRequest,
+                } as u16,
+                message: e.to_string(),
+            },
+        }
     }
 
     fn apply_catalogue_command(&mut self, command: Command) -> CommandResponse {
@@ -235,7 +293,10 @@ impl MetaStateMachine {
                 );
                 CommandResponse::Done
             }
-            Command::Append(_) | Command::Coord { .. } => CommandResponse::Rejected {
+            Command::Append(_)
+            | Command::Coord { .. }
+            | Command::AddAcl(_)
+            | Command::RemoveAcl(_) => CommandResponse::Rejected {
                 code: ErrorCode::InvalidRequest as u16,
                 message: "not a catalogue command".into(),
             },
@@ -245,7 +306,8 @@ impl MetaStateMachine {
     /// The whole state, as persisted and as snapshot data.
     fn encode_state(&self) -> Result<Vec<u8>, RaftStorageError> {
         let coord = self.coord.state.lock().expect("coordination state lock");
-        bincode::serialize(&(&self.state, &*coord)).map_err(sm_err)
+        let rules: Vec<&AclRule> = self.acls.rules().collect();
+        bincode::serialize(&(&self.state, &*coord, rules)).map_err(sm_err)
     }
 
     fn persist_and_publish(
@@ -332,12 +394,13 @@ impl RaftStateMachine<TernRaft> for MetaStateMachine {
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), RaftStorageError> {
-        let (mut state, coord): (MetaState, CoordState) =
-            bincode::deserialize(snapshot.get_ref()).map_err(sm_err)?;
+        let (mut state, coord, acls) = decode_state(snapshot.get_ref())?;
         state.applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
         self.state = state;
         *self.coord.state.lock().expect("coordination state lock") = coord;
+        self.acls = Arc::new(acls);
+        self.publish_acls.send_replace(self.acls.clone());
         self.persist_and_publish(true, true)
     }
 
@@ -367,9 +430,89 @@ mod tests {
             let store =
                 Store::open(dir.path(), tern_storage::Durability::PageCache).map_err(sm_err)?;
             let log = LogStore::new(store.clone(), 0);
-            let (sm, _rx, _coord) = MetaStateMachine::open(store, None)?;
+            let (sm, _rx, _coord, _acls) = MetaStateMachine::open(store, None)?;
             Ok((dir, log, sm))
         }
+    }
+
+    fn acl(principal: &str, topic: &str) -> AclRule {
+        AclRule {
+            principal: principal.into(),
+            resource: tern_acl::ResourcePattern::exact(tern_acl::ResourceKind::Topic, topic),
+            operation: tern_acl::Operation::Produce,
+            effect: tern_acl::Effect::Allow,
+        }
+    }
+
+    fn entry(index: u64, command: Command) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    fn open(dir: &std::path::Path) -> Opened {
+        let store = Store::open(dir, tern_storage::Durability::PageCache).unwrap();
+        MetaStateMachine::open(store, None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn acl_rules_are_published_and_survive_a_restart_and_a_snapshot_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, removed) = (acl("alice", "orders"), acl("bob", "orders"));
+        let allowed = |acls: &AclSet, who: &str| {
+            acls.check(
+                Some(who),
+                tern_acl::Resource::Topic("orders"),
+                tern_acl::Operation::Produce,
+            )
+            .is_allowed()
+        };
+        let snapshot = {
+            let (mut sm, _c, _coord, acls) = open(dir.path());
+            sm.apply([
+                entry(1, Command::AddAcl(kept.clone())),
+                entry(2, Command::AddAcl(removed.clone())),
+            ])
+            .await
+            .unwrap();
+            assert!(allowed(&acls.borrow(), "bob"), "published on apply");
+            let answer = sm
+                .apply([entry(3, Command::RemoveAcl(removed))])
+                .await
+                .unwrap();
+            assert_eq!(answer, vec![CommandResponse::Done]);
+            assert!(!allowed(&acls.borrow(), "bob"));
+            sm.get_current_snapshot().await.unwrap().unwrap()
+        };
+        // Reopened from its own store.
+        let (_sm, _c, _coord, acls) = open(dir.path());
+        assert_eq!(acls.borrow().len(), 1);
+        assert!(allowed(&acls.borrow(), "alice"));
+        // Installed on an empty node from the snapshot.
+        let other = tempfile::tempdir().unwrap();
+        let (mut sm, _c, _coord, acls) = open(other.path());
+        assert!(!allowed(&acls.borrow(), "alice"));
+        sm.install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert!(allowed(&acls.borrow(), "alice"));
+        assert!(!allowed(&acls.borrow(), "bob"));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_acl_rule_is_refused_by_every_replica_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut sm, _c, _coord, acls) = open(dir.path());
+        let answer = sm
+            .apply([entry(1, Command::AddAcl(acl("", "orders")))])
+            .await
+            .unwrap();
+        assert!(matches!(
+            answer[0],
+            CommandResponse::Rejected { code, .. } if code == ErrorCode::InvalidRequest as u16
+        ));
+        assert!(acls.borrow().is_empty());
     }
 
     /// openraft's own storage conformance suite, run against Tern's RocksDB

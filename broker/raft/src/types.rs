@@ -118,6 +118,11 @@ pub enum Command {
         /// The operations, applied in order.
         ops: Vec<crate::coord::CoordOp>,
     },
+    /// Metadata group: add an authorization rule (refused past
+    /// `tern_acl::RULES_MAX` rules).
+    AddAcl(tern_acl::AclRule),
+    /// Metadata group: remove an authorization rule.
+    RemoveAcl(tern_acl::AclRule),
 }
 
 /// A state machine's answer to one command.

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use openraft::error::ClientWriteError;
 use openraft::raft::ClientWriteResponse;
+use tern_protocol::acl::{AclRequest, AclResponse, ACL_LIST_PAGE_MAX};
 use tern_protocol::api::{
     BrokerInfo, FetchPartition, FetchResult, OffsetSpec, PartitionInfo, ProducePartition,
     ProduceResult, TopicConfig, TopicInfo, FETCH_PARTITIONS_MAX, RETENTION_BROKER_DEFAULT,
@@ -40,6 +41,7 @@ use crate::plugins::Plugins;
 use crate::read_cache::ReadCache;
 use crate::session::Session;
 
+mod authz;
 mod coordination;
 
 /// Most partitions one topic may have.
@@ -153,6 +155,8 @@ pub struct Broker {
     /// Where the next multi-partition fetch starts reading (see
     /// `read_partitions`).
     fetch_rotation: std::sync::atomic::AtomicUsize,
+    /// The configured super-users (the rules are the metadata group's).
+    authorizer: tern_acl::Authorizer,
 }
 
 /// How long a remote partition's leader is trusted without asking again.
@@ -197,6 +201,7 @@ impl Broker {
         raft: Arc<RaftNode>,
     ) -> Arc<Broker> {
         let broker = Arc::new(Broker {
+            authorizer: tern_acl::Authorizer::new(config.super_users.iter().cloned()),
             config,
             store,
             metrics,
@@ -394,9 +399,7 @@ impl Broker {
             log,
             raft,
             log_end: end_rx,
-            uncommitted: Arc::new(tokio::sync::Semaphore::new(
-                PARTITION_UNCOMMITTED_BYTES_MAX,
-            )),
+            uncommitted: Arc::new(tokio::sync::Semaphore::new(PARTITION_UNCOMMITTED_BYTES_MAX)),
         }))
     }
 
@@ -447,9 +450,10 @@ impl Broker {
     /// bytes answers `Busy` instead (openraft's queue is unbounded).
     pub async fn enqueue_produce(
         &self,
-        _session: &Session,
+        session: &Session,
         partitions: Vec<ProducePartition>,
     ) -> Vec<PendingAppend> {
+        let acls = self.acls();
         let mut pending = Vec::with_capacity(partitions.len());
         for p in partitions {
             let done = |f: Failure| {
@@ -464,6 +468,21 @@ impl Broker {
                     base_offset: 0,
                 })
             };
+            // Before anything else: whether the topic exists is not for a
+            // principal that may not produce to it to learn.
+            if let Some(acls) = &acls {
+                let topic = tern_acl::Resource::Topic(&p.topic);
+                if !self.allows(acls, session, topic, tern_acl::Operation::Produce) {
+                    pending.push(done(Failure::new(
+                        ErrorCode::AccessDenied,
+                        format!(
+                            "{} may not produce to {topic}",
+                            authz::principal_name(session)
+                        ),
+                    )));
+                    continue;
+                }
+            }
             let target = match self.partition(&p.topic, p.partition) {
                 Ok(t) => t,
                 Err(f) => {
@@ -500,7 +519,10 @@ impl Broker {
             let records = view.record_count();
             let bytes = view.bytes().len();
             // A batch is at most BATCH_BYTES_MAX (8 MiB), well under the limit.
-            let Ok(uncommitted) = target.uncommitted.clone().try_acquire_many_owned(bytes as u32)
+            let Ok(uncommitted) = target
+                .uncommitted
+                .clone()
+                .try_acquire_many_owned(bytes as u32)
             else {
                 self.metrics
                     .limit_refusals
@@ -540,8 +562,30 @@ impl Broker {
         pending
     }
 
-    /// Answers any request other than produce.
+    /// Answers any request (the connection sends produce to
+    /// [`Self::enqueue_produce`] itself). When authorization is on, the
+    /// request is checked first (see `authz`).
     pub async fn handle(&self, session: &Session, request: Request) -> Result<Response, Failure> {
+        self.authorize_request(session, &request)?;
+        let admin = authz::is_admin(&request).then(|| format!("{request:?}"));
+        let result = self.handle_authorized(session, request).await;
+        if let (Some(what), Ok(_)) = (admin, &result) {
+            info!(
+                target: "tern::security",
+                principal = %authz::principal_name(session),
+                peer = %session.peer(),
+                request = %what,
+                "admin request done"
+            );
+        }
+        result
+    }
+
+    async fn handle_authorized(
+        &self,
+        session: &Session,
+        request: Request,
+    ) -> Result<Response, Failure> {
         match request {
             Request::Produce {
                 partitions,
@@ -564,7 +608,7 @@ impl Broker {
             }
             Request::Metadata { topics } => {
                 self.learn_remote_leaders(topics.as_deref()).await;
-                Ok(self.metadata(topics))
+                Ok(self.metadata(session, topics))
             }
             Request::CreateTopic { name, config } => self.create_topic(name, config).await,
             Request::DeleteTopic { name } => self.delete_topic(name).await,
@@ -629,8 +673,9 @@ impl Broker {
                 partition,
                 replicas,
             } => self.reassign(topic, partition, replicas).await,
-            Request::Lock(l) => self.lock(l).await,
-            Request::Group(g) => self.group(g).await,
+            Request::Lock(l) => self.lock(session, l).await,
+            Request::Group(g) => self.group(session, g).await,
+            Request::Acl(a) => self.acl(a).await,
             Request::ListOffsets {
                 topic,
                 partition,
@@ -883,7 +928,11 @@ impl Broker {
         }
     }
 
-    fn metadata(&self, wanted: Option<Vec<String>>) -> Response {
+    /// Describes the cluster. With authorization on, only topics the
+    /// session may describe: the others are left out of an all-topics
+    /// answer and answered `AccessDenied` (existing or not) when named.
+    fn metadata(&self, session: &Session, wanted: Option<Vec<String>>) -> Response {
+        let acls = self.acls();
         let me = self.raft.node_id();
         let topics = self.topics.read().expect("topics lock");
         let remote = self
@@ -933,11 +982,40 @@ impl Broker {
                 })
                 .collect(),
         };
+        let empty = |error: ErrorCode, name: String| TopicInfo {
+            error,
+            name,
+            config: TopicConfig {
+                partitions: 0,
+                replication_factor: 0,
+                retention_ms: -1,
+                retention_bytes: -1,
+            },
+            partitions: vec![],
+        };
         let mut out: Vec<TopicInfo> = match wanted {
-            None => topics.values().map(|t| describe(t)).collect(),
+            None => topics
+                .values()
+                .filter(|t| {
+                    acls.as_ref()
+                        .is_none_or(|a| self.may_describe(a, session, &t.entry.name))
+                })
+                .map(|t| describe(t))
+                .collect(),
             Some(names) => names
                 .into_iter()
                 .map(|n| match topics.get(&n) {
+                    _ if acls.as_ref().is_some_and(|a| {
+                        !self.allows(
+                            a,
+                            session,
+                            tern_acl::Resource::Topic(&n),
+                            tern_acl::Operation::Describe,
+                        )
+                    }) =>
+                    {
+                        empty(ErrorCode::AccessDenied, n)
+                    }
                     Some(t) => describe(t),
                     None => TopicInfo {
                         error: ErrorCode::UnknownTopicOrPartition,
@@ -1153,6 +1231,53 @@ impl Broker {
             .map_err(write_failure)?;
         self.reconcile().await;
         Ok(Response::ReassignPartition)
+    }
+
+    /// Adds, removes or lists authorization rules. A change is answered
+    /// once this broker has applied it, so the caller's next request here
+    /// is checked against it.
+    async fn acl(&self, request: AclRequest) -> Result<Response, Failure> {
+        let (rule, add) = match request {
+            AclRequest::List { start } => {
+                let acls = self.raft.acls();
+                let rules = acls
+                    .rules()
+                    .skip(start as usize)
+                    .take(ACL_LIST_PAGE_MAX)
+                    .cloned()
+                    .collect();
+                return Ok(Response::Acl(AclResponse::List {
+                    total: acls.len() as u32,
+                    rules,
+                }));
+            }
+            AclRequest::Add(rule) => (rule, true),
+            AclRequest::Remove(rule) => (rule, false),
+        };
+        rule.validate()
+            .map_err(|e| Failure::new(ErrorCode::InvalidRequest, e.to_string()))?;
+        let command = if add {
+            Command::AddAcl(rule.clone())
+        } else {
+            Command::RemoveAcl(rule.clone())
+        };
+        self.catalogue_write(command).await?;
+        let mut applied = self.raft.follow_acls();
+        let seen = matches!(
+            tokio::time::timeout(
+                ADMIN_TIMEOUT,
+                applied.wait_for(|acls| acls.contains(&rule) == add),
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        if !seen {
+            return Err(Failure::new(
+                ErrorCode::RequestTimedOut,
+                "the rule was committed but this broker has not applied it yet",
+            ));
+        }
+        Ok(Response::Acl(AclResponse::Done))
     }
 
     async fn catalogue_write(&self, command: Command) -> Result<(), Failure> {

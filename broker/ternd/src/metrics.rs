@@ -153,6 +153,9 @@ pub struct Metrics {
     /// Bytes of request frames read and not yet answered, on all
     /// connections (bounded by `request_bytes_in_flight_max`).
     pub request_bytes_in_flight: IntGauge,
+    /// Requests (or partitions of one) refused by authorization, by
+    /// operation (`tern_acl::Operation::name`).
+    pub acl_denied: IntCounterVec,
 }
 
 impl Metrics {
@@ -467,6 +470,13 @@ impl Metrics {
                 "tern_request_bytes_in_flight",
                 "Bytes of request frames read and not yet answered, on all client connections."
             )),
+            acl_denied: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tern_acl_denied_total",
+                    "Requests, or partitions of a produce, refused by authorization, by operation."
+                ),
+                &["operation"]
+            )),
             registry,
         };
         m.build_info
@@ -496,6 +506,9 @@ impl Metrics {
         }
         for limit in REFUSED_LIMITS {
             m.limit_refusals.with_label_values(&[limit]);
+        }
+        for operation in tern_acl::Operation::ALL {
+            m.acl_denied.with_label_values(&[operation.name()]);
         }
         m
     }

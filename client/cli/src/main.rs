@@ -4,6 +4,7 @@
 //! on stderr and a non-zero status (never a backtrace: this is the user's
 //! tool, not a developer's).
 
+mod acl;
 mod bench;
 mod bench_coord;
 mod cert;
@@ -139,6 +140,14 @@ enum Command {
             tern group reset-offsets billing --topic orders --to-earliest --dry-run"
     )]
     Group(group::GroupCommand),
+    /// Authorization rules: who may do what (brokers with --authorization).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+            tern acl add --principal billing --allow --operation produce --topic orders\n  \
+            tern acl list"
+    )]
+    Acl(acl::AclCommand),
     /// Load generator: throughput and latency percentiles.
     #[command(
         subcommand,
@@ -249,6 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Consume(a) => ok(consume::run(connect().await?, a).await),
             Command::Lock(c) => lock::run(connect().await?, c).await,
             Command::Group(c) => ok(group::run(connect().await?, c).await),
+            Command::Acl(c) => ok(acl::run(connect().await?, c).await),
             Command::Bench(b) => ok(bench::run(&brokers, b).await),
             Command::Completions { .. } | Command::Profile(_) | Command::Cert(_) => {
                 unreachable!("handled above")
