@@ -672,6 +672,7 @@ async fn with_authorization_on_a_principal_may_do_only_what_a_rule_allows() {
                 alice_locks
                     .acquire_with("jobs/1", lock_options.clone())
                     .await
+                    .map(|g| g.token())
             ),
             denied
         );
@@ -784,7 +785,10 @@ async fn with_authorization_on_a_principal_may_do_only_what_a_rule_allows() {
         assert_eq!(
             refused(
                 "lock outside the prefix",
-                alice_locks.acquire_with("other", lock_options).await
+                alice_locks
+                    .acquire_with("other", lock_options)
+                    .await
+                    .map(|g| g.token())
             ),
             denied
         );
@@ -845,10 +849,12 @@ async fn with_authorization_on_a_principal_may_do_only_what_a_rule_allows() {
     for expected in [
         "tern::security",
         "access denied",
-        "principal=alice",
-        "principal=anonymous",
-        "admin request done",
-        "principal=admin",
+        "access denied principal=alice",
+        "access denied principal=anonymous",
+        "access denied principal=mallory",
+        "operation=consume resource=topic \"orders\" reason=DeniedByRule",
+        "admin request done principal=admin",
+        "admin request done principal=alice",
     ] {
         assert!(log.contains(expected), "no {expected:?} in the log:\n{log}");
     }
@@ -876,7 +882,10 @@ async fn knowing_an_owner_or_member_id_does_not_let_another_client_act_for_it() 
 
         // Alice holds a lock; Mallory reads its owner id from the list.
         let locks = LockClient::new(alice.clone());
-        let guard = locks.acquire("nightly").await.unwrap();
+        let guard = locks
+            .acquire_with("nightly", LockOptions::default())
+            .await
+            .unwrap();
         let listed = LockClient::new(mallory.clone()).list().await.unwrap();
         let owner = listed[0].holders[0].owner;
         assert_eq!(owner, guard.owner());

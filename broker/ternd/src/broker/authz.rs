@@ -152,9 +152,9 @@ impl Broker {
                 .inc();
             tracing::warn!(
                 target: "tern::security",
-                principal = principal.as_deref().unwrap_or("anonymous"),
+                principal = %principal.as_deref().unwrap_or("anonymous"),
                 peer = %session.peer(),
-                operation = operation.name(),
+                operation = %operation,
                 resource = %resource,
                 reason = ?decision,
                 "access denied"
@@ -273,6 +273,7 @@ mod tests {
             Request::Lock(LockRequest::Acquire {
                 name: "l".into(),
                 owner: 1,
+                secret: 1,
                 mode: LockMode::Exclusive,
                 lease_ms: 1000,
                 wait_ms: 0,
@@ -280,31 +281,37 @@ mod tests {
             Request::Lock(LockRequest::KeepAlive {
                 name: "l".into(),
                 owner: 1,
+                secret: 1,
             }),
             Request::Lock(LockRequest::Release {
                 name: "l".into(),
                 owner: 1,
+                secret: 1,
             }),
             Request::Lock(LockRequest::List),
             Request::Group(GroupRequest::Join {
                 group: "g".into(),
                 member: 1,
+                secret: 1,
                 topics: vec!["t".into(), "u".into()],
                 session_timeout_ms: 1000,
             }),
             Request::Group(GroupRequest::Heartbeat {
                 group: "g".into(),
                 member: 1,
+                secret: 1,
                 generation: 1,
                 wait_ms: 0,
             }),
             Request::Group(GroupRequest::Leave {
                 group: "g".into(),
                 member: 1,
+                secret: 1,
             }),
             Request::Group(GroupRequest::Commit {
                 group: "g".into(),
                 member: 1,
+                secret: 1,
                 generation: 1,
                 offsets: vec![("t".into(), 0, 1)],
             }),
