@@ -608,7 +608,7 @@ async fn with_authorization_on_a_principal_may_do_only_what_a_rule_allows() {
         "--super-user".into(),
         "admin".into(),
     ]);
-    let cluster = Cluster::start(dir.path(), 1, &refs(&args));
+    let mut cluster = Cluster::start(dir.path(), 1, &refs(&args));
     let seeds = cluster.seeds();
     let connect = |who: &'static str| {
         let config = certs.client_config(Some(who));
@@ -816,11 +816,24 @@ async fn with_authorization_on_a_principal_may_do_only_what_a_rule_allows() {
         produce(&alice_client, "orders").await.unwrap();
         // A super-user is not bound by rules.
         consume_at(&admin_client, "orders", mine).await.unwrap();
-        // Removing the deny gives the right back.
-        admin
-            .remove_acl(rule("*", Effect::Deny, Operation::Consume, topic("orders")))
-            .await
-            .unwrap();
+        // Removing the deny (with the CLI) gives the right back.
+        let (ok, out) = tern_cli(
+            &certs,
+            &broker,
+            "admin",
+            &[
+                "acl",
+                "remove",
+                "--principal",
+                "*",
+                "--deny",
+                "--operation",
+                "consume",
+                "--topic",
+                "orders",
+            ],
+        );
+        assert!(ok, "{out}");
         consume_at(&alice_client, "orders", mine).await.unwrap();
 
         // Mallory (no rule) and an anonymous client are still refused.
@@ -841,10 +854,22 @@ async fn with_authorization_on_a_principal_may_do_only_what_a_rule_allows() {
         );
     })
     .await;
-    let broker = &cluster.brokers[0];
-    let (_, metrics) = broker.http("/metrics").expect("metrics");
+    let (_, metrics) = cluster.brokers[0].http("/metrics").expect("metrics");
     let denials = tern_tests::metric_sum(&metrics, "tern_acl_denied_total");
     assert!(denials >= 8.0, "{denials} denials counted:\n{metrics}");
+    // The rules are replicated state: they survive a restart.
+    cluster.brokers[0].restart();
+    bounded(LIMIT, async {
+        let alice = connect("alice").await;
+        produce(&alice, "orders").await.unwrap();
+        let mallory = connect("mallory").await;
+        assert_eq!(
+            refused("mallory after a restart", produce(&mallory, "orders").await),
+            ErrorCode::AccessDenied
+        );
+    })
+    .await;
+    let broker = &cluster.brokers[0];
     let log = broker.log();
     for expected in [
         "tern::security",
@@ -915,6 +940,38 @@ async fn knowing_an_owner_or_member_id_does_not_let_another_client_act_for_it() 
         assert!(!guard.is_lost());
         // Alice herself still renews (the guard does) and releases.
         guard.release().await.unwrap();
+        // Even the secret is not enough from another principal: it is bound
+        // to the connection's principal that acquired.
+        let acquire = LockRequest::Acquire {
+            name: "bound".into(),
+            owner: 77,
+            secret: 99,
+            mode: tern_client::LockMode::Exclusive,
+            lease_ms: 10_000,
+            wait_ms: 0,
+        };
+        alice.request_any(Request::Lock(acquire)).await.unwrap();
+        let release = |who: Client| async move {
+            who.request_any(Request::Lock(LockRequest::Release {
+                name: "bound".into(),
+                owner: 77,
+                secret: 99,
+            }))
+            .await
+        };
+        assert_eq!(
+            refused(
+                "release with the secret, as mallory",
+                release(mallory.clone()).await
+            ),
+            ErrorCode::LockNotHeld
+        );
+        assert_eq!(
+            release(alice.clone()).await.unwrap(),
+            tern_protocol::Response::Lock(tern_protocol::coord::LockResponse::Released {
+                was_holder: true
+            })
+        );
 
         // Alice is a group member; Mallory reads its id from describe.
         let mut consumer = Consumer::new(alice.clone(), ConsumerConfig::default());
