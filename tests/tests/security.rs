@@ -1051,3 +1051,72 @@ async fn knowing_an_owner_or_member_id_does_not_let_another_client_act_for_it() 
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_added_through_one_broker_is_enforced_by_every_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("certs"));
+    for id in 1..=3 {
+        certs.node(id);
+    }
+    certs.client("admin");
+    certs.client("alice");
+    let mut args = certs.broker_args();
+    args.extend([
+        "--authorization".into(),
+        "--super-user".into(),
+        "admin".into(),
+    ]);
+    let cluster = Cluster::start(dir.path(), 3, &refs(&args));
+    let only = |i: usize, who: &str| {
+        let config = certs.client_config(Some(who));
+        let addr = cluster.brokers[i].addr.clone();
+        async move { Client::connect_with(&addr, config).await.unwrap() }
+    };
+    bounded(LIMIT, async {
+        let admin = Admin::new(only(0, "admin").await);
+        admin
+            .create_topic("orders", NewTopic::new(3))
+            .await
+            .unwrap();
+        // What alice sees, asking broker `i` alone.
+        let sees_orders = |i: usize| {
+            let client = only(i, "alice");
+            async move {
+                let alice = Admin::new(client.await);
+                let topics = alice.list_topics().await.unwrap();
+                topics.iter().any(|t| t.name == "orders")
+            }
+        };
+        for i in 0..3 {
+            assert!(!sees_orders(i).await, "broker {} showed a topic", i + 1);
+        }
+        admin
+            .add_acl(rule(
+                "alice",
+                Effect::Allow,
+                Operation::Describe,
+                topic("orders"),
+            ))
+            .await
+            .unwrap();
+        // Every broker applies the rule from the metadata group's log.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for i in 0..3 {
+            while !sees_orders(i).await {
+                assert!(
+                    Instant::now() < deadline,
+                    "broker {} never applied the rule",
+                    i + 1
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let listed = Admin::new(only(i, "admin").await)
+                .list_acls()
+                .await
+                .unwrap();
+            assert_eq!(listed.len(), 1, "broker {}: {listed:?}", i + 1);
+        }
+    })
+    .await;
+}
