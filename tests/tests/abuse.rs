@@ -792,7 +792,10 @@ async fn a_partition_that_cannot_commit_pushes_back_with_busy() {
             .await
             .unwrap();
         let admin = Admin::new(client.clone());
-        admin.create_topic("held", NewTopic::new(1)).await.unwrap();
+        admin
+            .create_topic("held", NewTopic::new(1))
+            .await
+            .unwrap();
         let leader = loop {
             let t = admin.describe_topic("held").await.unwrap();
             if t.partitions[0].leader > 0 {

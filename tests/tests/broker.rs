@@ -485,10 +485,7 @@ async fn an_idempotent_producers_batches_are_stored_only_in_sequence() {
     .await
     .unwrap();
     let mut consumer = Consumer::new(client, ConsumerConfig::default());
-    consumer
-        .assign("seq", &[0], Offset::Earliest)
-        .await
-        .unwrap();
+    consumer.assign("seq", &[0], Offset::Earliest).await.unwrap();
     let mut values = Vec::new();
     bounded(Duration::from_secs(30), async {
         while values.len() < 3 {

@@ -228,8 +228,7 @@ impl RaftStateMachine<TernRaft> for PartitionStateMachine {
                                 None => {
                                     let base_offset = next;
                                     next += view.record_count() as u64;
-                                    self.state
-                                        .remember(pid, seq, base_offset, entry.log_id.index);
+                                    self.state.remember(pid, seq, base_offset, entry.log_id.index);
                                     batches.push(ApplyBatch {
                                         raft_index: entry.log_id.index,
                                         bytes,
@@ -328,10 +327,7 @@ mod tests {
         assert_eq!(code(st.dedup(7, 6)), None);
         assert!(matches!(
             st.dedup(7, 5),
-            Some(CommandResponse::Appended {
-                base_offset: 100,
-                duplicate: true
-            })
+            Some(CommandResponse::Appended { base_offset: 100, duplicate: true })
         ));
         let skipped = code(st.dedup(7, 7)).expect("refused");
         assert_eq!(skipped, ErrorCode::OutOfOrderSequence as u16);
