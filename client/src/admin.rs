@@ -1,7 +1,8 @@
-//! Cluster administration: topics, brokers, consumer groups.
+//! Cluster administration: topics, brokers, consumer groups, ACL rules.
 
 use std::time::Duration;
 
+use tern_protocol::acl::{AclRequest, AclResponse, AclRule};
 use tern_protocol::api::{
     FetchPartition, OffsetSpec, TopicConfig, TopicInfo, RETENTION_BROKER_DEFAULT,
 };
@@ -470,6 +471,60 @@ impl Admin {
         match self.client.request_any(Request::User(request)).await? {
             Response::User(answer) => Ok(answer),
             other => Err(ClientError::Decode(format!("answered with {other:?}"))),
+        }
+    }
+
+    /// Adds an authorization rule (adding one that exists changes
+    /// nothing). Answered once the broker that took it applies it.
+    ///
+    /// # Cancel safety
+    /// Cancelled, the rule may or may not have been added; adding it again
+    /// is harmless.
+    pub async fn add_acl(&self, rule: AclRule) -> Result<(), ClientError> {
+        self.acl_change(AclRequest::Add(rule)).await
+    }
+
+    /// Removes an authorization rule (removing one that does not exist
+    /// changes nothing).
+    ///
+    /// # Cancel safety
+    /// Cancelled, the rule may or may not have been removed; removing it
+    /// again is harmless.
+    pub async fn remove_acl(&self, rule: AclRule) -> Result<(), ClientError> {
+        self.acl_change(AclRequest::Remove(rule)).await
+    }
+
+    async fn acl_change(&self, request: AclRequest) -> Result<(), ClientError> {
+        match self.client.request_any(Request::Acl(request)).await? {
+            Response::Acl(AclResponse::Done) => Ok(()),
+            other => Err(ClientError::Decode(format!("answered with {other:?}"))),
+        }
+    }
+
+    /// Every authorization rule of the cluster, read a page at a time from
+    /// one broker.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn list_acls(&self) -> Result<Vec<AclRule>, ClientError> {
+        let conn = self.client.any_connection().await?;
+        let mut rules = Vec::new();
+        loop {
+            let start = u32::try_from(rules.len())
+                .map_err(|_| ClientError::Decode("more ACL rules than a u32 counts".into()))?;
+            match conn
+                .request(Request::Acl(AclRequest::List { start }))
+                .await?
+            {
+                Response::Acl(AclResponse::List { total, rules: page }) => {
+                    let done = page.is_empty() || rules.len() + page.len() >= total as usize;
+                    rules.extend(page);
+                    if done {
+                        return Ok(rules);
+                    }
+                }
+                other => return Err(ClientError::Decode(format!("answered with {other:?}"))),
+            }
         }
     }
 

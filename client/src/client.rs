@@ -472,6 +472,10 @@ impl Client {
         let topics = self.refresh_metadata(Some(vec![name.to_owned()])).await?;
         match topics.into_iter().next() {
             Some(t) if t.error == ErrorCode::None => Ok(t),
+            Some(t) if t.error == ErrorCode::AccessDenied => Err(ClientError::Broker {
+                code: ErrorCode::AccessDenied,
+                message: format!("not allowed to describe topic {name:?}"),
+            }),
             _ => Err(ClientError::UnknownTopic(name.to_owned())),
         }
     }
@@ -692,6 +696,13 @@ impl Client {
 
 /// 64 random bits (producer ids, lock owners, group members): std's
 /// randomly keyed hasher over the time, so no RNG dependency is needed.
+/// A secret that proves a lock acquisition or group membership (see
+/// `tern_protocol::coord`): 128 bits from the OS-seeded CSPRNG, never
+/// shown, sent only with requests for that acquisition or membership.
+pub(crate) fn random_secret() -> u128 {
+    rand::random()
+}
+
 pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

@@ -60,7 +60,7 @@ use tern_protocol::{ErrorCode, Request, Response};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::client::{random_u64, Client};
+use crate::client::{random_secret, random_u64, Client};
 use crate::error::ClientError;
 use crate::retry::RetryPolicy;
 
@@ -406,7 +406,9 @@ impl Consumer {
                 "this consumer is already in a group".into(),
             ));
         }
-        let member = random_u64();
+        // The member id is public (`tern group describe`); the secret
+        // proves the membership is this consumer's.
+        let member = (random_u64(), random_secret());
         let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
         let session = self.config.session_timeout;
         let mut pending = LeaveOnDrop {
@@ -435,7 +437,8 @@ impl Consumer {
         self.group = Some(GroupMembership {
             client: self.client.clone(),
             name: group.to_owned(),
-            member,
+            member: member.0,
+            secret: member.1,
             generation: 0,
             assignment: rx,
             heartbeat,
@@ -452,6 +455,7 @@ impl Consumer {
 
     /// This consumer's member id in its group.
     pub fn member_id(&self) -> Option<u64> {
+        // Only the id: the secret never leaves the consumer.
         self.group.as_ref().map(|g| g.member)
     }
 
@@ -486,6 +490,7 @@ impl Consumer {
         let request = Request::Group(GroupRequest::Commit {
             group: g.name.clone(),
             member: g.member,
+            secret: g.secret,
             generation: g.generation,
             offsets,
         });
@@ -516,6 +521,7 @@ impl Consumer {
         let request = Request::Group(GroupRequest::Commit {
             group: g.name.clone(),
             member: g.member,
+            secret: g.secret,
             generation: g.generation,
             offsets: offsets
                 .iter()
@@ -551,6 +557,7 @@ impl Consumer {
         let leave = Request::Group(GroupRequest::Leave {
             group: g.name.clone(),
             member: g.member,
+            secret: g.secret,
         });
         let left = self.client.coordinate_retrying(leave).await;
         // Sent (or failed for good): `g`'s drop need not send it again.
@@ -863,6 +870,8 @@ struct GroupMembership {
     client: Client,
     name: String,
     member: u64,
+    /// Proves the membership is this consumer's (never shown).
+    secret: u128,
     /// Generation the consumer reads in now.
     generation: u64,
     assignment: watch::Receiver<GroupView>,
@@ -878,7 +887,11 @@ impl Drop for GroupMembership {
     fn drop(&mut self) {
         self.heartbeat.abort();
         if !self.left {
-            leave_in_background(self.client.clone(), self.name.clone(), self.member);
+            leave_in_background(
+                self.client.clone(),
+                self.name.clone(),
+                (self.member, self.secret),
+            );
         }
     }
 }
@@ -905,6 +918,7 @@ impl Drop for Consumer {
         let commit = Request::Group(GroupRequest::Commit {
             group: g.name.clone(),
             member: g.member,
+            secret: g.secret,
             generation: g.generation,
             offsets,
         });
@@ -918,12 +932,16 @@ impl Drop for Consumer {
 }
 
 /// Sends a `Leave` from a task of the current runtime, if there is one.
-fn leave_in_background(client: Client, group: String, member: u64) {
+fn leave_in_background(client: Client, group: String, (member, secret): (u64, u128)) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
     runtime.spawn(async move {
-        let leave = Request::Group(GroupRequest::Leave { group, member });
+        let leave = Request::Group(GroupRequest::Leave {
+            group,
+            member,
+            secret,
+        });
         if let Err(e) = client.coordinate_retrying(leave).await {
             tracing::debug!(error = %e, "leave on drop failed; the session will run out");
         }
@@ -935,7 +953,7 @@ fn leave_in_background(client: Client, group: String, member: u64) {
 struct LeaveOnDrop {
     client: Option<Client>,
     group: String,
-    member: u64,
+    member: (u64, u128),
 }
 
 impl Drop for LeaveOnDrop {
@@ -964,13 +982,14 @@ fn member_view(answer: Response) -> Result<GroupView, ClientError> {
 async fn join(
     client: &Client,
     group: &str,
-    member: u64,
+    (member, secret): (u64, u128),
     topics: &[String],
     session: Duration,
 ) -> Result<GroupView, ClientError> {
     let request = Request::Group(GroupRequest::Join {
         group: group.to_owned(),
         member,
+        secret,
         topics: topics.to_vec(),
         session_timeout_ms: session.as_millis() as u64,
     });
@@ -995,7 +1014,7 @@ async fn join(
 async fn heartbeat(
     client: Client,
     group: String,
-    member: u64,
+    member: (u64, u128),
     topics: Vec<String>,
     session: Duration,
     view: watch::Sender<GroupView>,
@@ -1006,7 +1025,8 @@ async fn heartbeat(
         let generation = view.borrow().generation;
         let request = Request::Group(GroupRequest::Heartbeat {
             group: group.clone(),
-            member,
+            member: member.0,
+            secret: member.1,
             generation,
             wait_ms: hold.as_millis() as u64,
         });
@@ -1022,7 +1042,7 @@ async fn heartbeat(
                 });
             }
             Err(e) if e.code() == Some(ErrorCode::UnknownMember) => {
-                tracing::warn!(%group, member, "the group forgot this member; joining again");
+                tracing::warn!(%group, member = member.0, "the group forgot this member; joining again");
                 if let Ok(v) = join(&client, &group, member, &topics, session).await {
                     view.send_replace(v);
                 }

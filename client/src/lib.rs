@@ -49,6 +49,7 @@ pub use producer::{
     Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
     IN_FLIGHT_PER_PARTITION_MAX, METADATA_MAX_AGE_DEFAULT, METADATA_MAX_AGE_MIN,
 };
+pub use tern_protocol::acl::{AclRule, Effect, Operation, ResourceKind, ResourcePattern};
 pub use tern_protocol::api::{OffsetSpec, PartitionInfo, TopicInfo};
 pub use tern_protocol::coord::{GroupInfo, LockInfo, LockMode};
 pub use tern_protocol::ErrorCode;

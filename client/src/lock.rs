@@ -37,7 +37,7 @@ use tern_protocol::{ErrorCode, Request, Response};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::client::{random_u64, Client};
+use crate::client::{random_secret, random_u64, Client};
 use crate::error::ClientError;
 use crate::retry::RetryPolicy;
 
@@ -120,6 +120,8 @@ impl LockClient {
         // One owner id for the whole acquisition: a retry after a lost
         // connection finds its place in the queue (or its grant).
         let owner = random_u64();
+        // What proves this acquisition is ours; the owner id is public.
+        let secret = random_secret();
         let deadline = options.wait.map(|w| Instant::now() + w);
         // If the caller drops this future while it waits (a timeout, a
         // select), leave the queue: otherwise the lock would later be
@@ -128,6 +130,7 @@ impl LockClient {
             client: Some(self.client.clone()),
             name: name.to_owned(),
             owner,
+            secret,
         };
         let mut pauses = RetryPolicy::BACKGROUND.backoff();
         loop {
@@ -139,6 +142,7 @@ impl LockClient {
             let request = Request::Lock(LockRequest::Acquire {
                 name: name.to_owned(),
                 owner,
+                secret,
                 mode: options.mode,
                 lease_ms,
                 wait_ms: wait.as_millis() as u64,
@@ -155,7 +159,7 @@ impl LockClient {
                     return Ok(LockGuard::start(
                         self.client.clone(),
                         name.to_owned(),
-                        owner,
+                        (owner, secret),
                         token,
                         options.lease,
                         expires,
@@ -212,6 +216,7 @@ struct CancelOnDrop {
     client: Option<Client>,
     name: String,
     owner: u64,
+    secret: u128,
 }
 
 impl Drop for CancelOnDrop {
@@ -223,6 +228,7 @@ impl Drop for CancelOnDrop {
             let request = Request::Lock(LockRequest::Release {
                 name: std::mem::take(&mut self.name),
                 owner: self.owner,
+                secret: self.secret,
             });
             runtime.spawn(async move {
                 let _ = client.coordinate_retrying(request).await;
@@ -237,6 +243,8 @@ pub struct LockGuard {
     client: Client,
     name: String,
     owner: u64,
+    /// Proves the acquisition is this guard's (never shown).
+    secret: u128,
     token: u64,
     lost: watch::Receiver<bool>,
     /// When the lease ends unless renewed (this client's conservative
@@ -250,7 +258,7 @@ impl LockGuard {
     fn start(
         client: Client,
         name: String,
-        owner: u64,
+        (owner, secret): (u64, u128),
         token: u64,
         lease: Duration,
         expires: Instant,
@@ -260,7 +268,7 @@ impl LockGuard {
         let keepalive = tokio::spawn(keep_alive(
             client.clone(),
             name.clone(),
-            owner,
+            (owner, secret),
             lease,
             expires_tx,
             lost_tx,
@@ -269,6 +277,7 @@ impl LockGuard {
             client,
             name,
             owner,
+            secret,
             token,
             lost,
             expires: expires_rx,
@@ -326,6 +335,7 @@ impl LockGuard {
         let request = Request::Lock(LockRequest::Release {
             name: self.name.clone(),
             owner: self.owner,
+            secret: self.secret,
         });
         let released = self.client.coordinate_retrying(request).await;
         self.released = true;
@@ -344,6 +354,7 @@ impl Drop for LockGuard {
             let request = Request::Lock(LockRequest::Release {
                 name: self.name.clone(),
                 owner: self.owner,
+                secret: self.secret,
             });
             runtime.spawn(async move {
                 let _ = client.coordinate(request, Duration::ZERO).await;
@@ -357,7 +368,7 @@ impl Drop for LockGuard {
 async fn keep_alive(
     client: Client,
     name: String,
-    owner: u64,
+    (owner, secret): (u64, u128),
     lease: Duration,
     expires_tx: watch::Sender<Instant>,
     lost: watch::Sender<bool>,
@@ -379,6 +390,7 @@ async fn keep_alive(
         let request = Request::Lock(LockRequest::KeepAlive {
             name: name.clone(),
             owner,
+            secret,
         });
         let sent = Instant::now();
         match client.coordinate(request, Duration::ZERO).await {

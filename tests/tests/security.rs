@@ -1181,3 +1181,610 @@ async fn scram_users_reach_a_broker_that_catches_up_from_a_metadata_snapshot() {
         "broker 4 caught up without a snapshot; the test proves nothing:\n{log}"
     );
 }
+
+// ------------------------------------------------------------- authorization
+
+use tern_client::{
+    AclRule, Effect, ErrorCode, LockClient, LockOptions, Operation, ResourceKind, ResourcePattern,
+};
+use tern_protocol::coord::{GroupRequest, LockRequest};
+use tern_protocol::Request;
+
+fn rule(
+    principal: &str,
+    effect: Effect,
+    operation: Operation,
+    resource: ResourcePattern,
+) -> AclRule {
+    AclRule {
+        principal: principal.into(),
+        resource,
+        operation,
+        effect,
+    }
+}
+
+fn topic(name: &str) -> ResourcePattern {
+    ResourcePattern::exact(ResourceKind::Topic, name)
+}
+
+/// The error code of a refused call, or a panic naming what succeeded.
+fn refused<T: std::fmt::Debug>(what: &str, r: Result<T, tern_client::ClientError>) -> ErrorCode {
+    match r {
+        Ok(v) => panic!("{what} was allowed: {v:?}"),
+        Err(e) => e
+            .code()
+            .unwrap_or_else(|| panic!("{what} failed without a code: {e:?}")),
+    }
+}
+
+async fn produce(client: &Client, topic: &str) -> Result<(u32, u64), tern_client::ClientError> {
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            retries: 0,
+            ..ProducerConfig::default()
+        },
+    );
+    let at = producer
+        .send(ProducerRecord::new(topic, "v".to_owned()))
+        .await?;
+    Ok((at.partition, at.offset))
+}
+
+async fn consume_at(
+    client: &Client,
+    topic: &str,
+    (partition, offset): (u32, u64),
+) -> Result<(), tern_client::ClientError> {
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+    consumer.seek(topic, partition, Offset::At(offset)).await?;
+    consumer.next_record().await.map(drop)
+}
+
+/// Runs the `tern` CLI as `identity` against `broker`: its success and output.
+fn tern_cli(certs: &Certs, broker: &str, identity: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(tern_tests::bin("tern"))
+        .args(["--broker", broker, "--tls-ca"])
+        .arg(certs.path("ca.pem"))
+        .arg("--tls-cert")
+        .arg(certs.path(&format!("{identity}.pem")))
+        .arg("--tls-key")
+        .arg(certs.path(&format!("{identity}-key.pem")))
+        .args(args)
+        .output()
+        .expect("run tern");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_authorization_on_a_principal_may_do_only_what_a_rule_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("certs"));
+    certs.node(1);
+    for name in ["admin", "alice", "mallory"] {
+        certs.client(name);
+    }
+    let mut args = certs.broker_args();
+    args.extend([
+        "--authorization".into(),
+        "--super-user".into(),
+        "admin".into(),
+    ]);
+    let mut cluster = Cluster::start(dir.path(), 1, &refs(&args));
+    let seeds = cluster.seeds();
+    let connect = |who: &'static str| {
+        let config = certs.client_config(Some(who));
+        let seeds = seeds.clone();
+        async move { Client::connect_with(&seeds, config).await.unwrap() }
+    };
+    bounded(LIMIT, async {
+        let admin_client = connect("admin").await;
+        let admin = Admin::new(admin_client.clone());
+        let alice_client = connect("alice").await;
+        let alice = Admin::new(alice_client.clone());
+        let alice_locks = LockClient::new(alice_client.clone());
+        let lock_options = LockOptions {
+            wait: Some(Duration::from_secs(2)),
+            ..LockOptions::default()
+        };
+
+        // A super-user may do anything, with no rule at all.
+        admin
+            .create_topic("orders", NewTopic::new(1))
+            .await
+            .unwrap();
+        let written = produce(&admin_client, "orders").await.unwrap();
+
+        // Alice, with no rule, may do nothing.
+        let denied = ErrorCode::AccessDenied;
+        assert_eq!(
+            refused("produce", produce(&alice_client, "orders").await),
+            denied
+        );
+        assert_eq!(
+            refused(
+                "consume",
+                consume_at(&alice_client, "orders", written).await
+            ),
+            denied
+        );
+        assert_eq!(
+            refused(
+                "create",
+                alice.create_topic("alice-t", NewTopic::new(1)).await
+            ),
+            denied
+        );
+        assert_eq!(
+            refused("delete", alice.delete_topic("orders").await),
+            denied
+        );
+        assert_eq!(
+            refused(
+                "reset offsets",
+                alice
+                    .reset_group_offsets("g", "orders", Offset::Earliest)
+                    .await
+            ),
+            denied
+        );
+        assert_eq!(
+            refused(
+                "lock",
+                alice_locks
+                    .acquire_with("jobs/1", lock_options.clone())
+                    .await
+                    .map(|g| g.token())
+            ),
+            denied
+        );
+        let grant = rule(
+            "alice",
+            Effect::Allow,
+            Operation::Alter,
+            ResourcePattern::cluster(),
+        );
+        assert_eq!(refused("acl add", alice.add_acl(grant).await), denied);
+        // ... and sees no topic it may not describe.
+        let visible = alice.list_topics().await.unwrap();
+        assert!(visible.is_empty(), "{visible:?}");
+
+        // Rules: some through the admin API, one through the CLI.
+        for r in [
+            rule("alice", Effect::Allow, Operation::Produce, topic("orders")),
+            rule(
+                "alice",
+                Effect::Allow,
+                Operation::Consume,
+                ResourcePattern::prefixed(ResourceKind::Topic, "ord"),
+            ),
+            rule(
+                "alice",
+                Effect::Allow,
+                Operation::Consume,
+                ResourcePattern::exact(ResourceKind::Group, "g"),
+            ),
+            rule(
+                "alice",
+                Effect::Allow,
+                Operation::Create,
+                ResourcePattern::prefixed(ResourceKind::Topic, "alice-"),
+            ),
+            rule("alice", Effect::Allow, Operation::Delete, topic("alice-t")),
+        ] {
+            admin.add_acl(r).await.unwrap();
+        }
+        let broker = cluster.brokers[0].addr.clone();
+        let (ok, out) = tern_cli(
+            &certs,
+            &broker,
+            "admin",
+            &[
+                "acl",
+                "add",
+                "--principal",
+                "alice",
+                "--allow",
+                "--operation",
+                "lock",
+                "--lock-prefix",
+                "jobs/",
+            ],
+        );
+        assert!(ok, "{out}");
+        let (ok, out) = tern_cli(&certs, &broker, "admin", &["acl", "list"]);
+        assert!(ok, "{out}");
+        assert!(
+            out.contains("alice\tallow\tlock\tlock\tprefix\tjobs/"),
+            "{out}"
+        );
+        assert_eq!(admin.list_acls().await.unwrap().len(), 6);
+        // The CLI of a principal without the right is refused too.
+        let (ok, out) = tern_cli(
+            &certs,
+            &broker,
+            "alice",
+            &[
+                "acl",
+                "add",
+                "--principal",
+                "alice",
+                "--allow",
+                "--operation",
+                "alter",
+                "--cluster",
+            ],
+        );
+        assert!(!ok && out.contains("access_denied"), "{out}");
+
+        // Now Alice may do what the rules say.
+        let mine = produce(&alice_client, "orders").await.unwrap();
+        consume_at(&alice_client, "orders", mine).await.unwrap();
+        alice
+            .reset_group_offsets("g", "orders", Offset::Earliest)
+            .await
+            .unwrap();
+        alice_locks
+            .acquire_with("jobs/1", lock_options.clone())
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+        alice
+            .create_topic("alice-t", NewTopic::new(1))
+            .await
+            .unwrap();
+        alice.delete_topic("alice-t").await.unwrap();
+        // ... and only that.
+        assert_eq!(
+            refused(
+                "create outside the prefix",
+                alice.create_topic("bob-t", NewTopic::new(1)).await
+            ),
+            denied
+        );
+        assert_eq!(
+            refused(
+                "lock outside the prefix",
+                alice_locks
+                    .acquire_with("other", lock_options)
+                    .await
+                    .map(|g| g.token())
+            ),
+            denied
+        );
+        let names: Vec<String> = alice
+            .list_topics()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, vec!["orders".to_string()]);
+
+        // Deny wins: a deny for everyone beats Alice's allow.
+        admin
+            .add_acl(rule("*", Effect::Deny, Operation::Consume, topic("orders")))
+            .await
+            .unwrap();
+        assert_eq!(
+            refused(
+                "consume after a deny",
+                consume_at(&alice_client, "orders", mine).await
+            ),
+            denied
+        );
+        produce(&alice_client, "orders").await.unwrap();
+        // A super-user is not bound by rules.
+        consume_at(&admin_client, "orders", mine).await.unwrap();
+        // Removing the deny (with the CLI) gives the right back.
+        let (ok, out) = tern_cli(
+            &certs,
+            &broker,
+            "admin",
+            &[
+                "acl",
+                "remove",
+                "--principal",
+                "*",
+                "--deny",
+                "--operation",
+                "consume",
+                "--topic",
+                "orders",
+            ],
+        );
+        assert!(ok, "{out}");
+        consume_at(&alice_client, "orders", mine).await.unwrap();
+
+        // Mallory (no rule) and an anonymous client are still refused.
+        let mallory = connect("mallory").await;
+        assert_eq!(
+            refused("mallory produce", produce(&mallory, "orders").await),
+            denied
+        );
+        let anonymous = Client::connect_with(&seeds, certs.client_config(None))
+            .await
+            .unwrap();
+        assert_eq!(
+            refused(
+                "anonymous consume",
+                consume_at(&anonymous, "orders", mine).await
+            ),
+            denied
+        );
+    })
+    .await;
+    let (_, metrics) = cluster.brokers[0].http("/metrics").expect("metrics");
+    let denials = tern_tests::metric_sum(&metrics, "tern_acl_denied_total");
+    assert!(denials >= 8.0, "{denials} denials counted:\n{metrics}");
+    // The rules are replicated state: they survive a restart.
+    cluster.brokers[0].restart();
+    bounded(LIMIT, async {
+        let alice = connect("alice").await;
+        produce(&alice, "orders").await.unwrap();
+        let mallory = connect("mallory").await;
+        assert_eq!(
+            refused("mallory after a restart", produce(&mallory, "orders").await),
+            ErrorCode::AccessDenied
+        );
+    })
+    .await;
+    let broker = &cluster.brokers[0];
+    let log = broker.log();
+    for expected in [
+        "tern::security",
+        "access denied",
+        "access denied principal=alice",
+        "access denied principal=anonymous",
+        "access denied principal=mallory",
+        "operation=consume resource=topic \"orders\" reason=DeniedByRule",
+        "admin request done principal=admin",
+        "admin request done principal=alice",
+    ] {
+        assert!(log.contains(expected), "no {expected:?} in the log:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knowing_an_owner_or_member_id_does_not_let_another_client_act_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("certs"));
+    certs.node(1);
+    certs.client("alice");
+    certs.client("mallory");
+    let cluster = Cluster::start(dir.path(), 1, &refs(&certs.broker_args()));
+    bounded(LIMIT, async {
+        let alice = Client::connect_with(&cluster.seeds(), certs.client_config(Some("alice")))
+            .await
+            .unwrap();
+        let mallory = Client::connect_with(&cluster.seeds(), certs.client_config(Some("mallory")))
+            .await
+            .unwrap();
+        Admin::new(alice.clone())
+            .create_topic("work", NewTopic::new(2))
+            .await
+            .unwrap();
+
+        // Alice holds a lock; Mallory reads its owner id from the list.
+        let locks = LockClient::new(alice.clone());
+        let guard = locks
+            .acquire_with("nightly", LockOptions::default())
+            .await
+            .unwrap();
+        let listed = LockClient::new(mallory.clone()).list().await.unwrap();
+        let owner = listed[0].holders[0].owner;
+        assert_eq!(owner, guard.owner());
+        for (what, request) in [
+            (
+                "release",
+                LockRequest::Release {
+                    name: "nightly".into(),
+                    owner,
+                    secret: 0,
+                },
+            ),
+            (
+                "renew",
+                LockRequest::KeepAlive {
+                    name: "nightly".into(),
+                    owner,
+                    secret: u128::MAX,
+                },
+            ),
+        ] {
+            let answer = mallory.request_any(Request::Lock(request)).await;
+            assert_eq!(refused(what, answer), ErrorCode::LockNotHeld);
+        }
+        let still = LockClient::new(alice.clone()).list().await.unwrap();
+        assert_eq!(still[0].holders[0].owner, owner, "the lock changed hands");
+        assert!(!guard.is_lost());
+        // Alice herself still renews (the guard does) and releases.
+        guard.release().await.unwrap();
+        // Even the secret is not enough from another principal: it is bound
+        // to the connection's principal that acquired.
+        let acquire = LockRequest::Acquire {
+            name: "bound".into(),
+            owner: 77,
+            secret: 99,
+            mode: tern_client::LockMode::Exclusive,
+            lease_ms: 10_000,
+            wait_ms: 0,
+        };
+        alice.request_any(Request::Lock(acquire)).await.unwrap();
+        let release = |who: Client| async move {
+            who.request_any(Request::Lock(LockRequest::Release {
+                name: "bound".into(),
+                owner: 77,
+                secret: 99,
+            }))
+            .await
+        };
+        assert_eq!(
+            refused(
+                "release with the secret, as mallory",
+                release(mallory.clone()).await
+            ),
+            ErrorCode::LockNotHeld
+        );
+        assert_eq!(
+            release(alice.clone()).await.unwrap(),
+            tern_protocol::Response::Lock(tern_protocol::coord::LockResponse::Released {
+                was_holder: true
+            })
+        );
+
+        // Alice is a group member; Mallory reads its id from describe.
+        let mut consumer = Consumer::new(alice.clone(), ConsumerConfig::default());
+        consumer.subscribe("billing", &["work"]).await.unwrap();
+        let member = consumer.member_id().unwrap();
+        let info = Admin::new(mallory.clone())
+            .describe_group("billing")
+            .await
+            .unwrap();
+        assert_eq!(info.members[0].member, member);
+        let generation = info.generation;
+        for (what, request) in [
+            (
+                "commit",
+                GroupRequest::Commit {
+                    group: "billing".into(),
+                    member,
+                    secret: 1,
+                    generation,
+                    offsets: vec![("work".into(), 0, 42)],
+                },
+            ),
+            (
+                "heartbeat",
+                GroupRequest::Heartbeat {
+                    group: "billing".into(),
+                    member,
+                    secret: 2,
+                    generation,
+                    wait_ms: 0,
+                },
+            ),
+            (
+                "leave",
+                GroupRequest::Leave {
+                    group: "billing".into(),
+                    member,
+                    secret: 3,
+                },
+            ),
+            (
+                "rejoin under its id",
+                GroupRequest::Join {
+                    group: "billing".into(),
+                    member,
+                    secret: 4,
+                    topics: vec!["work".into()],
+                    session_timeout_ms: 6000,
+                },
+            ),
+        ] {
+            let answer = mallory.request_any(Request::Group(request)).await;
+            assert_eq!(refused(what, answer), ErrorCode::UnknownMember);
+        }
+        let after = Admin::new(alice.clone())
+            .describe_group("billing")
+            .await
+            .unwrap();
+        assert_eq!(after.members.len(), 1);
+        assert_eq!(after.members[0].member, member);
+        assert_eq!(after.generation, generation, "no rebalance happened");
+        assert!(
+            after.offsets.iter().all(|o| o.committed != 42),
+            "a forged commit landed: {:?}",
+            after.offsets
+        );
+        // Alice's own commit and leave go through.
+        let owned = consumer.assignment();
+        assert_eq!(owned.len(), 2, "the only member owns both partitions");
+        consumer
+            .commit_offsets(&[(owned[0].0.as_str(), owned[0].1, 0)])
+            .await
+            .unwrap();
+        consumer.close().await.unwrap();
+        let gone = Admin::new(alice.clone()).describe_group("billing").await;
+        assert!(gone.map_or(true, |g| g.members.is_empty()));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_added_through_one_broker_is_enforced_by_every_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("certs"));
+    for id in 1..=3 {
+        certs.node(id);
+    }
+    certs.client("admin");
+    certs.client("alice");
+    let mut args = certs.broker_args();
+    args.extend([
+        "--authorization".into(),
+        "--super-user".into(),
+        "admin".into(),
+    ]);
+    let cluster = Cluster::start(dir.path(), 3, &refs(&args));
+    let only = |i: usize, who: &str| {
+        let config = certs.client_config(Some(who));
+        let addr = cluster.brokers[i].addr.clone();
+        async move { Client::connect_with(&addr, config).await.unwrap() }
+    };
+    bounded(LIMIT, async {
+        let admin = Admin::new(only(0, "admin").await);
+        admin
+            .create_topic("orders", NewTopic::new(3))
+            .await
+            .unwrap();
+        // What alice sees, asking broker `i` alone.
+        let sees_orders = |i: usize| {
+            let client = only(i, "alice");
+            async move {
+                let alice = Admin::new(client.await);
+                let topics = alice.list_topics().await.unwrap();
+                topics.iter().any(|t| t.name == "orders")
+            }
+        };
+        for i in 0..3 {
+            assert!(!sees_orders(i).await, "broker {} showed a topic", i + 1);
+        }
+        admin
+            .add_acl(rule(
+                "alice",
+                Effect::Allow,
+                Operation::Describe,
+                topic("orders"),
+            ))
+            .await
+            .unwrap();
+        // Every broker applies the rule from the metadata group's log.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for i in 0..3 {
+            while !sees_orders(i).await {
+                assert!(
+                    Instant::now() < deadline,
+                    "broker {} never applied the rule",
+                    i + 1
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let listed = Admin::new(only(i, "admin").await)
+                .list_acls()
+                .await
+                .unwrap();
+            assert_eq!(listed.len(), 1, "broker {}: {listed:?}", i + 1);
+        }
+    })
+    .await;
+}

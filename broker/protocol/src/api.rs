@@ -11,6 +11,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::acl::{AclRequest, AclResponse};
 use crate::auth::{UserRequest, UserResponse, SASL_BYTES_MAX};
 use crate::coord::{GroupRequest, GroupResponse, LockRequest, LockResponse};
 use crate::error::{DecodeError, ErrorCode};
@@ -51,11 +52,13 @@ pub enum ApiKey {
     User = 13,
     /// Grow a topic to a new total partition count.
     CreatePartitions = 15,
+    /// Authorization rules: add, remove, list (see [`crate::acl`]).
+    Acl = 14,
 }
 
 impl ApiKey {
     /// All request types, for metrics registration.
-    pub const ALL: [ApiKey; 15] = [
+    pub const ALL: [ApiKey; 16] = [
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::Metadata,
@@ -71,6 +74,7 @@ impl ApiKey {
         ApiKey::SaslAuthenticate,
         ApiKey::User,
         ApiKey::CreatePartitions,
+        ApiKey::Acl,
     ];
 
     fn from_u16(v: u16) -> Result<ApiKey, DecodeError> {
@@ -98,6 +102,7 @@ impl ApiKey {
             ApiKey::SaslAuthenticate => "sasl_authenticate",
             ApiKey::User => "user",
             ApiKey::CreatePartitions => "create_partitions",
+            ApiKey::Acl => "acl",
         }
     }
 }
@@ -375,6 +380,8 @@ pub enum Request {
         /// `PARTITIONS_PER_TOPIC_MAX`.
         count: u32,
     },
+    /// An authorization-rule operation.
+    Acl(AclRequest),
 }
 
 /// A successful response (errors of a whole request travel in the frame).
@@ -427,6 +434,8 @@ pub enum Response {
     /// The topic now has the requested partition count, and every new
     /// partition has elected a leader.
     CreatePartitions,
+    /// An authorization-rule answer.
+    Acl(AclResponse),
 }
 
 impl Request {
@@ -448,6 +457,7 @@ impl Request {
             Request::SaslAuthenticate { .. } => ApiKey::SaslAuthenticate,
             Request::User(_) => ApiKey::User,
             Request::CreatePartitions { .. } => ApiKey::CreatePartitions,
+            Request::Acl(_) => ApiKey::Acl,
         }
     }
 
@@ -531,6 +541,7 @@ impl Request {
                 put_string(out, topic);
                 out.put_u32_le(*count);
             }
+            Request::Acl(a) => a.encode(out),
         }
     }
 
@@ -634,6 +645,7 @@ impl Request {
                 topic: r.string("topic")?,
                 count: r.u32("count")?,
             },
+            ApiKey::Acl => Request::Acl(AclRequest::decode(r)?),
         })
     }
 }
@@ -684,6 +696,7 @@ impl Response {
             Response::SaslAuthenticate { .. } => ApiKey::SaslAuthenticate,
             Response::User(_) => ApiKey::User,
             Response::CreatePartitions => ApiKey::CreatePartitions,
+            Response::Acl(_) => ApiKey::Acl,
         }
     }
 
@@ -755,6 +768,7 @@ impl Response {
             }
             Response::SaslAuthenticate { auth_bytes } => put_bytes(out, auth_bytes),
             Response::User(u) => u.encode(out),
+            Response::Acl(a) => a.encode(out),
         }
     }
 
@@ -854,6 +868,7 @@ impl Response {
             },
             ApiKey::User => Response::User(UserResponse::decode(r)?),
             ApiKey::CreatePartitions => Response::CreatePartitions,
+            ApiKey::Acl => Response::Acl(AclResponse::decode(r)?),
         })
     }
 }
@@ -1152,6 +1167,7 @@ mod tests {
             Request::Lock(LockRequest::Acquire {
                 name: "l".into(),
                 owner: 7,
+                secret: u128::MAX - 1,
                 mode: LockMode::Shared,
                 lease_ms: 10_000,
                 wait_ms: 5,
@@ -1159,31 +1175,37 @@ mod tests {
             Request::Lock(LockRequest::KeepAlive {
                 name: "l".into(),
                 owner: 7,
+                secret: 1 << 100,
             }),
             Request::Lock(LockRequest::Release {
                 name: "l".into(),
                 owner: 7,
+                secret: 3,
             }),
             Request::Lock(LockRequest::List),
             Request::Group(GroupRequest::Join {
                 group: "g".into(),
                 member: 3,
+                secret: 5 << 70,
                 topics: vec!["a".into(), "b".into()],
                 session_timeout_ms: 6000,
             }),
             Request::Group(GroupRequest::Heartbeat {
                 group: "g".into(),
                 member: 3,
+                secret: 6,
                 generation: 9,
                 wait_ms: 1000,
             }),
             Request::Group(GroupRequest::Leave {
                 group: "g".into(),
                 member: 3,
+                secret: 7,
             }),
             Request::Group(GroupRequest::Commit {
                 group: "g".into(),
                 member: 3,
+                secret: 8,
                 generation: 9,
                 offsets: vec![("a".into(), 1, 42)],
             }),

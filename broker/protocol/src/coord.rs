@@ -6,6 +6,17 @@
 //! own types (`tern_raft::coord`), so the protocol and the Raft log can
 //! evolve separately; the broker converts between them.
 //!
+//! **Ownership.** An owner (lock) or member (group) id is visible to
+//! anyone (`tern lock list`, `tern group describe`), so it proves nothing.
+//! Every acquisition and every membership also carries a `secret`: 128
+//! random bits the client picks with the id and presents on every later
+//! request for it (renew, release; heartbeat, commit, leave). The cluster
+//! keeps only its SHA-256 digest, with the principal of the connection that
+//! acquired or joined; a request with another secret, or from another
+//! principal, is refused as if it did not hold the lock (`lock_not_held`)
+//! or were not a member (`unknown_member`). A retry after a lost connection
+//! sends the same id and secret, so it keeps its place.
+//!
 //! Times on the wire are milliseconds. `expires_ms` values are on the
 //! cluster's replicated clock (the metadata leader's wall clock when it
 //! stamped the command), not on the client's clock; `remaining_ms` says how
@@ -36,6 +47,8 @@ pub enum LockRequest {
         /// Caller-chosen owner id, unique per acquisition; retrying with the
         /// same id after a lost connection keeps the place in the queue.
         owner: u64,
+        /// Random secret chosen with `owner`; later requests present it.
+        secret: u128,
         /// Mode.
         mode: LockMode,
         /// Lease: the lock is freed this long after the last keepalive.
@@ -49,6 +62,8 @@ pub enum LockRequest {
         name: String,
         /// Holder.
         owner: u64,
+        /// The acquisition's secret.
+        secret: u128,
     },
     /// Release a lock (or stop waiting).
     Release {
@@ -56,6 +71,8 @@ pub enum LockRequest {
         name: String,
         /// Holder or waiter.
         owner: u64,
+        /// The acquisition's secret.
+        secret: u128,
     },
     /// Every lock with a holder or waiter.
     List,
@@ -116,6 +133,8 @@ pub enum GroupRequest {
         group: String,
         /// Member id, chosen by the consumer.
         member: u64,
+        /// Random secret chosen with `member`; later requests present it.
+        secret: u128,
         /// Topics consumed.
         topics: Vec<String>,
         /// Removed after this long without a heartbeat.
@@ -128,6 +147,8 @@ pub enum GroupRequest {
         group: String,
         /// Member.
         member: u64,
+        /// The membership's secret.
+        secret: u128,
         /// Generation the member runs in.
         generation: u64,
         /// Longest hold of the answer.
@@ -139,6 +160,8 @@ pub enum GroupRequest {
         group: String,
         /// Member.
         member: u64,
+        /// The membership's secret.
+        secret: u128,
     },
     /// Commit next-offsets of owned partitions.
     Commit {
@@ -146,6 +169,8 @@ pub enum GroupRequest {
         group: String,
         /// Member.
         member: u64,
+        /// The membership's secret.
+        secret: u128,
         /// Generation consumed in.
         generation: u64,
         /// `(topic, partition, next offset)`.
@@ -335,6 +360,7 @@ impl LockRequest {
             LockRequest::Acquire {
                 name,
                 owner,
+                secret,
                 mode,
                 lease_ms,
                 wait_ms,
@@ -342,19 +368,30 @@ impl LockRequest {
                 out.put_u8(OP_ACQUIRE);
                 put_string(out, name);
                 out.put_u64_le(*owner);
+                out.put_u128_le(*secret);
                 put_mode(out, *mode);
                 out.put_u64_le(*lease_ms);
                 out.put_u64_le(*wait_ms);
             }
-            LockRequest::KeepAlive { name, owner } => {
+            LockRequest::KeepAlive {
+                name,
+                owner,
+                secret,
+            } => {
                 out.put_u8(OP_KEEPALIVE);
                 put_string(out, name);
                 out.put_u64_le(*owner);
+                out.put_u128_le(*secret);
             }
-            LockRequest::Release { name, owner } => {
+            LockRequest::Release {
+                name,
+                owner,
+                secret,
+            } => {
                 out.put_u8(OP_RELEASE);
                 put_string(out, name);
                 out.put_u64_le(*owner);
+                out.put_u128_le(*secret);
             }
             LockRequest::List => out.put_u8(OP_LIST),
         }
@@ -365,6 +402,7 @@ impl LockRequest {
             OP_ACQUIRE => LockRequest::Acquire {
                 name: r.string("lock name")?,
                 owner: r.u64("owner")?,
+                secret: r.u128("secret")?,
                 mode: mode(r)?,
                 lease_ms: r.u64("lease_ms")?,
                 wait_ms: r.u64("wait_ms")?,
@@ -372,10 +410,12 @@ impl LockRequest {
             OP_KEEPALIVE => LockRequest::KeepAlive {
                 name: r.string("lock name")?,
                 owner: r.u64("owner")?,
+                secret: r.u128("secret")?,
             },
             OP_RELEASE => LockRequest::Release {
                 name: r.string("lock name")?,
                 owner: r.u64("owner")?,
+                secret: r.u128("secret")?,
             },
             OP_LIST => LockRequest::List,
             other => return Err(invalid("lock op", other)),
@@ -445,41 +485,52 @@ impl GroupRequest {
             GroupRequest::Join {
                 group,
                 member,
+                secret,
                 topics,
                 session_timeout_ms,
             } => {
                 out.put_u8(OP_JOIN);
                 put_string(out, group);
                 out.put_u64_le(*member);
+                out.put_u128_le(*secret);
                 put_strings(out, topics);
                 out.put_u64_le(*session_timeout_ms);
             }
             GroupRequest::Heartbeat {
                 group,
                 member,
+                secret,
                 generation,
                 wait_ms,
             } => {
                 out.put_u8(OP_HEARTBEAT);
                 put_string(out, group);
                 out.put_u64_le(*member);
+                out.put_u128_le(*secret);
                 out.put_u64_le(*generation);
                 out.put_u64_le(*wait_ms);
             }
-            GroupRequest::Leave { group, member } => {
+            GroupRequest::Leave {
+                group,
+                member,
+                secret,
+            } => {
                 out.put_u8(OP_LEAVE);
                 put_string(out, group);
                 out.put_u64_le(*member);
+                out.put_u128_le(*secret);
             }
             GroupRequest::Commit {
                 group,
                 member,
+                secret,
                 generation,
                 offsets,
             } => {
                 out.put_u8(OP_COMMIT);
                 put_string(out, group);
                 out.put_u64_le(*member);
+                out.put_u128_le(*secret);
                 out.put_u64_le(*generation);
                 put_offsets(out, offsets);
             }
@@ -501,22 +552,26 @@ impl GroupRequest {
             OP_JOIN => GroupRequest::Join {
                 group: r.string("group")?,
                 member: r.u64("member")?,
+                secret: r.u128("secret")?,
                 topics: strings(r, "topics")?,
                 session_timeout_ms: r.u64("session_timeout_ms")?,
             },
             OP_HEARTBEAT => GroupRequest::Heartbeat {
                 group: r.string("group")?,
                 member: r.u64("member")?,
+                secret: r.u128("secret")?,
                 generation: r.u64("generation")?,
                 wait_ms: r.u64("wait_ms")?,
             },
             OP_LEAVE => GroupRequest::Leave {
                 group: r.string("group")?,
                 member: r.u64("member")?,
+                secret: r.u128("secret")?,
             },
             OP_COMMIT => GroupRequest::Commit {
                 group: r.string("group")?,
                 member: r.u64("member")?,
+                secret: r.u128("secret")?,
                 generation: r.u64("generation")?,
                 offsets: offsets(r)?,
             },

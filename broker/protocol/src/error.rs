@@ -78,6 +78,9 @@ pub enum ErrorCode {
     /// The broker requires authentication and this connection has not
     /// authenticated: only the SASL handshake is allowed until it has.
     AuthenticationRequired = 27,
+    /// The connection's principal may not do this (no ACL allows it, or
+    /// one denies it). Retrying cannot help until an ACL changes.
+    AccessDenied = 28,
 }
 
 impl ErrorCode {
@@ -112,6 +115,7 @@ impl ErrorCode {
             25 => OutOfOrderSequence,
             26 => AuthenticationFailed,
             27 => AuthenticationRequired,
+            28 => AccessDenied,
             _ => Unknown,
         }
     }
@@ -166,6 +170,7 @@ impl ErrorCode {
             OutOfOrderSequence => "out_of_order_sequence",
             AuthenticationFailed => "authentication_failed",
             AuthenticationRequired => "authentication_required",
+            AccessDenied => "access_denied",
         }
     }
 }
@@ -241,5 +246,7 @@ mod tests {
         assert_eq!(ErrorCode::from_u16(27), ErrorCode::AuthenticationRequired);
         assert!(!ErrorCode::AuthenticationFailed.is_retriable());
         assert!(!ErrorCode::AuthenticationRequired.is_retriable());
+        assert_eq!(ErrorCode::from_u16(28), ErrorCode::AccessDenied);
+        assert!(!ErrorCode::AccessDenied.is_retriable());
     }
 }

@@ -12,6 +12,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod acl;
 pub mod api;
 pub mod auth;
 pub mod coord;

@@ -43,6 +43,10 @@ impl Reader {
         self.need(8, field)?;
         Ok(self.buf.get_u64_le())
     }
+    pub(crate) fn u128(&mut self, field: &'static str) -> Result<u128, DecodeError> {
+        self.need(16, field)?;
+        Ok(self.buf.get_u128_le())
+    }
     pub(crate) fn i64(&mut self, field: &'static str) -> Result<i64, DecodeError> {
         self.need(8, field)?;
         Ok(self.buf.get_i64_le())

@@ -25,6 +25,14 @@
 //! plugins: their decisions depend only on the calls made (no hidden
 //! counters), which both bundled plugins meet.
 //!
+//! **Ownership.** Owner and member ids are public (`tern lock list`
+//! shows them), so every lock holder, waiter and group member also carries
+//! a [`Proof`]: the SHA-256 digest of the secret its client chose, and the
+//! principal of the connection that acquired or joined. Renewing,
+//! releasing, re-acquiring, heartbeating, committing and leaving under an
+//! existing id must present the same proof (digests compared in constant
+//! time), else the command is refused as if the id held nothing.
+//!
 //! **Must never:** read time or randomness, or decide anything from local
 //! state that is not in the record — every replica must reach the same
 //! state from the same commands.
@@ -89,6 +97,39 @@ impl LockMode {
     }
 }
 
+/// What a request must present to act as a lock owner or group member:
+/// the SHA-256 digest of its secret (the secret itself is never stored nor
+/// replicated) and the principal of its connection (`None`: anonymous).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    /// SHA-256 of the client's 128-bit secret.
+    pub digest: [u8; 32],
+    /// The proven principal of the connection, if any.
+    pub principal: Option<String>,
+}
+
+impl std::fmt::Debug for Proof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The digest is not a secret, but there is no reason to print it.
+        f.debug_struct("Proof")
+            .field("principal", &self.principal)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proof {
+    /// Whether `presented` proves to be this holder: the same principal and
+    /// the same digest, compared without an early exit (no timing hint of
+    /// how much of a guess was right).
+    pub fn admits(&self, presented: &Proof) -> bool {
+        let mut diff = 0u8;
+        for (a, b) in self.digest.iter().zip(presented.digest.iter()) {
+            diff |= a ^ b;
+        }
+        std::hint::black_box(diff) == 0 && self.principal == presented.principal
+    }
+}
+
 /// Where a reset moves a group's offsets (resolved to numbers by the
 /// broker before proposing, since only partition leaders know log ends).
 pub type OffsetMap = BTreeMap<(String, u32), u64>;
@@ -102,6 +143,8 @@ pub enum CoordOp {
         name: String,
         /// Caller-chosen owner id (one per acquisition).
         owner: u64,
+        /// The acquisition's proof, kept with the holder or waiter.
+        proof: Proof,
         /// Mode.
         mode: LockMode,
         /// Lease length.
@@ -113,6 +156,8 @@ pub enum CoordOp {
         name: String,
         /// Holder.
         owner: u64,
+        /// Must match the holder's.
+        proof: Proof,
     },
     /// Release a lock or stop waiting for it.
     Release {
@@ -120,6 +165,8 @@ pub enum CoordOp {
         name: String,
         /// Holder or waiter.
         owner: u64,
+        /// Must match the holder's or waiter's.
+        proof: Proof,
     },
     /// Join (or re-join) a consumer group.
     Join {
@@ -127,6 +174,8 @@ pub enum CoordOp {
         group: String,
         /// Member id (chosen by the consumer).
         member: u64,
+        /// The membership's proof (a re-join must present the same).
+        proof: Proof,
         /// Topics it consumes.
         topics: Vec<String>,
         /// Removed after this long without a heartbeat.
@@ -138,6 +187,8 @@ pub enum CoordOp {
         group: String,
         /// Member.
         member: u64,
+        /// Must match the member's.
+        proof: Proof,
     },
     /// A member leaves cleanly.
     Leave {
@@ -145,6 +196,8 @@ pub enum CoordOp {
         group: String,
         /// Member.
         member: u64,
+        /// Must match the member's.
+        proof: Proof,
     },
     /// A member commits offsets of partitions it owns in `generation`.
     Commit {
@@ -152,6 +205,8 @@ pub enum CoordOp {
         group: String,
         /// Member.
         member: u64,
+        /// Must match the member's.
+        proof: Proof,
         /// Generation the member consumed in.
         generation: u64,
         /// Next offset to consume, per partition.
@@ -209,6 +264,8 @@ pub struct Holder {
     pub expires_ms: u64,
     /// Lease length it renews to.
     pub lease_ms: u64,
+    /// What renewing or releasing must present.
+    pub proof: Proof,
 }
 
 /// One waiter of a lock.
@@ -222,6 +279,8 @@ pub struct Waiter {
     pub lease_ms: u64,
     /// When it started waiting (replicated clock).
     pub since_ms: u64,
+    /// What cancelling the wait must present.
+    pub proof: Proof,
 }
 
 /// A lock's replicated record.
@@ -242,6 +301,8 @@ pub struct MemberRecord {
     pub session_timeout_ms: u64,
     /// Last heartbeat (replicated clock).
     pub last_seen_ms: u64,
+    /// What the member's later requests must present.
+    pub proof: Proof,
 }
 
 /// A consumer group's replicated record.
@@ -357,22 +418,28 @@ impl CoordState {
             CoordOp::Acquire {
                 name,
                 owner,
+                proof,
                 mode,
                 lease_ms,
             } => {
                 if lease_ms == 0 {
                     return Err(refuse(ErrorCode::InvalidRequest, "lease must be positive"));
                 }
-                let record = self.locks.entry(name.clone()).or_default();
-                if !record.holders.iter().any(|h| h.owner == owner)
-                    && !record.waiters.iter().any(|w| w.owner == owner)
-                {
-                    record.waiters.push(Waiter {
-                        owner,
-                        mode,
-                        lease_ms,
-                        since_ms: now,
-                    });
+                match self.lock_proof(&name, owner) {
+                    Some(p) if !p.admits(&proof) => return Err(not_held(&name, owner)),
+                    Some(_) => {}
+                    None => self
+                        .locks
+                        .entry(name.clone())
+                        .or_default()
+                        .waiters
+                        .push(Waiter {
+                            owner,
+                            mode,
+                            lease_ms,
+                            since_ms: now,
+                            proof,
+                        }),
                 }
                 self.run_lock(plugins, &name, now, index, None, |l| {
                     l.acquire(owner, mode.abi(), lease_ms, now, index)
@@ -380,12 +447,12 @@ impl CoordState {
                 })?;
                 Ok(self.lock_answer(&name, owner))
             }
-            CoordOp::KeepAlive { name, owner } => {
+            CoordOp::KeepAlive { name, owner, proof } => {
                 let held = self
                     .locks
                     .get(&name)
                     .and_then(|l| l.holders.iter().find(|h| h.owner == owner))
-                    .filter(|h| h.expires_ms > now)
+                    .filter(|h| h.expires_ms > now && h.proof.admits(&proof))
                     .cloned();
                 let Some(h) = held else {
                     // An expired lease is over even if no tick has run yet.
@@ -400,7 +467,13 @@ impl CoordState {
                 })?;
                 Ok(self.lock_answer(&name, owner))
             }
-            CoordOp::Release { name, owner } => {
+            CoordOp::Release { name, owner, proof } => {
+                if self
+                    .lock_proof(&name, owner)
+                    .is_some_and(|p| !p.admits(&proof))
+                {
+                    return Err(not_held(&name, owner));
+                }
                 let was_holder = self
                     .locks
                     .get(&name)
@@ -415,9 +488,16 @@ impl CoordState {
             CoordOp::Join {
                 group,
                 member,
+                proof,
                 topics: wanted,
                 session_timeout_ms,
             } => {
+                if self
+                    .member_proof(&group, member)
+                    .is_some_and(|p| !p.admits(&proof))
+                {
+                    return Err(unknown_member(&group, member));
+                }
                 if wanted.is_empty() {
                     return Err(refuse(ErrorCode::InvalidRequest, "subscribe to a topic"));
                 }
@@ -432,6 +512,7 @@ impl CoordState {
                     topics: wanted,
                     session_timeout_ms: session_timeout_ms.max(1),
                     last_seen_ms: now,
+                    proof,
                 };
                 let changed = g
                     .members
@@ -443,16 +524,31 @@ impl CoordState {
                 }
                 Ok(self.member_answer(&group, member))
             }
-            CoordOp::Heartbeat { group, member } => {
+            CoordOp::Heartbeat {
+                group,
+                member,
+                proof,
+            } => {
                 let m = self
                     .groups
                     .get_mut(&group)
                     .and_then(|g| g.members.get_mut(&member))
+                    .filter(|m| m.proof.admits(&proof))
                     .ok_or_else(|| unknown_member(&group, member))?;
                 m.last_seen_ms = now;
                 Ok(self.member_answer(&group, member))
             }
-            CoordOp::Leave { group, member } => {
+            CoordOp::Leave {
+                group,
+                member,
+                proof,
+            } => {
+                if self
+                    .member_proof(&group, member)
+                    .is_some_and(|p| !p.admits(&proof))
+                {
+                    return Err(unknown_member(&group, member));
+                }
                 let left = self
                     .groups
                     .get_mut(&group)
@@ -465,13 +561,18 @@ impl CoordState {
             CoordOp::Commit {
                 group,
                 member,
+                proof,
                 generation,
                 offsets,
             } => {
                 let g = self
                     .groups
                     .get_mut(&group)
-                    .filter(|g| g.members.contains_key(&member))
+                    .filter(|g| {
+                        g.members
+                            .get(&member)
+                            .is_some_and(|m| m.proof.admits(&proof))
+                    })
                     .ok_or_else(|| unknown_member(&group, member))?;
                 if generation != g.generation {
                     return Err(refuse(
@@ -577,6 +678,30 @@ impl CoordState {
         self.topic_changed(plugins, topic, topics);
     }
 
+    /// The proof of `owner` as holder or waiter of lock `name`.
+    fn lock_proof(&self, name: &str, owner: u64) -> Option<&Proof> {
+        let l = self.locks.get(name)?;
+        l.holders
+            .iter()
+            .find(|h| h.owner == owner)
+            .map(|h| &h.proof)
+            .or_else(|| {
+                l.waiters
+                    .iter()
+                    .find(|w| w.owner == owner)
+                    .map(|w| &w.proof)
+            })
+    }
+
+    /// The proof of `member` of `group`.
+    fn member_proof(&self, group: &str, member: u64) -> Option<&Proof> {
+        self.groups
+            .get(group)?
+            .members
+            .get(&member)
+            .map(|m| &m.proof)
+    }
+
     fn lock_answer(&self, name: &str, owner: u64) -> CoordResult {
         match self
             .locks
@@ -640,24 +765,30 @@ impl CoordState {
         }
         call(lock.as_mut()).map_err(plugin_failed)?;
         let grants = lock.holders().map_err(plugin_failed)?;
-        let lease_of = |owner: u64| {
+        let known = |owner: u64| {
             record
                 .holders
                 .iter()
                 .find(|h| h.owner == owner)
-                .map(|h| h.lease_ms)
+                .map(|h| (h.lease_ms, &h.proof))
                 .or_else(|| {
                     record
                         .waiters
                         .iter()
                         .find(|w| w.owner == owner)
-                        .map(|w| w.lease_ms)
+                        .map(|w| (w.lease_ms, &w.proof))
                 })
         };
         let mut holders = Vec::with_capacity(grants.len());
         for g in grants {
-            let lease_ms =
-                lease_of(g.owner).unwrap_or_else(|| g.expires_ms.saturating_sub(now).max(1));
+            // A plugin grants only owners it was given (holders, waiters):
+            // one it made up holds nothing anyone can prove.
+            let Some((lease_ms, proof)) = known(g.owner) else {
+                return Err(plugin_failed(format!(
+                    "granted unknown owner {:x}",
+                    g.owner
+                )));
+            };
             if !record
                 .holders
                 .iter()
@@ -671,6 +802,7 @@ impl CoordState {
                 token: g.token,
                 expires_ms: g.expires_ms,
                 lease_ms,
+                proof: proof.clone(),
             });
         }
         let updated = LockRecord {
@@ -799,6 +931,13 @@ impl CoordState {
     }
 }
 
+fn not_held(name: &str, owner: u64) -> Refusal {
+    refuse(
+        ErrorCode::LockNotHeld,
+        format!("lock {name:?} is not held by owner {owner:x} with this secret and principal"),
+    )
+}
+
 fn unknown_member(group: &str, member: u64) -> Refusal {
     refuse(
         ErrorCode::UnknownMember,
@@ -909,10 +1048,19 @@ mod tests {
         }
     }
 
+    /// The proof a test client of id `id` presents.
+    fn proof(id: u64) -> Proof {
+        Proof {
+            digest: [id as u8; 32],
+            principal: None,
+        }
+    }
+
     fn acquire(name: &str, owner: u64, lease_ms: u64) -> CoordOp {
         CoordOp::Acquire {
             name: name.into(),
             owner,
+            proof: proof(owner),
             mode: LockMode::Exclusive,
             lease_ms,
         }
@@ -943,6 +1091,7 @@ mod tests {
                 CoordOp::Release {
                     name: "a".into(),
                     owner: 1,
+                    proof: proof(1),
                 },
             )
             .unwrap();
@@ -960,6 +1109,7 @@ mod tests {
             CoordOp::Release {
                 name: "a".into(),
                 owner: 3,
+                proof: proof(3),
             },
         )
         .unwrap();
@@ -969,6 +1119,7 @@ mod tests {
             CoordOp::Release {
                 name: "a".into(),
                 owner: 2,
+                proof: proof(2),
             },
         )
         .unwrap();
@@ -986,7 +1137,8 @@ mod tests {
                 50,
                 CoordOp::KeepAlive {
                     name: "a".into(),
-                    owner: 1
+                    owner: 1,
+                    proof: proof(1),
                 }
             )
             .unwrap(),
@@ -1009,6 +1161,7 @@ mod tests {
             CoordOp::KeepAlive {
                 name: "a".into(),
                 owner: 1,
+                proof: proof(1),
             },
         );
         assert_eq!(lost.unwrap_err().code, ErrorCode::LockNotHeld);
@@ -1032,6 +1185,7 @@ mod tests {
         let join = |member| CoordOp::Join {
             group: "g".into(),
             member,
+            proof: proof(member),
             topics: vec!["orders".into()],
             session_timeout_ms: 100,
         };
@@ -1054,6 +1208,7 @@ mod tests {
         let stale = CoordOp::Commit {
             group: "g".into(),
             member: 1,
+            proof: proof(1),
             generation: 1,
             offsets: vec![("orders".into(), 0, 5)],
         };
@@ -1065,6 +1220,7 @@ mod tests {
         let commit = CoordOp::Commit {
             group: "g".into(),
             member: 2,
+            proof: proof(2),
             generation: 2,
             offsets: vec![(owned.0.clone(), owned.1, 7)],
         };
@@ -1075,6 +1231,7 @@ mod tests {
             CoordOp::Heartbeat {
                 group: "g".into(),
                 member: 2,
+                proof: proof(2),
             },
         )
         .unwrap();
@@ -1088,6 +1245,7 @@ mod tests {
             CoordOp::Heartbeat {
                 group: "g".into(),
                 member: 1,
+                proof: proof(1),
             },
         );
         assert_eq!(hb.unwrap_err().code, ErrorCode::UnknownMember);
@@ -1096,6 +1254,7 @@ mod tests {
             CoordOp::Leave {
                 group: "g".into(),
                 member: 2,
+                proof: proof(2),
             },
         )
         .unwrap();
@@ -1118,6 +1277,7 @@ mod tests {
                     member,
                     topics: vec!["orders".into()],
                     session_timeout_ms: 10_000,
+                    proof: proof(member),
                 },
             )
             .unwrap();
@@ -1131,6 +1291,7 @@ mod tests {
                 member: 1,
                 generation,
                 offsets: vec![(owned.0.clone(), owned.1, 9)],
+                proof: proof(1),
             },
         )
         .unwrap();
@@ -1175,6 +1336,7 @@ mod tests {
             CoordOp::Release {
                 name: "a".into(),
                 owner: 1,
+                proof: proof(1),
             },
         )
         .unwrap();
@@ -1184,5 +1346,135 @@ mod tests {
             rec.waiters.iter().map(|w| w.owner).collect::<Vec<_>>(),
             vec![3]
         );
+    }
+
+    #[test]
+    fn only_the_proven_holder_renews_or_releases_a_lock() {
+        let mut h = Harness::new();
+        h.run(0, acquire("a", 1, 100)).unwrap();
+        h.run(1, acquire("a", 2, 100)).unwrap();
+        let thief = Proof {
+            digest: [9; 32],
+            principal: None,
+        };
+        let renew = |proof| CoordOp::KeepAlive {
+            name: "a".into(),
+            owner: 1,
+            proof,
+        };
+        let release = |owner, proof| CoordOp::Release {
+            name: "a".into(),
+            owner,
+            proof,
+        };
+        // Knowing the owner id is not enough: neither for the holder's
+        // lease, nor for a waiter's place, nor to re-acquire under its id.
+        for op in [
+            renew(thief.clone()),
+            release(1, thief.clone()),
+            release(2, thief.clone()),
+            CoordOp::Acquire {
+                name: "a".into(),
+                owner: 1,
+                proof: thief.clone(),
+                mode: LockMode::Exclusive,
+                lease_ms: 100,
+            },
+        ] {
+            assert_eq!(h.run(2, op).unwrap_err().code, ErrorCode::LockNotHeld);
+        }
+        // The same digest from another principal is not the holder either.
+        let other_principal = Proof {
+            principal: Some("mallory".into()),
+            ..proof(1)
+        };
+        assert_eq!(
+            h.run(3, renew(other_principal)).unwrap_err().code,
+            ErrorCode::LockNotHeld
+        );
+        let rec = &h.state.locks["a"];
+        assert_eq!((rec.holders[0].owner, rec.waiters.len()), (1, 1));
+        // The holder itself still can; its successor inherits its own proof.
+        assert!(matches!(
+            h.run(4, renew(proof(1))).unwrap(),
+            CoordResult::Granted { .. }
+        ));
+        h.run(5, release(1, proof(1))).unwrap();
+        assert_eq!(h.state.locks["a"].holders[0].proof, proof(2));
+        // Releasing an id that holds nothing stays a harmless no-op.
+        assert_eq!(
+            h.run(6, release(7, thief)).unwrap(),
+            CoordResult::Released { was_holder: false }
+        );
+    }
+
+    #[test]
+    fn only_the_proven_member_heartbeats_commits_leaves_or_rejoins() {
+        let mut h = Harness::new();
+        let join = |member, proof| CoordOp::Join {
+            group: "g".into(),
+            member,
+            proof,
+            topics: vec!["orders".into()],
+            session_timeout_ms: 100,
+        };
+        h.run(0, join(1, proof(1))).unwrap();
+        let thief = Proof {
+            digest: [9; 32],
+            principal: Some("mallory".into()),
+        };
+        for op in [
+            CoordOp::Heartbeat {
+                group: "g".into(),
+                member: 1,
+                proof: thief.clone(),
+            },
+            CoordOp::Commit {
+                group: "g".into(),
+                member: 1,
+                proof: thief.clone(),
+                generation: 1,
+                offsets: vec![("orders".into(), 0, 5)],
+            },
+            CoordOp::Leave {
+                group: "g".into(),
+                member: 1,
+                proof: thief.clone(),
+            },
+            join(1, thief.clone()),
+        ] {
+            assert_eq!(h.run(1, op).unwrap_err().code, ErrorCode::UnknownMember);
+        }
+        let g = &h.state.groups["g"];
+        assert_eq!((g.generation, g.members.len()), (1, 1));
+        assert!(g.offsets.is_empty());
+        h.run(
+            2,
+            CoordOp::Commit {
+                group: "g".into(),
+                member: 1,
+                proof: proof(1),
+                generation: 1,
+                offsets: vec![("orders".into(), 0, 5)],
+            },
+        )
+        .unwrap();
+        assert_eq!(h.state.groups["g"].offsets[&("orders".to_string(), 0)], 5);
+    }
+
+    #[test]
+    fn proofs_compare_digest_and_principal() {
+        let a = Proof {
+            digest: [1; 32],
+            principal: Some("alice".into()),
+        };
+        assert!(a.admits(&a.clone()));
+        let mut other = a.clone();
+        other.digest[31] ^= 1;
+        assert!(!a.admits(&other));
+        assert!(!a.admits(&Proof {
+            principal: None,
+            ..a.clone()
+        }));
     }
 }

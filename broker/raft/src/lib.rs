@@ -183,6 +183,7 @@ pub struct RaftNode {
     meta: Raft,
     catalogue: watch::Receiver<Arc<Catalogue>>,
     users: watch::Receiver<Arc<Users>>,
+    acls: watch::Receiver<Arc<tern_acl::AclSet>>,
     partition_config: Arc<openraft::Config>,
     initial_cluster: BTreeMap<NodeId, String>,
     hooks: RaftHooks,
@@ -278,7 +279,7 @@ impl RaftNode {
         let fresh = log
             .is_fresh()
             .map_err(|e| RaftStartError::Config(e.to_string()))?;
-        let (sm, catalogue, coord, users) = MetaStateMachine::open(store.clone(), plugins)
+        let (sm, catalogue, coord, users, acls) = MetaStateMachine::open(store.clone(), plugins)
             .map_err(|e| RaftStartError::Config(e.to_string()))?;
         let meta = Raft::new(
             cluster.node_id,
@@ -340,6 +341,7 @@ impl RaftNode {
             meta,
             catalogue,
             users,
+            acls,
             partition_config,
             initial_cluster: cluster.initial_cluster,
             hooks,
@@ -711,6 +713,17 @@ impl RaftNode {
     /// The transport (for metrics and tests).
     pub fn transport(&self) -> &Arc<Transport> {
         &self.transport
+    }
+
+    /// The authorization rules as this node has applied them (cheap: an
+    /// `Arc` of the indexed set, replaced on every change).
+    pub fn acls(&self) -> Arc<tern_acl::AclSet> {
+        self.acls.borrow().clone()
+    }
+
+    /// Follows the authorization rules.
+    pub fn follow_acls(&self) -> watch::Receiver<Arc<tern_acl::AclSet>> {
+        self.acls.clone()
     }
 
     /// Follows the catalogue.

@@ -8,9 +8,10 @@
 //! open and close partition groups, and coordination changes on another
 //! that waiting lock requests and group heartbeats follow. The users
 //! (stored SCRAM credentials, never passwords) are published on a third,
-//! which the broker reads when a client authenticates. The state is
-//! small: it is persisted whole with every apply and is itself the snapshot
-//! (catalogue, coordination state, users).
+//! which the broker reads when a client authenticates, and the
+//! authorization rules (ACLs) on a fourth that every request's check reads.
+//! The state is small: it is persisted whole with every apply and is itself
+//! the snapshot (catalogue, coordination state, users, then the ACL rules).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, Snapshot, SnapshotMeta, StorageIOError};
 use serde::{Deserialize, Serialize};
+use tern_acl::{AclError, AclRule, AclSet};
 use tern_protocol::ErrorCode;
 use tern_storage::Store;
 use tokio::sync::watch;
@@ -65,24 +67,29 @@ impl CoordView {
 }
 
 /// An opened state machine with the receivers of its catalogue, its
-/// coordination state and its users.
+/// coordination state, its users and its ACL rules.
 pub type Opened = (
     MetaStateMachine,
     watch::Receiver<Arc<Catalogue>>,
     Arc<CoordView>,
     watch::Receiver<Arc<Users>>,
+    watch::Receiver<Arc<AclSet>>,
 );
 
-/// Decodes the persisted or snapshotted state. States written before users
-/// existed are the first two parts alone: they decode with no users.
-fn decode_state(bytes: &[u8]) -> Result<(MetaState, CoordState, Users), RaftStorageError> {
-    match bincode::deserialize::<(MetaState, CoordState, Users)>(bytes) {
-        Ok(state) => Ok(state),
-        Err(with_users) => match bincode::deserialize::<(MetaState, CoordState)>(bytes) {
-            Ok((meta, coord)) => Ok((meta, coord, Users::new())),
-            Err(_) => Err(sm_err(with_users)),
+/// The persisted state. One written before users and ACLs existed is the
+/// first two parts alone, and still opens (with no users and no rules).
+type Persisted = (MetaState, CoordState, Users, Vec<AclRule>);
+
+fn decode_state(bytes: &[u8]) -> Result<(MetaState, CoordState, Users, AclSet), RaftStorageError> {
+    let (state, coord, users, rules): Persisted = match bincode::deserialize::<Persisted>(bytes) {
+        Ok(s) => s,
+        Err(whole) => match bincode::deserialize::<(MetaState, CoordState)>(bytes) {
+            Ok((state, coord)) => (state, coord, Users::new(), Vec::new()),
+            Err(_) => return Err(sm_err(whole)),
         },
-    }
+    };
+    let acls = AclSet::from_rules(rules).map_err(sm_err)?;
+    Ok((state, coord, users, acls))
 }
 
 /// The metadata state machine.
@@ -96,6 +103,9 @@ pub struct MetaStateMachine {
     publish_users: watch::Sender<Arc<Users>>,
     /// A user command was applied since the last publication.
     users_changed: bool,
+    /// The rules; the published copy is replaced on every change.
+    acls: Arc<AclSet>,
+    publish_acls: watch::Sender<Arc<AclSet>>,
 }
 
 impl MetaStateMachine {
@@ -105,10 +115,12 @@ impl MetaStateMachine {
         store: Store,
         plugins: Option<Arc<dyn CoordPlugins>>,
     ) -> Result<Opened, RaftStorageError> {
-        let (mut state, coord, users) = match store.meta_get(STATE_KEY).map_err(sm_err)? {
+        let (mut state, coord, users, acls) = match store.meta_get(STATE_KEY).map_err(sm_err)? {
             Some(v) => decode_state(&v)?,
             None => Default::default(),
         };
+        let acls = Arc::new(acls);
+        let (publish_acls, acls_rx) = watch::channel(acls.clone());
         if state.catalogue.next_topic_id == 0 {
             state.catalogue.next_topic_id = 1;
         }
@@ -128,10 +140,13 @@ impl MetaStateMachine {
                 users,
                 publish_users,
                 users_changed: false,
+                acls,
+                publish_acls,
             },
             rx,
             coord,
             users_rx,
+            acls_rx,
         ))
     }
 
@@ -173,6 +188,9 @@ impl MetaStateMachine {
         ) {
             self.users_changed = true;
             return self.apply_user_command(command);
+        }
+        if let Command::AddAcl(_) | Command::RemoveAcl(_) = command {
+            return self.apply_acl_command(command);
         }
         *catalogue_changed = true;
         let topic_touched = match &command {
@@ -237,6 +255,34 @@ impl MetaStateMachine {
             _ => CommandResponse::Rejected {
                 code: ErrorCode::InvalidRequest as u16,
                 message: "not a user command".into(),
+            },
+        }
+    }
+
+    /// Adds or removes a rule and publishes the new set. The published set
+    /// is immutable (checks read it without a lock), so a change copies it:
+    /// O(rules), fine at the rate ACLs change, never on a request's path.
+    fn apply_acl_command(&mut self, command: Command) -> CommandResponse {
+        let acls = Arc::make_mut(&mut self.acls);
+        let outcome = match command {
+            Command::AddAcl(rule) => acls.add(rule).map(|_| ()),
+            Command::RemoveAcl(rule) => {
+                acls.remove(&rule);
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        match outcome {
+            Ok(()) => {
+                self.publish_acls.send_replace(self.acls.clone());
+                CommandResponse::Done
+            }
+            Err(e) => CommandResponse::Rejected {
+                code: match e {
+                    AclError::TooManyRules { .. } => ErrorCode::LimitExceeded,
+                    AclError::InvalidRule { .. } => ErrorCode::InvalidRequest,
+                } as u16,
+                message: e.to_string(),
             },
         }
     }
@@ -324,7 +370,9 @@ impl MetaStateMachine {
             Command::Append(_)
             | Command::Coord { .. }
             | Command::PutUser { .. }
-            | Command::DeleteUser { .. } => CommandResponse::Rejected {
+            | Command::DeleteUser { .. }
+            | Command::AddAcl(_)
+            | Command::RemoveAcl(_) => CommandResponse::Rejected {
                 code: ErrorCode::InvalidRequest as u16,
                 message: "not a catalogue command".into(),
             },
@@ -334,7 +382,8 @@ impl MetaStateMachine {
     /// The whole state, as persisted and as snapshot data.
     fn encode_state(&self) -> Result<Vec<u8>, RaftStorageError> {
         let coord = self.coord.state.lock().expect("coordination state lock");
-        bincode::serialize(&(&self.state, &*coord, &self.users)).map_err(sm_err)
+        let rules: Vec<&AclRule> = self.acls.rules().collect();
+        bincode::serialize(&(&self.state, &*coord, &self.users, rules)).map_err(sm_err)
     }
 
     fn persist_and_publish(
@@ -425,7 +474,7 @@ impl RaftStateMachine<TernRaft> for MetaStateMachine {
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), RaftStorageError> {
-        let (mut state, coord, users) = decode_state(snapshot.get_ref())?;
+        let (mut state, coord, users, acls) = decode_state(snapshot.get_ref())?;
         state.applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
         self.state = state;
@@ -437,6 +486,8 @@ impl RaftStateMachine<TernRaft> for MetaStateMachine {
             "installed a metadata snapshot"
         );
         *self.coord.state.lock().expect("coordination state lock") = coord;
+        self.acls = Arc::new(acls);
+        self.publish_acls.send_replace(self.acls.clone());
         self.persist_and_publish(true, true)
     }
 
@@ -592,8 +643,17 @@ mod tests {
             let store =
                 Store::open(dir.path(), tern_storage::Durability::PageCache).map_err(sm_err)?;
             let log = LogStore::new(store.clone(), 0);
-            let (sm, _rx, _coord, _users) = MetaStateMachine::open(store, None)?;
+            let (sm, _rx, _coord, _users, _acls) = MetaStateMachine::open(store, None)?;
             Ok((dir, log, sm))
+        }
+    }
+
+    fn acl(principal: &str, topic: &str) -> AclRule {
+        AclRule {
+            principal: principal.into(),
+            resource: tern_acl::ResourcePattern::exact(tern_acl::ResourceKind::Topic, topic),
+            operation: tern_acl::Operation::Produce,
+            effect: tern_acl::Effect::Allow,
         }
     }
 
@@ -619,7 +679,8 @@ mod tests {
     async fn users_survive_reopening_and_snapshot_installation() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), tern_storage::Durability::PageCache).unwrap();
-        let (mut sm, _rx, _coord, users) = MetaStateMachine::open(store.clone(), None).unwrap();
+        let (mut sm, _rx, _coord, users, _acls) =
+            MetaStateMachine::open(store.clone(), None).unwrap();
         let alice = put("alice", "first", false);
         let answers = sm
             .apply(vec![
@@ -642,12 +703,13 @@ mod tests {
             "create_only replaced a user"
         );
         drop(sm);
-        let (mut reopened, _rx, _coord, users) = MetaStateMachine::open(store, None).unwrap();
+        let (mut reopened, _rx, _coord, users, _acls) =
+            MetaStateMachine::open(store, None).unwrap();
         assert_eq!(users.borrow()["alice"], credential);
         let snapshot = reopened.get_current_snapshot().await.unwrap().unwrap();
         let other = tempfile::tempdir().unwrap();
         let store = Store::open(other.path(), tern_storage::Durability::PageCache).unwrap();
-        let (mut fresh, _rx, _coord, users) = MetaStateMachine::open(store, None).unwrap();
+        let (mut fresh, _rx, _coord, users, _acls) = MetaStateMachine::open(store, None).unwrap();
         assert!(users.borrow().is_empty());
         fresh
             .install_snapshot(&snapshot.meta, snapshot.snapshot)
@@ -659,9 +721,73 @@ mod tests {
     #[test]
     fn a_state_written_before_users_existed_still_decodes() {
         let old = bincode::serialize(&(MetaState::default(), CoordState::default())).unwrap();
-        let (_, _, users) = decode_state(&old).unwrap();
-        assert!(users.is_empty());
+        let (_, _, users, acls) = decode_state(&old).unwrap();
+        assert!(users.is_empty() && acls.is_empty());
         assert!(decode_state(b"garbage").is_err());
+    }
+
+    fn open(dir: &std::path::Path) -> Opened {
+        let store = Store::open(dir, tern_storage::Durability::PageCache).unwrap();
+        MetaStateMachine::open(store, None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn acl_rules_are_published_and_survive_a_restart_and_a_snapshot_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, removed) = (acl("alice", "orders"), acl("bob", "orders"));
+        let allowed = |acls: &AclSet, who: &str| {
+            acls.check(
+                Some(who),
+                tern_acl::Resource::Topic("orders"),
+                tern_acl::Operation::Produce,
+            )
+            .is_allowed()
+        };
+        let snapshot = {
+            let (mut sm, _c, _coord, _users, acls) = open(dir.path());
+            sm.apply([
+                entry(1, Command::AddAcl(kept.clone())),
+                entry(2, Command::AddAcl(removed.clone())),
+            ])
+            .await
+            .unwrap();
+            assert!(allowed(&acls.borrow(), "bob"), "published on apply");
+            let answer = sm
+                .apply([entry(3, Command::RemoveAcl(removed))])
+                .await
+                .unwrap();
+            assert_eq!(answer, vec![CommandResponse::Done]);
+            assert!(!allowed(&acls.borrow(), "bob"));
+            sm.get_current_snapshot().await.unwrap().unwrap()
+        };
+        // Reopened from its own store.
+        let (_sm, _c, _coord, _users, acls) = open(dir.path());
+        assert_eq!(acls.borrow().len(), 1);
+        assert!(allowed(&acls.borrow(), "alice"));
+        // Installed on an empty node from the snapshot.
+        let other = tempfile::tempdir().unwrap();
+        let (mut sm, _c, _coord, _users, acls) = open(other.path());
+        assert!(!allowed(&acls.borrow(), "alice"));
+        sm.install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert!(allowed(&acls.borrow(), "alice"));
+        assert!(!allowed(&acls.borrow(), "bob"));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_acl_rule_is_refused_by_every_replica_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut sm, _c, _coord, _users, acls) = open(dir.path());
+        let answer = sm
+            .apply([entry(1, Command::AddAcl(acl("", "orders")))])
+            .await
+            .unwrap();
+        assert!(matches!(
+            answer[0],
+            CommandResponse::Rejected { code, .. } if code == ErrorCode::InvalidRequest as u16
+        ));
+        assert!(acls.borrow().is_empty());
     }
 
     /// openraft's own storage conformance suite, run against Tern's RocksDB

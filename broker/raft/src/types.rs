@@ -150,6 +150,11 @@ pub enum Command {
         /// Username.
         name: String,
     },
+    /// Metadata group: add an authorization rule (refused past
+    /// `tern_acl::RULES_MAX` rules).
+    AddAcl(tern_acl::AclRule),
+    /// Metadata group: remove an authorization rule.
+    RemoveAcl(tern_acl::AclRule),
 }
 
 /// A state machine's answer to one command.

@@ -286,12 +286,13 @@ impl Broker {
         }
     }
 
-    /// Whether `session` may administer the cluster (users today): with
-    /// `auth required`, only a super-user (`[auth] super_users`); without,
-    /// anyone, like the other admin operations. The one place this is
-    /// decided, so that it can later consult ACLs.
+    /// Whether `session` may administer users. With authorization on, the
+    /// ACL check every request passes first has decided it already (`alter`
+    /// / `describe` on the cluster; super-users always pass). Without it:
+    /// with `auth required`, only a super-user (`[auth] super_users`);
+    /// otherwise anyone, like the other admin operations.
     pub fn require_cluster_admin(&self, session: &Session) -> Result<(), Failure> {
-        if !self.config().auth_required {
+        if self.config().authorization || !self.config().auth_required {
             return Ok(());
         }
         match session.principal() {

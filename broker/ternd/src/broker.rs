@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use openraft::error::ClientWriteError;
 use openraft::raft::ClientWriteResponse;
+use tern_protocol::acl::{AclRequest, AclResponse, ACL_LIST_PAGE_MAX};
 use tern_protocol::api::{
     BrokerInfo, FetchPartition, FetchResult, OffsetSpec, PartitionInfo, ProducePartition,
     ProduceResult, TopicConfig, TopicInfo, FETCH_PARTITIONS_MAX, RETENTION_BROKER_DEFAULT,
@@ -40,6 +41,7 @@ use crate::plugins::Plugins;
 use crate::read_cache::ReadCache;
 use crate::session::Session;
 
+mod authz;
 mod coordination;
 
 /// Most partitions one topic may have.
@@ -153,6 +155,8 @@ pub struct Broker {
     /// Where the next multi-partition fetch starts reading (see
     /// `read_partitions`).
     fetch_rotation: std::sync::atomic::AtomicUsize,
+    /// The configured super-users (the rules are the metadata group's).
+    authorizer: tern_acl::Authorizer,
     /// Client authentication (decoy secret, failures per source).
     auth: crate::auth::Authenticator,
     /// Test hook: this many replica opens fail before any is attempted
@@ -221,6 +225,7 @@ impl Broker {
         raft: Arc<RaftNode>,
     ) -> Arc<Broker> {
         let broker = Arc::new(Broker {
+            authorizer: tern_acl::Authorizer::new(config.super_users.iter().cloned()),
             config,
             store,
             metrics,
@@ -514,9 +519,10 @@ impl Broker {
     /// bytes answers `Busy` instead (openraft's queue is unbounded).
     pub async fn enqueue_produce(
         &self,
-        _session: &Session,
+        session: &Session,
         partitions: Vec<ProducePartition>,
     ) -> Vec<PendingAppend> {
+        let acls = self.acls();
         let mut pending = Vec::with_capacity(partitions.len());
         for p in partitions {
             let done = |f: Failure| {
@@ -531,6 +537,21 @@ impl Broker {
                     base_offset: 0,
                 })
             };
+            // Before anything else: whether the topic exists is not for a
+            // principal that may not produce to it to learn.
+            if let Some(acls) = &acls {
+                let topic = tern_acl::Resource::Topic(&p.topic);
+                if !self.allows(acls, session, topic, tern_acl::Operation::Produce) {
+                    pending.push(done(Failure::new(
+                        ErrorCode::AccessDenied,
+                        format!(
+                            "{} may not produce to {topic}",
+                            authz::principal_name(session)
+                        ),
+                    )));
+                    continue;
+                }
+            }
             let target = match self.partition(&p.topic, p.partition) {
                 Ok(t) => t,
                 Err(f) => {
@@ -610,8 +631,30 @@ impl Broker {
         pending
     }
 
-    /// Answers any request other than produce.
+    /// Answers any request (the connection sends produce to
+    /// [`Self::enqueue_produce`] itself). When authorization is on, the
+    /// request is checked first (see `authz`).
     pub async fn handle(&self, session: &Session, request: Request) -> Result<Response, Failure> {
+        self.authorize_request(session, &request)?;
+        let admin = authz::is_admin(&request).then(|| format!("{request:?}"));
+        let result = self.handle_authorized(session, request).await;
+        if let (Some(what), Ok(_)) = (admin, &result) {
+            info!(
+                target: "tern::security",
+                principal = %authz::principal_name(session),
+                peer = %session.peer(),
+                request = %what,
+                "admin request done"
+            );
+        }
+        result
+    }
+
+    async fn handle_authorized(
+        &self,
+        session: &Session,
+        request: Request,
+    ) -> Result<Response, Failure> {
         match request {
             Request::Produce {
                 partitions,
@@ -634,7 +677,7 @@ impl Broker {
             }
             Request::Metadata { topics } => {
                 self.learn_remote_leaders(topics.as_deref()).await;
-                Ok(self.metadata(topics))
+                Ok(self.metadata(session, topics))
             }
             Request::CreateTopic { name, config } => self.create_topic(name, config).await,
             Request::DeleteTopic { name } => self.delete_topic(name).await,
@@ -703,8 +746,9 @@ impl Broker {
                 partition,
                 replicas,
             } => self.reassign(topic, partition, replicas).await,
-            Request::Lock(l) => self.lock(l).await,
-            Request::Group(g) => self.group(g).await,
+            Request::Lock(l) => self.lock(session, l).await,
+            Request::Group(g) => self.group(session, g).await,
+            Request::Acl(a) => self.acl(a).await,
             Request::User(u) => self.user_admin(session, u).await,
             Request::SaslHandshake { .. } | Request::SaslAuthenticate { .. } => Err(Failure::new(
                 ErrorCode::InvalidRequest,
@@ -962,7 +1006,11 @@ impl Broker {
         }
     }
 
-    fn metadata(&self, wanted: Option<Vec<String>>) -> Response {
+    /// Describes the cluster. With authorization on, only topics the
+    /// session may describe: the others are left out of an all-topics
+    /// answer and answered `AccessDenied` (existing or not) when named.
+    fn metadata(&self, session: &Session, wanted: Option<Vec<String>>) -> Response {
+        let acls = self.acls();
         let me = self.raft.node_id();
         let topics = self.topics.read().expect("topics lock");
         let remote = self
@@ -1012,11 +1060,40 @@ impl Broker {
                 })
                 .collect(),
         };
+        let empty = |error: ErrorCode, name: String| TopicInfo {
+            error,
+            name,
+            config: TopicConfig {
+                partitions: 0,
+                replication_factor: 0,
+                retention_ms: -1,
+                retention_bytes: -1,
+            },
+            partitions: vec![],
+        };
         let mut out: Vec<TopicInfo> = match wanted {
-            None => topics.values().map(|t| describe(t)).collect(),
+            None => topics
+                .values()
+                .filter(|t| {
+                    acls.as_ref()
+                        .is_none_or(|a| self.may_describe(a, session, &t.entry.name))
+                })
+                .map(|t| describe(t))
+                .collect(),
             Some(names) => names
                 .into_iter()
                 .map(|n| match topics.get(&n) {
+                    _ if acls.as_ref().is_some_and(|a| {
+                        !self.allows(
+                            a,
+                            session,
+                            tern_acl::Resource::Topic(&n),
+                            tern_acl::Operation::Describe,
+                        )
+                    }) =>
+                    {
+                        empty(ErrorCode::AccessDenied, n)
+                    }
                     Some(t) => describe(t),
                     None => TopicInfo {
                         error: ErrorCode::UnknownTopicOrPartition,
@@ -1352,6 +1429,53 @@ impl Broker {
                 Ok(Response::User(UserResponse::Done))
             }
         }
+    }
+
+    /// Adds, removes or lists authorization rules. A change is answered
+    /// once this broker has applied it, so the caller's next request here
+    /// is checked against it.
+    async fn acl(&self, request: AclRequest) -> Result<Response, Failure> {
+        let (rule, add) = match request {
+            AclRequest::List { start } => {
+                let acls = self.raft.acls();
+                let rules = acls
+                    .rules()
+                    .skip(start as usize)
+                    .take(ACL_LIST_PAGE_MAX)
+                    .cloned()
+                    .collect();
+                return Ok(Response::Acl(AclResponse::List {
+                    total: acls.len() as u32,
+                    rules,
+                }));
+            }
+            AclRequest::Add(rule) => (rule, true),
+            AclRequest::Remove(rule) => (rule, false),
+        };
+        rule.validate()
+            .map_err(|e| Failure::new(ErrorCode::InvalidRequest, e.to_string()))?;
+        let command = if add {
+            Command::AddAcl(rule.clone())
+        } else {
+            Command::RemoveAcl(rule.clone())
+        };
+        self.catalogue_write(command).await?;
+        let mut applied = self.raft.follow_acls();
+        let seen = matches!(
+            tokio::time::timeout(
+                ADMIN_TIMEOUT,
+                applied.wait_for(|acls| acls.contains(&rule) == add),
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        if !seen {
+            return Err(Failure::new(
+                ErrorCode::RequestTimedOut,
+                "the rule was committed but this broker has not applied it yet",
+            ));
+        }
+        Ok(Response::Acl(AclResponse::Done))
     }
 
     async fn catalogue_write(&self, command: Command) -> Result<(), Failure> {

@@ -209,6 +209,11 @@ pub struct Flags {
     #[arg(long, env = "TERN_BOOTSTRAP_USER")]
     pub bootstrap_user: Option<String>,
 
+    /// Check every request against the cluster's ACL rules (`tern acl`):
+    /// a principal may do only what a rule allows it (super-users: all).
+    #[arg(long, env = "TERN_AUTHORIZATION")]
+    pub authorization: bool,
+
     /// Run a maintenance subcommand instead of the broker.
     #[command(subcommand)]
     pub command: Option<Subcommand>,
@@ -273,6 +278,7 @@ struct FileConfig {
 struct AuthFile {
     super_users: Option<Vec<String>>,
     required: Option<bool>,
+    authorization: Option<bool>,
 }
 
 /// The `[tls]` table of the TOML file.
@@ -379,6 +385,8 @@ pub struct Config {
     pub auth_required: bool,
     /// The user created at start if absent (`TERN_BOOTSTRAP_USER`).
     pub bootstrap_user: Option<BootstrapUser>,
+    /// Every request is checked against the ACL rules.
+    pub authorization: bool,
     /// Limits on client connections.
     pub connection_limits: ConnectionLimits,
     /// Most topics in the cluster.
@@ -629,7 +637,9 @@ impl Config {
                 Some(BootstrapUser { name, password })
             }
         };
+        let authorization = flags.authorization || auth_file.authorization.unwrap_or(false);
         Ok(Config {
+            authorization,
             tls,
             metrics_tls,
             insecure,
@@ -778,6 +788,31 @@ mod tests {
         assert_eq!(cfg.cache_plugin, "s3-fifo");
         assert_eq!(cfg.lock_plugin, "read-write");
         assert_eq!(cfg.balancer_plugin, "sticky");
+    }
+
+    #[test]
+    fn authorization_is_off_unless_the_flag_or_the_file_turns_it_on() {
+        assert!(!Config::resolve(Flags::default()).unwrap().authorization);
+        let cfg = Config::resolve(Flags {
+            authorization: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(cfg.authorization);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tern.toml");
+        std::fs::write(
+            &path,
+            "[auth]\nauthorization = true\nsuper_users = [\"root\"]\n",
+        )
+        .unwrap();
+        let cfg = Config::resolve(Flags {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(cfg.authorization);
+        assert_eq!(cfg.super_users, vec!["root".to_string()]);
     }
 
     #[test]

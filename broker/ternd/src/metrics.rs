@@ -163,6 +163,9 @@ pub struct Metrics {
     /// Failed client authentications, by SASL mechanism (wrong password,
     /// unknown user, malformed or out-of-order messages).
     pub auth_failures: IntCounterVec,
+    /// Requests (or partitions of one) refused by authorization, by
+    /// operation (`tern_acl::Operation::name`).
+    pub acl_denied: IntCounterVec,
 }
 
 impl Metrics {
@@ -492,6 +495,13 @@ impl Metrics {
                 ),
                 &["mechanism"]
             )),
+            acl_denied: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tern_acl_denied_total",
+                    "Requests, or partitions of a produce, refused by authorization, by operation."
+                ),
+                &["operation"]
+            )),
             registry,
         };
         m.build_info
@@ -524,6 +534,9 @@ impl Metrics {
         }
         m.auth_failures
             .with_label_values(&[tern_auth::SCRAM_SHA_256]);
+        for operation in tern_acl::Operation::ALL {
+            m.acl_denied.with_label_values(&[operation.name()]);
+        }
         m
     }
 

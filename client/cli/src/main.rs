@@ -4,6 +4,7 @@
 //! on stderr and a non-zero status (never a backtrace: this is the user's
 //! tool, not a developer's).
 
+mod acl;
 mod bench;
 mod bench_coord;
 mod cert;
@@ -186,6 +187,14 @@ enum Command {
         after_help = "Examples:\n  tern user add alice\n  tern --username admin user list"
     )]
     User(user::UserCommand),
+    /// Authorization rules: who may do what (brokers with --authorization).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+            tern acl add --principal billing --allow --operation produce --topic orders\n  \
+            tern acl list"
+    )]
+    Acl(acl::AclCommand),
     /// Load generator: throughput and latency percentiles.
     #[command(
         subcommand,
@@ -304,6 +313,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Lock(c) => lock::run(connect().await?, c).await,
             Command::Group(c) => ok(group::run(connect().await?, c).await),
             Command::User(c) => ok(user::run(connect().await?, c, password_stdin).await),
+            Command::Acl(c) => ok(acl::run(connect().await?, c).await),
             Command::Bench(b) => ok(bench::run(&brokers, b).await),
             Command::Completions { .. } | Command::Profile(_) | Command::Cert(_) => {
                 unreachable!("handled above")

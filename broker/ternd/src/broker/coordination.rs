@@ -7,6 +7,11 @@
 //! `describe`) answer from this broker's applied state, which may trail the
 //! leader by a few milliseconds.
 //!
+//! Ownership: a request that acts as a lock owner or group member carries
+//! its client's secret; this module turns it into a [`Proof`] (SHA-256 of
+//! the secret, and the session's proven principal) and the state machine
+//! compares proofs. The secret itself goes no further than this module.
+//!
 //! Must never: decide anything about a lock or group itself — every
 //! decision is the state machine's, so all replicas agree.
 
@@ -17,11 +22,24 @@ use tern_protocol::coord::{
     LockMode as WireMode, LockRequest, LockResponse,
 };
 use tern_protocol::{ErrorCode, Response};
-use tern_raft::coord::{GroupRecord, LockMode};
+use tern_raft::coord::{GroupRecord, LockMode, Proof};
 use tern_raft::{CoordOp, CoordResult, CoordState};
 use tracing::{debug, instrument};
 
 use super::{write_failure, Broker, Failure};
+use crate::session::Session;
+
+/// What a request presenting `secret` on `session` proves: only the
+/// digest of the secret is replicated, with the connection's principal.
+fn proof(session: &Session, secret: u128) -> Proof {
+    let digest = ring::digest::digest(&ring::digest::SHA256, &secret.to_le_bytes());
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(digest.as_ref());
+    Proof {
+        digest: bytes,
+        principal: session.principal().map(|p| p.to_string()),
+    }
+}
 
 /// Longest a lock request may wait for its grant in one call.
 const LOCK_WAIT_MS_MAX: u64 = 300_000;
@@ -104,12 +122,17 @@ impl Broker {
     }
 
     /// Answers a lock request.
-    #[instrument(level = "debug", skip(self))]
-    pub(super) async fn lock(&self, request: LockRequest) -> Result<Response, Failure> {
+    #[instrument(level = "debug", skip_all, fields(lock))]
+    pub(super) async fn lock(
+        &self,
+        session: &Session,
+        request: LockRequest,
+    ) -> Result<Response, Failure> {
         match request {
             LockRequest::Acquire {
                 name,
                 owner,
+                secret,
                 mode,
                 lease_ms,
                 wait_ms,
@@ -120,9 +143,12 @@ impl Broker {
                 let deadline = started + Duration::from_millis(wait_ms.min(LOCK_WAIT_MS_MAX));
                 let mut changes = self.raft.coord().subscribe();
                 changes.borrow_and_update();
+                tracing::Span::current().record("lock", name.as_str());
+                let proof = proof(session, secret);
                 let op = CoordOp::Acquire {
                     name: name.clone(),
                     owner,
+                    proof: proof.clone(),
                     mode: raft_mode(mode),
                     lease_ms,
                 };
@@ -161,6 +187,7 @@ impl Broker {
                 let cancel = CoordOp::Release {
                     name: name.clone(),
                     owner,
+                    proof,
                 };
                 if let Err(e) = self.coord_write(cancel).await {
                     debug!(lock = %name, error = %e.message, "cancelling a timed-out wait failed");
@@ -170,9 +197,17 @@ impl Broker {
                     format!("lock {name:?} not granted within {wait_ms} ms"),
                 ))
             }
-            LockRequest::KeepAlive { name, owner } => {
+            LockRequest::KeepAlive {
+                name,
+                owner,
+                secret,
+            } => {
                 check_name("lock", &name)?;
-                match self.coord_write(CoordOp::KeepAlive { name, owner }).await? {
+                let proof = proof(session, secret);
+                match self
+                    .coord_write(CoordOp::KeepAlive { name, owner, proof })
+                    .await?
+                {
                     CoordResult::Granted { token, expires_ms } => Ok(granted(token, expires_ms)),
                     other => Err(Failure::new(
                         ErrorCode::Unknown,
@@ -180,9 +215,17 @@ impl Broker {
                     )),
                 }
             }
-            LockRequest::Release { name, owner } => {
+            LockRequest::Release {
+                name,
+                owner,
+                secret,
+            } => {
                 check_name("lock", &name)?;
-                match self.coord_write(CoordOp::Release { name, owner }).await? {
+                let proof = proof(session, secret);
+                match self
+                    .coord_write(CoordOp::Release { name, owner, proof })
+                    .await?
+                {
                     CoordResult::Released { was_holder } => {
                         Ok(Response::Lock(LockResponse::Released { was_holder }))
                     }
@@ -199,12 +242,17 @@ impl Broker {
     }
 
     /// Answers a consumer-group request.
-    #[instrument(level = "debug", skip(self))]
-    pub(super) async fn group(&self, request: GroupRequest) -> Result<Response, Failure> {
+    #[instrument(level = "debug", skip_all)]
+    pub(super) async fn group(
+        &self,
+        session: &Session,
+        request: GroupRequest,
+    ) -> Result<Response, Failure> {
         match request {
             GroupRequest::Join {
                 group,
                 member,
+                secret,
                 topics,
                 session_timeout_ms,
             } => {
@@ -213,6 +261,7 @@ impl Broker {
                 let op = CoordOp::Join {
                     group: group.clone(),
                     member,
+                    proof: proof(session, secret),
                     topics,
                     session_timeout_ms,
                 };
@@ -222,6 +271,7 @@ impl Broker {
             GroupRequest::Heartbeat {
                 group,
                 member,
+                secret,
                 generation,
                 wait_ms,
             } => {
@@ -231,6 +281,7 @@ impl Broker {
                 let op = CoordOp::Heartbeat {
                     group: group.clone(),
                     member,
+                    proof: proof(session, secret),
                 };
                 let answer = self.coord_write(op).await?;
                 if matches!(answer, CoordResult::Member { generation: g, .. } if g == generation) {
@@ -273,14 +324,25 @@ impl Broker {
                 }
                 self.member_view(&group, answer)
             }
-            GroupRequest::Leave { group, member } => {
+            GroupRequest::Leave {
+                group,
+                member,
+                secret,
+            } => {
                 check_name("group", &group)?;
-                self.coord_write(CoordOp::Leave { group, member }).await?;
+                let proof = proof(session, secret);
+                self.coord_write(CoordOp::Leave {
+                    group,
+                    member,
+                    proof,
+                })
+                .await?;
                 Ok(Response::Group(GroupResponse::Done))
             }
             GroupRequest::Commit {
                 group,
                 member,
+                secret,
                 generation,
                 offsets,
             } => {
@@ -288,6 +350,7 @@ impl Broker {
                 let op = CoordOp::Commit {
                     group,
                     member,
+                    proof: proof(session, secret),
                     generation,
                     offsets,
                 };
