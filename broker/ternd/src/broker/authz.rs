@@ -338,6 +338,30 @@ mod tests {
             Request::Acl(AclRequest::Add(rule.clone())),
             Request::Acl(AclRequest::Remove(rule)),
             Request::Acl(AclRequest::List { start: 0 }),
+            // 23..
+            Request::CreatePartitions {
+                topic: "t".into(),
+                count: 4,
+            },
+            Request::User(UserRequest::Upsert {
+                name: "alice".into(),
+                credential: tern_protocol::auth::UserCredential {
+                    salt: bytes::Bytes::from_static(b"salt"),
+                    iterations: 4096,
+                    stored_key: bytes::Bytes::from_static(&[0; 32]),
+                    server_key: bytes::Bytes::from_static(&[0; 32]),
+                },
+            }),
+            Request::User(UserRequest::Delete {
+                name: "alice".into(),
+            }),
+            Request::User(UserRequest::List),
+            Request::SaslHandshake {
+                mechanism: "SCRAM-SHA-256".into(),
+            },
+            Request::SaslAuthenticate {
+                auth_bytes: bytes::Bytes::from_static(b"n,,n=alice,r=abc"),
+            },
         ]
     }
 
@@ -352,6 +376,15 @@ mod tests {
         }
         for r in &requests {
             match needs(r) {
+                // Authenticating is how a connection gets a principal.
+                Needs::All(list)
+                    if matches!(
+                        r,
+                        Request::SaslHandshake { .. } | Request::SaslAuthenticate { .. }
+                    ) =>
+                {
+                    assert!(list.is_empty())
+                }
                 Needs::All(list) => assert!(!list.is_empty(), "{r:?} checks nothing"),
                 Needs::ProducePerTopic => assert_eq!(r.api_key(), ApiKey::Produce),
                 Needs::DescribeTopics => assert_eq!(r.api_key(), ApiKey::Metadata),
@@ -384,6 +417,13 @@ mod tests {
             );
             assert!(is_admin(&r[admin]));
         }
+        assert_eq!(all(23), vec![(Resource::Topic("t"), Alter)], "grow a topic");
+        assert!(is_admin(&r[23]));
+        for user_change in [24, 25] {
+            assert_eq!(all(user_change), vec![(Resource::Cluster, Alter)]);
+            assert!(is_admin(&r[user_change]));
+        }
+        assert_eq!(all(26), vec![(Resource::Cluster, Describe)], "list users");
         for lock in [9, 10, 11] {
             assert_eq!(all(lock), vec![(Resource::Lock("l"), Lock)]);
         }
