@@ -83,7 +83,13 @@ tern() { timeout 300 "$T/tern" --broker "$SEEDS" "${tls[@]}" "$@"; }
 if timeout 20 "$T/tern" --broker "127.0.0.1:$TERN_PORT_1" topic list >/dev/null 2>&1; then
   echo "a plaintext client was served"; exit 1
 fi
-echo "docker: brokers up with TLS on every port (mutual TLS between brokers)"
+# Authorization is on: the brokers' own certificates are no super-users.
+node=(--tls-ca "$WORK/certs/ca.pem" --tls-cert "$WORK/certs/node-1.pem" --tls-key "$WORK/certs/node-1-key.pem")
+if timeout 60 "$T/tern" --broker "$SEEDS" "${node[@]}" topic create stray --partitions 1 >"$WORK/denied.txt" 2>&1; then
+  echo "a principal without an ACL rule created a topic"; exit 1
+fi
+grep -q "access_denied\|not allowed\|denied" "$WORK/denied.txt" || { cat "$WORK/denied.txt"; echo "expected an access denial"; exit 1; }
+echo "docker: brokers up with TLS on every port (mutual TLS between brokers), authentication and ACLs on"
 [ "$(docker inspect -f '{{.Config.User}}' "$(cid 1)")" = tern ] || { echo "image must run as non-root"; exit 1; }
 
 N=20000

@@ -49,7 +49,7 @@ allowed = {"broker": {"data_dir", "listen", "metrics_listen", "advertise", "dura
                       "cluster_topics_max", "cluster_partitions_max"},
            "plugins": {"lock", "balancer", "cache", "dir"},
            "tls": {"cert", "key", "ca", "metrics_plaintext"},
-           "auth": {"super_users"}}
+           "auth": {"super_users", "required", "authorization"}}
 for table, keys in cfg.items():
     if table not in allowed or set(keys) - allowed[table]:
         errors.append(f"config: unknown keys in [{table}]: {set(keys) - allowed.get(table, set())}")
@@ -61,6 +61,8 @@ args = " ".join(c.get("args", []))
 for flag in ("--tls-ca", "--tls-cert", "--tls-key"):
     if flag not in args:
         errors.append(f"ternd needs {flag}")
+if not (cfg.get("auth", {}).get("required") and cfg.get("auth", {}).get("authorization")):
+    errors.append("[auth] required and authorization must be on")
 if cfg.get("broker", {}).get("insecure"):
     errors.append("insecure = true: TLS must be on")
 for probe in ("readinessProbe", "livenessProbe"):
