@@ -36,6 +36,11 @@ pub(crate) enum BenchCommand {
         after_help = "Example:\n  tern bench rebalance --partitions 12 --members 3 --rounds 10"
     )]
     Rebalance(crate::bench_coord::RebalanceBenchArgs),
+    /// A storm of new connections (TCP, TLS, SCRAM as the global flags
+    /// say), each answering one request: set-up time and rate.
+    #[command(after_help = "Example:\n  \
+        tern --tls-ca certs/ca.pem --username alice bench connect --clients 1000 --concurrency 1000")]
+    Connect(crate::bench_connect::ConnectBenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -76,6 +81,7 @@ pub(crate) async fn run(broker: &str, command: BenchCommand) -> anyhow::Result<(
         BenchCommand::Consume(a) => consume(broker, a).await,
         BenchCommand::Lock(a) => crate::bench_coord::run(broker, a).await,
         BenchCommand::Rebalance(a) => crate::bench_coord::rebalance(broker, a).await,
+        BenchCommand::Connect(a) => crate::bench_connect::run(broker, a).await,
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod acl;
 mod bench;
+mod bench_connect;
 mod bench_coord;
 mod cert;
 mod cluster;
