@@ -1060,6 +1060,33 @@ fn scram_the_cli_adds_a_user_from_stdin_then_produces_with_tern_password() {
     );
     assert!(ok, "{err}");
     assert!(out.contains("cli-auth"), "{out}");
+    // A storm of authenticated connections (`tern bench connect`): each
+    // runs its own SCRAM exchange; with a wrong password every one fails.
+    let (ok, out, err) = tern(
+        &[
+            "--username",
+            "carol",
+            "bench",
+            "connect",
+            "--clients",
+            "40",
+            "--concurrency",
+            "20",
+        ],
+        &as_carol,
+        "",
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("connect: 40 connections (20 at once)") && out.contains(" 0 failed"),
+        "{out}"
+    );
+    let (ok, _, err) = tern(
+        &["--username", "carol", "bench", "connect", "--clients", "3"],
+        &[("TERN_PASSWORD", "not carol's")],
+        "",
+    );
+    assert!(!ok && err.contains("authentication"), "{err}");
     // A wrong password fails at once, naming authentication; no password
     // at all is refused before connecting.
     let started = Instant::now();
