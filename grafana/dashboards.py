@@ -89,6 +89,10 @@ DASHBOARDS = [
             panel("Leaders per broker", [('sum by (instance) (tern_raft_groups{role="leader"})', "{{instance}}")]),
             panel("Under-replicated partitions", [("sum(tern_partitions_under_replicated)", "under-replicated")]),
         ],
+        [
+            panel("Authentication failures /s", [(f"sum by (mechanism) (rate(tern_auth_failures_total[{R}]))", "{{mechanism}}")], "ops"),
+            panel("Requests denied by ACLs /s", [(f"sum by (operation) (rate(tern_acl_denied_total[{R}]))", "{{operation}}")], "ops"),
+        ],
     ]),
     dashboard("tern-replication", "Tern / Partitions and replication", [
         [
@@ -195,7 +199,6 @@ DASHBOARDS = [
         ],
         [
             panel("Protocol violations /s", [(f"sum(rate(tern_protocol_violations_total[{R}]))", "closed connections")], "ops"),
-            panel("Authentication failures /s", [(f"sum by (mechanism) (rate(tern_auth_failures_total[{R}]))", "{{mechanism}}")], "ops"),
             panel("Build", [("tern_build_info", "{{version}}")], kind="table"),
         ],
     ]),
