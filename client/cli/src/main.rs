@@ -7,6 +7,7 @@
 mod acl;
 mod bench;
 mod bench_coord;
+mod bench_rate;
 mod cert;
 mod cluster;
 mod consume;
