@@ -162,10 +162,12 @@ impl Report {
     fn print(&self, json: bool) -> anyhow::Result<()> {
         if !self.valid {
             eprintln!(
-                "WARNING: the sender fell {:.1} ms behind its schedule (limit {} ms): \
-                 the client could not offer {} records/s and these figures are INVALID",
+                "WARNING: sending fell {:.1} ms behind its schedule (limit {} ms), held back by \
+                 the client itself or by the producer's full queue of {} unacknowledged records: \
+                 {} records/s were not offered and these figures are INVALID",
                 self.behind_max_ms,
                 BEHIND_SCHEDULE_MAX.as_millis(),
+                UNACCOUNTED_RECORDS_MAX,
                 self.rate_requested
             );
         }
@@ -280,39 +282,61 @@ async fn run_producer(producer: Producer, p: Plan, start: Instant) -> anyhow::Re
         queues.push(tx);
         collectors.push(tokio::spawn(collect(rx, start)));
     }
-    let mut acc = Accounting::new();
-    let mut i = p.first;
-    let span = p.payload.len() - p.size;
-    while i < p.records {
-        let due_at = due(i, p.rate);
-        let now = start.elapsed();
-        if due_at > now {
-            tokio::time::sleep_until((start + due_at).into()).await;
-        }
-        let offset = (i as usize).wrapping_mul(7919) % span.max(1);
-        let partition = (i % u64::from(p.partitions)) as u32;
-        let record = ProducerRecord::new(p.topic.clone(), p.payload.slice(offset..offset + p.size))
-            .with_partition(partition);
-        let delivery = producer.enqueue(record).await?;
-        acc.sent(due_at, start.elapsed());
-        if queues[partition as usize]
-            .send((due_at, delivery))
-            .await
-            .is_err()
-        {
-            // The collector ended on a failed record: its error is the
-            // one to report, below.
-            break;
-        }
-        i += p.stride;
-    }
+    // The sender sleeps on its own thread: the runtime's timer rounds a
+    // wake-up to the next millisecond tick (and more under load), which at
+    // a low rate would add about a millisecond to every latency; a thread
+    // sleep overshoots by tens of microseconds.
+    let runtime = tokio::runtime::Handle::current();
+    let sending = producer.clone();
+    let (mut acc, all_sent) = tokio::task::spawn_blocking(move || {
+        send_on_schedule(&runtime, &sending, &p, start, &queues)
+    })
+    .await
+    .context("sender thread")??;
     producer.flush().await?;
-    drop(queues);
     for c in collectors {
         acc.merge(&c.await.context("collector task")??);
     }
-    anyhow::ensure!(i >= p.records, "acknowledgement collector ended early");
+    anyhow::ensure!(all_sent, "acknowledgement collector ended early");
     Ok(acc)
+}
+
+/// The sender's loop, on a thread of its own; returns its accounting and
+/// whether every record was sent (false: a collector ended on a failed
+/// record, whose error the collector reports). Dropping `queues` on return
+/// ends the collectors once they have drained.
+fn send_on_schedule(
+    runtime: &tokio::runtime::Handle,
+    producer: &Producer,
+    p: &Plan,
+    start: Instant,
+    queues: &[mpsc::Sender<(Duration, Delivery)>],
+) -> anyhow::Result<(Accounting, bool)> {
+    let mut acc = Accounting::new();
+    let span = (p.payload.len() - p.size).max(1);
+    let mut i = p.first;
+    while i < p.records {
+        let due_at = due(i, p.rate);
+        if let Some(wait) = due_at.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let offset = (i as usize).wrapping_mul(7919) % span;
+        let partition = (i % u64::from(p.partitions)) as u32;
+        let record = ProducerRecord::new(p.topic.clone(), p.payload.slice(offset..offset + p.size))
+            .with_partition(partition);
+        // Returns at once unless the producer's queue is full (then the
+        // wait shows as lag behind the schedule).
+        let delivery = runtime.block_on(producer.enqueue(record))?;
+        acc.sent(due_at, start.elapsed());
+        if queues[partition as usize]
+            .blocking_send((due_at, delivery))
+            .is_err()
+        {
+            return Ok((acc, false));
+        }
+        i += p.stride;
+    }
+    Ok((acc, true))
 }
 
 async fn collect(
