@@ -1472,4 +1472,26 @@ fn the_cli_benchmarks_an_open_loop_at_a_fixed_rate() {
         "{text}"
     );
     assert!(text.contains("20 msgs"), "{text}");
+    // The open loop is for produce: consume refuses it rather than
+    // ignoring it.
+    let run = tern_run(
+        dir.path(),
+        &[
+            "--broker",
+            broker.addr.as_str(),
+            "bench",
+            "consume",
+            "--topic",
+            "openloop",
+            "--rate",
+            "100",
+        ],
+        b"",
+        &[],
+    );
+    assert!(
+        !run.ok && run.stderr.contains("produce only"),
+        "{}",
+        run.stderr
+    );
 }

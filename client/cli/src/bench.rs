@@ -220,6 +220,9 @@ async fn produce_share(
 }
 
 async fn consume(broker: &str, a: BenchArgs) -> anyhow::Result<()> {
+    if a.rate.is_some() || a.duration.is_some() {
+        anyhow::bail!("--rate and --duration apply to bench produce only");
+    }
     let client = crate::connect(broker).await?;
     let mut consumer = Consumer::new(
         client,
