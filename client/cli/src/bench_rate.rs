@@ -12,8 +12,9 @@
 //!
 //! Owns the schedule, the per-record accounting and the report. Must never
 //! measure from the moment a record was handed to the producer (that is
-//! the closed-loop error this mode exists to avoid), and never sends
-//! faster than the schedule to catch up (a burst is not the load asked for).
+//! the closed-loop error this mode exists to avoid), and never drops a
+//! record that is overdue: a sender that was held up sends what is due at
+//! once, and each of those records counts its wait.
 
 use std::time::{Duration, Instant};
 
