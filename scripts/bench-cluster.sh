@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}
+RATE_SECS=${RATE_SECS:-10}  # length of each open-loop run
 T=${CARGO_TARGET_DIR:-target}/release
 PEERS=${PEERS:-../shared/peers}
 NATSBENCH=${NATSBENCH:-/tmp/natsbench/release/natsbench}
@@ -68,15 +69,27 @@ for n in 3 1; do
   start_cluster "$n"
   tern() { "$T/tern" --broker "$SEEDS" "$@"; }
   d0=$(disk_written)
-  tern bench produce --topic c100 --messages "$N" --size 100 --batch 1000 --partitions 3 --producers 3
+  out=$(tern bench produce --topic c100 --messages "$N" --size 100 --batch 1000 --partitions 3 --producers 3); echo "$out"
+  MAX=$(sed -n 's/.*: \([0-9]*\) msgs\/s.*/\1/p' <<<"$out")
   d1=$(disk_written)
   echo "disk bytes written per payload byte, all replicas (100 B run): $(python3 -c "print(round(($d1-$d0)/($N*100),2))")"
   d0=$(disk_written)
   tern bench produce --topic c1k --messages $((N / 5)) --size 1000 --batch 1000 --partitions 3 --producers 3
   d1=$(disk_written)
   echo "disk bytes written per payload byte, all replicas (1 KB run): $(python3 -c "print(round(($d1-$d0)/($N/5*1000),2))")"
-  echo "-- latency at a moderate rate (1 producer, batches of 100, one in flight)"
-  tern bench produce --topic c100l --messages $((N / 10)) --size 100 --batch 100 --in-flight 1 --linger-ms 1
+  # Open loop: record i is due at start + i/RATE and its latency counts
+  # from then (coordinated omission corrected), at fractions of the
+  # maximum just measured, with the same partitions and producers.
+  echo "-- open-loop latency, 100 B, RF $n, from each record's scheduled time (max measured: ${MAX:-?} msgs/s)"
+  echo "round trips (--rate 200 --batch 1): $(tern bench produce --topic c100rt --rate 200 --batch 1 --duration "$RATE_SECS")"
+  if [ -n "$MAX" ] && [ "$MAX" -ge 10 ]; then
+    for pct in 10 50 80; do
+      echo "at $pct % of max: $(tern bench produce --topic "c100r$pct" --rate $((MAX * pct / 100)) --duration "$RATE_SECS" \
+        --size 100 --batch 1000 --linger-ms 1 --partitions 3 --producers 3)"
+    done
+  else
+    echo "SKIPPED: could not read the maximum rate"
+  fi
   tern bench consume --topic c100 --messages "$N"
   stop_cluster
 done

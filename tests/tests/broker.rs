@@ -1382,3 +1382,116 @@ fn the_cli_grows_a_topic_to_a_new_total_and_refuses_to_shrink_it() {
     assert!(!run.ok);
     assert!(run.stderr.contains("no topic"), "{}", run.stderr);
 }
+
+/// `tern bench produce --rate`: an open loop of single-record round trips
+/// for about 2 s reports, as one JSON object, ordered latency quantiles
+/// measured from the schedule and the rate it was asked for. (Before the
+/// open-loop mode, `--rate` and `--duration` did not exist.)
+#[test]
+fn the_cli_benchmarks_an_open_loop_at_a_fixed_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("n1"), &[]);
+    let run = tern_run(
+        dir.path(),
+        &[
+            "--broker",
+            broker.addr.as_str(),
+            "bench",
+            "produce",
+            "--topic",
+            "openloop",
+            "--rate",
+            "200",
+            "--batch",
+            "1",
+            "--duration",
+            "2",
+            "--output",
+            "json",
+        ],
+        b"",
+        &[],
+    );
+    assert!(run.ok, "tern failed: {}", run.stderr);
+    let text = String::from_utf8(run.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON object: {text}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    let f = |k: &str| {
+        v[k].as_f64()
+            .unwrap_or_else(|| panic!("field {k} missing in {v}"))
+    };
+    assert_eq!(v["mode"], "open-loop");
+    assert_eq!(f("rate_requested"), 200.0);
+    assert_eq!(f("records"), 400.0, "200/s for 2 s");
+    assert_eq!(f("size"), 100.0);
+    assert!(v["valid"].is_boolean(), "{v}");
+    let (p50, p90, p99, p999, max) = (
+        f("p50_ms"),
+        f("p90_ms"),
+        f("p99_ms"),
+        f("p999_ms"),
+        f("max_ms"),
+    );
+    assert!(p50 > 0.0, "a round trip takes time: {v}");
+    assert!(
+        p50 <= p90 && p90 <= p99 && p99 <= p999 && p999 <= max,
+        "{v}"
+    );
+    assert!(f("behind_p99_ms") <= f("behind_max_ms"), "{v}");
+    let achieved = f("rate_achieved");
+    assert!(
+        (180.0..=220.0).contains(&achieved),
+        "achieved {achieved}/s for 200/s requested: {v}"
+    );
+    // The open loop kept to its schedule: 400 records at 200/s take 2 s
+    // at least, whatever the latency.
+    assert!(f("elapsed_s") >= 1.99, "{v}");
+    // The text form names the mode and the quantiles.
+    let run = tern_run(
+        dir.path(),
+        &[
+            "--broker",
+            broker.addr.as_str(),
+            "bench",
+            "produce",
+            "--topic",
+            "openloop",
+            "--rate",
+            "100",
+            "--messages",
+            "20",
+        ],
+        b"",
+        &[],
+    );
+    assert!(run.ok, "tern failed: {}", run.stderr);
+    let text = String::from_utf8(run.stdout).unwrap();
+    assert!(
+        text.contains("open loop") && text.contains("p999"),
+        "{text}"
+    );
+    assert!(text.contains("20 msgs"), "{text}");
+    // The open loop is for produce: consume refuses it rather than
+    // ignoring it.
+    let run = tern_run(
+        dir.path(),
+        &[
+            "--broker",
+            broker.addr.as_str(),
+            "bench",
+            "consume",
+            "--topic",
+            "openloop",
+            "--rate",
+            "100",
+        ],
+        b"",
+        &[],
+    );
+    assert!(
+        !run.ok && run.stderr.contains("produce only"),
+        "{}",
+        run.stderr
+    );
+}

@@ -19,8 +19,12 @@ use tern_client::{
 #[derive(Subcommand)]
 pub(crate) enum BenchCommand {
     /// Produce N random records and report throughput and ack latency.
-    #[command(after_help = "Example:\n  \
-        tern bench produce --topic bench --messages 1000000 --size 100 --batch 1000")]
+    /// With --rate: an open loop at a fixed rate, latency measured from each
+    /// record's scheduled send time (coordinated omission corrected).
+    #[command(after_help = "Examples:\n  \
+        tern bench produce --topic bench --messages 1000000 --size 100 --batch 1000\n  \
+        tern bench produce --topic bench --rate 50000 --duration 10 --output json\n  \
+        tern bench produce --topic bench --rate 200 --batch 1 --duration 5   (round trips)")]
     Produce(BenchArgs),
     /// Consume N records from the beginning and report throughput.
     #[command(after_help = "Example:\n  tern bench consume --topic bench --messages 1000000")]
@@ -47,32 +51,49 @@ pub(crate) enum BenchCommand {
 pub(crate) struct BenchArgs {
     /// Topic (created with --partitions if missing).
     #[arg(long)]
-    topic: String,
+    pub(crate) topic: String,
     /// Records in total.
     #[arg(long, default_value_t = 1_000_000)]
     messages: u64,
+    /// produce: open loop at this many records per second (record i is due
+    /// at start + i/RATE; latency counts from that time). Without it the
+    /// loop is closed: the next record goes when the producer takes it.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
+    /// produce --rate: run this many seconds (RATE x SECS records) instead
+    /// of --messages.
+    #[arg(
+        long,
+        value_name = "SECS",
+        requires = "rate",
+        conflicts_with = "messages"
+    )]
+    duration: Option<f64>,
     /// Payload bytes per record.
     #[arg(long, default_value_t = 100)]
-    size: usize,
-    /// Records per batch.
+    pub(crate) size: usize,
+    /// Records per batch (at most; with --rate a batch holds the records
+    /// due within one linger time).
     #[arg(long, default_value_t = 1000)]
-    batch: usize,
+    pub(crate) batch: usize,
     /// Concurrent producers, each with its own connection.
     #[arg(long, default_value_t = 1)]
-    producers: usize,
+    pub(crate) producers: usize,
     /// Partitions when the topic is created.
     #[arg(long, default_value_t = 1)]
     partitions: u32,
     /// Batches in flight per partition per producer.
     #[arg(long, default_value_t = 16)]
-    in_flight: usize,
+    pub(crate) in_flight: usize,
     /// consume: start at the end of the log (tail new records) instead of
     /// the beginning.
     #[arg(long)]
     from_latest: bool,
     /// Linger in ms before a partial batch is sent.
     #[arg(long, default_value_t = 2)]
-    linger_ms: u64,
+    pub(crate) linger_ms: u64,
+    #[command(flatten)]
+    out: crate::output::OutputArgs,
 }
 
 pub(crate) async fn run(broker: &str, command: BenchCommand) -> anyhow::Result<()> {
@@ -108,8 +129,17 @@ async fn ensure_topic(client: &Client, a: &BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn produce(broker: &str, a: BenchArgs) -> anyhow::Result<()> {
+    if a.duration.is_some_and(|d| !(d.is_finite() && d > 0.0)) {
+        anyhow::bail!("--duration must be a positive number of seconds");
+    }
     let client = crate::connect(broker).await?;
     ensure_topic(&client, &a).await?;
+    if let Some(rate) = a.rate {
+        let records = a.duration.map_or(a.messages, |secs| {
+            crate::bench_rate::records_for(secs, rate)
+        });
+        return crate::bench_rate::produce(broker, &a, rate, records, a.out.json()).await;
+    }
     let pb = Arc::new(bar(a.messages));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -128,8 +158,14 @@ async fn produce(broker: &str, a: BenchArgs) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     pb.finish_and_clear();
-    summary("produce", a.messages, a.size, elapsed, Some(&hist));
-    Ok(())
+    summary(
+        "produce",
+        a.messages,
+        a.size,
+        elapsed,
+        Some(&hist),
+        a.out.json(),
+    )
 }
 
 async fn produce_share(
@@ -190,6 +226,9 @@ async fn produce_share(
 }
 
 async fn consume(broker: &str, a: BenchArgs) -> anyhow::Result<()> {
+    if a.rate.is_some() || a.duration.is_some() {
+        anyhow::bail!("--rate and --duration apply to bench produce only");
+    }
     let client = crate::connect(broker).await?;
     let mut consumer = Consumer::new(
         client,
@@ -233,8 +272,8 @@ async fn consume(broker: &str, a: BenchArgs) -> anyhow::Result<()> {
         size,
         elapsed,
         Some(&hist),
-    );
-    Ok(())
+        a.out.json(),
+    )
 }
 
 fn summary(
@@ -243,15 +282,32 @@ fn summary(
     size: usize,
     elapsed: Duration,
     hist: Option<&Histogram<u64>>,
-) {
+    json: bool,
+) -> anyhow::Result<()> {
     let secs = elapsed.as_secs_f64().max(1e-9);
     let ms = |q: f64| hist.map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0);
+    let rate = messages as f64 / secs;
+    let mb_per_s = messages as f64 * size as f64 / secs / 1e6;
+    if json {
+        let mode = what.split_whitespace().next().unwrap_or(what);
+        crate::output::print_json(&serde_json::json!({
+            "mode": format!("closed-loop {mode}"),
+            "records": messages,
+            "size": size,
+            "elapsed_s": secs,
+            "rate_achieved": rate,
+            "mb_per_s": mb_per_s,
+            "p50_ms": ms(0.5),
+            "p99_ms": ms(0.99),
+            "p999_ms": ms(0.999),
+        }))?;
+        return Ok(());
+    }
     println!(
-        "{what}: {messages} msgs of {size} B in {secs:.2} s: {:.0} msgs/s, {:.1} MB/s, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms",
-        messages as f64 / secs,
-        messages as f64 * size as f64 / secs / 1e6,
+        "{what}: {messages} msgs of {size} B in {secs:.2} s: {rate:.0} msgs/s, {mb_per_s:.1} MB/s, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms",
         ms(0.5),
         ms(0.99),
         ms(0.999),
     );
+    Ok(())
 }

@@ -8,6 +8,7 @@ mod acl;
 mod bench;
 mod bench_connect;
 mod bench_coord;
+mod bench_rate;
 mod cert;
 mod cluster;
 mod consume;

@@ -16,7 +16,7 @@ pub(crate) enum Output {
     Json,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct OutputArgs {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t)]
