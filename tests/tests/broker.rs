@@ -1439,9 +1439,12 @@ fn the_cli_benchmarks_an_open_loop_at_a_fixed_rate() {
         "{v}"
     );
     assert!(f("behind_p99_ms") <= f("behind_max_ms"), "{v}");
+    // An open loop never sends ahead of its schedule: the achieved rate
+    // cannot exceed the requested one (a slow machine may make it lower,
+    // which is not this test's business).
     let achieved = f("rate_achieved");
     assert!(
-        (180.0..=220.0).contains(&achieved),
+        achieved > 0.0 && achieved <= 201.0,
         "achieved {achieved}/s for 200/s requested: {v}"
     );
     // The open loop kept to its schedule: 400 records at 200/s take 2 s
