@@ -139,6 +139,57 @@ struct Link {
     closed: CancellationToken,
 }
 
+/// Most bytes one incoming snapshot may grow to (it is held in memory until
+/// installed): a larger one is refused chunk by chunk.
+pub const SNAPSHOT_BYTES_MAX: u64 = 8 << 30;
+
+/// How far each hosted group's incoming snapshot has been written, so that
+/// a chunk can only continue it (or rewrite what is there, as a retried
+/// chunk does): openraft writes a chunk at the offset it names, and a chunk
+/// at offset 2^40 would otherwise grow the snapshot buffer to that size.
+#[derive(Debug, Default)]
+struct SnapshotIntake {
+    /// group → (snapshot id, bytes written so far).
+    written: HashMap<u64, (String, u64)>,
+}
+
+impl SnapshotIntake {
+    /// Admits a chunk of `len` bytes at `offset` of snapshot `id` of
+    /// `group`, or says why not (nothing of the chunk is written then).
+    fn admit(
+        &mut self,
+        group: u64,
+        id: &str,
+        offset: u64,
+        len: u64,
+        done: bool,
+    ) -> Result<(), String> {
+        let written = match self.written.get(&group) {
+            Some((current, written)) if current == id => *written,
+            _ => 0,
+        };
+        if offset > written {
+            return Err(format!(
+                "snapshot {id} chunk at offset {offset} would leave a hole: {written} bytes \
+                 written so far"
+            ));
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|end| *end <= SNAPSHOT_BYTES_MAX)
+            .ok_or_else(|| {
+                format!("snapshot {id} would pass {SNAPSHOT_BYTES_MAX} bytes (snapshot_bytes_max)")
+            })?;
+        if done {
+            self.written.remove(&group);
+        } else {
+            self.written
+                .insert(group, (id.to_owned(), written.max(end)));
+        }
+        Ok(())
+    }
+}
+
 /// Connections to peers and the registry of local groups.
 pub struct Transport {
     node_id: NodeId,
@@ -154,6 +205,7 @@ pub struct Transport {
     cluster_change: RwLock<Option<ClusterChangeHandler>>,
     was_member: RwLock<Option<WasMemberHandler>>,
     coord_plugins: RwLock<Option<CoordPluginsHandler>>,
+    snapshot_intake: Mutex<SnapshotIntake>,
 }
 
 impl Transport {
@@ -177,6 +229,7 @@ impl Transport {
             cluster_change: RwLock::new(None),
             was_member: RwLock::new(None),
             coord_plugins: RwLock::new(None),
+            snapshot_intake: Mutex::new(SnapshotIntake::default()),
         })
     }
 
@@ -595,6 +648,21 @@ impl Transport {
             }
             KIND_SNAPSHOT => {
                 let rpc: InstallSnapshotRequest<TernRaft> = decode(&body)?;
+                let admitted = self
+                    .snapshot_intake
+                    .lock()
+                    .expect("snapshot intake lock")
+                    .admit(
+                        group,
+                        &rpc.meta.snapshot_id,
+                        rpc.offset,
+                        rpc.data.len() as u64,
+                        rpc.done,
+                    );
+                if let Err(refused) = admitted {
+                    warn!(target: "tern::security", group, %refused, "refused a snapshot chunk");
+                    return Err(refused);
+                }
                 encode(&raft.install_snapshot(rpc).await)
             }
             KIND_META_WRITE => {
@@ -715,5 +783,35 @@ impl RaftNetwork<TernRaft> for GroupPeer {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.rpc(KIND_VOTE, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod snapshot_intake_tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_grows_only_by_contiguous_chunks_and_within_its_cap() {
+        let mut intake = SnapshotIntake::default();
+        intake.admit(7, "a", 0, 100, false).unwrap();
+        intake.admit(7, "a", 100, 100, false).unwrap();
+        // A retried chunk rewrites what is there.
+        intake.admit(7, "a", 100, 100, false).unwrap();
+        // A hole (or a chunk far away) is refused, and changes nothing.
+        let err = intake.admit(7, "a", 1 << 40, 1, false).unwrap_err();
+        assert!(err.contains("hole"), "{err}");
+        intake.admit(7, "a", 200, 50, true).unwrap();
+        // A new snapshot of the group starts at 0, not in the middle.
+        assert!(intake.admit(7, "b", 10, 1, false).is_err());
+        intake.admit(7, "b", 0, 10, false).unwrap();
+        // Other groups are tracked apart.
+        intake.admit(8, "a", 0, 10, false).unwrap();
+        // The cap holds, overflow included.
+        let mut big = SnapshotIntake::default();
+        assert!(big.admit(1, "x", 0, SNAPSHOT_BYTES_MAX + 1, false).is_err());
+        big.admit(1, "x", 0, SNAPSHOT_BYTES_MAX, false).unwrap();
+        assert!(big
+            .admit(1, "x", SNAPSHOT_BYTES_MAX, u64::MAX, false)
+            .is_err());
     }
 }
