@@ -139,14 +139,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 source,
             }
         })?;
-    let client_listener =
-        TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                what: "client",
-                addr: config.listen,
-                source,
-            })?;
+    let client_listener = listen(config.listen).map_err(|source| StartError::Bind {
+        what: "client",
+        addr: config.listen,
+        source,
+    })?;
     let http_listener = TcpListener::bind(config.metrics_listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -154,13 +151,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             addr: config.metrics_listen,
             source,
         })?;
-    let peer_listener = TcpListener::bind(config.peer_listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "peer",
-            addr: config.peer_listen,
-            source,
-        })?;
+    let peer_listener = listen(config.peer_listen).map_err(|source| StartError::Bind {
+        what: "peer",
+        addr: config.peer_listen,
+        source,
+    })?;
     let client_addr = client_listener
         .local_addr()
         .expect("bound listener has an address");
@@ -386,6 +381,25 @@ async fn bootstrap_user(
 
 /// How often the TLS files are checked for changes.
 const TLS_RELOAD_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Connections the kernel may hold for a listener before it accepts them
+/// (capped by `net.core.somaxconn`). Tokio's default, 1,024, overflowed when
+/// 1,000 clients connected at once (`tern bench connect`): the dropped SYNs
+/// were retried a second later.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as
+/// tokio's `TcpListener::bind` sets, so a restart can bind at once).
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Reloads the TLS material on SIGHUP and whenever a file changes, so
 /// certificates rotate without a restart: connections accepted or dialled
