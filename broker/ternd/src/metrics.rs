@@ -18,7 +18,8 @@ use prometheus::{
 pub const PARTITION_SERIES_MAX: usize = 1_000;
 
 /// The named limits whose refusals `tern_limit_refusals_total` counts, by
-/// the `limit` label (the name of the limit, as in docs/reliability.md).
+/// the `limit` label (the name of the limit, as in docs/reliability.md);
+/// the coordination limits (`tern_raft::coord::LIMIT_LABELS`) come too.
 pub const REFUSED_LIMITS: [&str; 9] = [
     "fetch_partitions_max",
     "cluster_topics_max",
@@ -121,6 +122,8 @@ pub struct Metrics {
     pub lock_grants: IntCounter,
     /// Leases that ended without a release (replicated count).
     pub lock_expirations: IntCounter,
+    /// Plugin failures while expiring leases and sessions (this replica).
+    pub coord_expiry_failures: IntCounter,
     /// From an acquire request arriving at this broker to its grant.
     pub lock_acquire_seconds: Histogram,
     /// Members per consumer group.
@@ -397,6 +400,11 @@ impl Metrics {
                 "tern_lock_expirations_total",
                 "Leases that ended without a release (replicated: every broker reports the same)."
             )),
+            coord_expiry_failures: reg!(IntCounter::new(
+                "tern_coordination_expiry_failures_total",
+                "Lock plugin or balancer failures while expiring leases and sessions, on this \
+                 broker's replica since it started (expiry goes on for every other lock and group)."
+            )),
             lock_acquire_seconds: reg!(Histogram::with_opts(
                 HistogramOpts::new(
                     "tern_lock_acquire_seconds",
@@ -529,7 +537,10 @@ impl Metrics {
         for group in ["metadata", "partition"] {
             m.raft_leader_changes.with_label_values(&[group]);
         }
-        for limit in REFUSED_LIMITS {
+        for limit in REFUSED_LIMITS
+            .into_iter()
+            .chain(tern_raft::coord::LIMIT_LABELS)
+        {
             m.limit_refusals.with_label_values(&[limit]);
         }
         m.auth_failures
