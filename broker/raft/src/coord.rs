@@ -46,6 +46,11 @@
 //! expired leases end all the same, and every other lock and group session
 //! still expires.
 //!
+//! **Empty groups expire.** A group with no member and no commit or reset
+//! for [`GROUP_RETENTION_MS`] of replicated time is removed with its
+//! offsets (Kafka's `offsets.retention.minutes`, 7 days by default), so
+//! groups made by resets or by consumers long gone do not pile up.
+//!
 //! **Must never:** read time or randomness, or decide anything from local
 //! state that is not in the record — every replica must reach the same
 //! state from the same commands.
@@ -70,6 +75,10 @@ pub const LOCK_WAITERS_MAX: usize = 1_000;
 pub const GROUPS_MAX: usize = 10_000;
 /// Most members of one consumer group.
 pub const GROUP_MEMBERS_MAX: usize = 1_000;
+/// How long a group with no member keeps its committed offsets after its
+/// last member left or its last commit or reset (replicated clock): 7
+/// days, Kafka's default `offsets.retention.minutes`.
+pub const GROUP_RETENTION_MS: u64 = 7 * 24 * 3_600_000;
 
 const _: () = assert!(LOCK_WAITERS_MAX < GRANTS_MAX);
 
@@ -372,6 +381,10 @@ pub struct GroupRecord {
     pub offsets: OffsetMap,
     /// Rebalances so far.
     pub rebalances: u64,
+    /// When a member last joined or left, or offsets were last committed
+    /// or reset (replicated clock). A group with no member is removed
+    /// [`GROUP_RETENTION_MS`] after it.
+    pub active_ms: u64,
 }
 
 impl GroupRecord {
@@ -395,6 +408,8 @@ pub struct CoordCounters {
     pub expirations: u64,
     /// Group members removed because their session ended.
     pub sessions_expired: u64,
+    /// Groups removed after [`GROUP_RETENTION_MS`] with no member.
+    pub groups_expired: u64,
     /// Lock plugin or balancer failures while a tick expired leases and
     /// sessions, on this replica since it started (not replicated: it only
     /// feeds a metric, and decides nothing).
@@ -411,7 +426,8 @@ pub struct CoordState {
     pub term: u64,
     /// Locks with a holder or a waiter.
     pub locks: BTreeMap<String, LockRecord>,
-    /// Consumer groups (kept while they have members or offsets).
+    /// Consumer groups (kept while they have members or offsets, and
+    /// until [`GROUP_RETENTION_MS`] after their last activity).
     pub groups: BTreeMap<String, GroupRecord>,
     /// Counters.
     pub counters: CoordCounters,
@@ -445,7 +461,12 @@ impl CoordState {
                 .values()
                 .map(|m| m.last_seen_ms.saturating_add(m.session_timeout_ms))
         });
-        leases.chain(sessions).min()
+        let retention = self
+            .groups
+            .values()
+            .filter(|g| g.members.is_empty())
+            .map(|g| g.active_ms.saturating_add(GROUP_RETENTION_MS));
+        leases.chain(sessions).chain(retention).min()
     }
 
     /// Applies one command at log index `index` (the fencing token of any
@@ -580,6 +601,9 @@ impl CoordState {
                     .members
                     .get(&member)
                     .is_none_or(|m| m.topics != record.topics);
+                if !g.members.contains_key(&member) {
+                    g.active_ms = now;
+                }
                 g.members.insert(member, record);
                 if changed {
                     self.rebalance(plugins, &group, topics)?;
@@ -611,10 +635,13 @@ impl CoordState {
                 {
                     return Err(unknown_member(&group, member));
                 }
-                let left = self
-                    .groups
-                    .get_mut(&group)
-                    .is_some_and(|g| g.members.remove(&member).is_some());
+                let left = self.groups.get_mut(&group).is_some_and(|g| {
+                    let left = g.members.remove(&member).is_some();
+                    if left {
+                        g.active_ms = now;
+                    }
+                    left
+                });
                 if left {
                     self.rebalance(plugins, &group, topics)?;
                 }
@@ -656,6 +683,7 @@ impl CoordState {
                 for (topic, partition, offset) in offsets {
                     g.offsets.insert((topic, partition), offset);
                 }
+                g.active_ms = now;
                 Ok(CoordResult::Done)
             }
             CoordOp::SetOffsets { group, offsets } => {
@@ -679,6 +707,7 @@ impl CoordState {
                 for (topic, partition, offset) in offsets {
                     g.offsets.insert((topic, partition), offset);
                 }
+                g.active_ms = now;
                 Ok(CoordResult::Done)
             }
             CoordOp::Tick => {
@@ -987,6 +1016,7 @@ impl CoordState {
             let removed = (before - g.members.len()) as u64;
             if removed > 0 {
                 self.counters.sessions_expired += removed;
+                g.active_ms = now;
                 changed.push(name.clone());
             }
         }
@@ -996,6 +1026,11 @@ impl CoordState {
                 warn!(%group, error = %e.message, "rebalancing after expired sessions failed");
             }
         }
+        let before = self.groups.len();
+        self.groups.retain(|_, g| {
+            !g.members.is_empty() || g.active_ms.saturating_add(GROUP_RETENTION_MS) > now
+        });
+        self.counters.groups_expired += (before - self.groups.len()) as u64;
     }
 
     fn refresh_after_leader_change(&mut self) {
@@ -1865,5 +1900,62 @@ mod tests {
         assert!(!h.state.locks.contains_key("big"));
         assert_eq!(h.state.counters.expiry_failures, 1);
         assert!(h.state.next_deadline_ms() > Some(session_end + 1));
+    }
+
+    #[test]
+    fn an_empty_group_expires_after_the_retention_on_replicated_time() {
+        let mut h = Harness::new();
+        let start = 1_000;
+        // A group made by a reset alone, and one whose member leaves.
+        let reset = CoordOp::SetOffsets {
+            group: "reset-only".into(),
+            offsets: vec![("orders".into(), 0, 3)],
+        };
+        h.run(start, reset).unwrap();
+        h.run(start, join("left", 1)).unwrap();
+        let generation = h.state.groups["left"].generation;
+        let owned = h.state.groups["left"].assigned_to(1)[0].clone();
+        let commit = CoordOp::Commit {
+            group: "left".into(),
+            member: 1,
+            proof: proof(1),
+            generation,
+            offsets: vec![(owned.0, owned.1, 5)],
+        };
+        h.run(start + 10, commit).unwrap();
+        let leave = CoordOp::Leave {
+            group: "left".into(),
+            member: 1,
+            proof: proof(1),
+        };
+        h.run(start + 20, leave).unwrap();
+        // A group with a live member never expires, whatever its age.
+        let live = CoordOp::Join {
+            group: "live".into(),
+            member: 2,
+            proof: proof(2),
+            topics: vec!["orders".into()],
+            session_timeout_ms: 2 * GROUP_RETENTION_MS,
+        };
+        h.run(start, live).unwrap();
+        // The retention counts from the last activity: the reset for one,
+        // the leave for the other (its commit came before), and a tick is
+        // due at the first of them.
+        assert_eq!(h.state.next_deadline_ms(), Some(start + GROUP_RETENTION_MS));
+        h.run(start + GROUP_RETENTION_MS - 1, CoordOp::Tick)
+            .unwrap();
+        assert_eq!(h.state.groups.len(), 3);
+        h.run(start + GROUP_RETENTION_MS, CoordOp::Tick).unwrap();
+        assert!(!h.state.groups.contains_key("reset-only"));
+        assert!(h.state.groups.contains_key("left"));
+        assert_eq!(h.state.counters.groups_expired, 1);
+        h.run(start + 20 + GROUP_RETENTION_MS, CoordOp::Tick)
+            .unwrap();
+        assert_eq!(
+            h.state.groups.keys().collect::<Vec<_>>(),
+            vec!["live"],
+            "only the group with a member is left"
+        );
+        assert_eq!(h.state.counters.groups_expired, 2);
     }
 }

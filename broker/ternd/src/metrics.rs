@@ -134,6 +134,8 @@ pub struct Metrics {
     pub group_rebalances: IntCounterVec,
     /// Members removed because their session ended (replicated count).
     pub group_sessions_expired: IntCounter,
+    /// Groups removed after the retention with no member (replicated count).
+    pub groups_expired: IntCounter,
     /// Committed offset per group and partition.
     pub group_committed_offset: IntGaugeVec,
     /// Records after the committed offset, per group and partition (from
@@ -430,6 +432,11 @@ impl Metrics {
             group_sessions_expired: reg!(IntCounter::new(
                 "tern_group_sessions_expired_total",
                 "Group members removed because they stopped heartbeating (replicated)."
+            )),
+            groups_expired: reg!(IntCounter::new(
+                "tern_groups_expired_total",
+                "Consumer groups removed with their offsets after GROUP_RETENTION_MS with no member, \
+                 commit or reset (replicated)."
             )),
             group_committed_offset: reg!(IntGaugeVec::new(
                 Opts::new(

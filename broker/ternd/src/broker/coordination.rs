@@ -495,6 +495,7 @@ impl Broker {
         advance(&m.lock_expirations, state.counters.expirations);
         advance(&m.coord_expiry_failures, state.counters.expiry_failures);
         advance(&m.group_sessions_expired, state.counters.sessions_expired);
+        advance(&m.groups_expired, state.counters.groups_expired);
         m.group_members.reset();
         m.group_generation.reset();
         m.group_committed_offset.reset();
