@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tern_client::{
-    Admin, Client, ClientError, Consumer, ConsumerConfig, ErrorCode, NewTopic, Offset, Producer,
-    ProducerConfig, ProducerRecord,
+    Admin, Client, ClientError, Consumer, ConsumerConfig, ErrorCode, LockClient, LockMode,
+    LockOptions, NewTopic, Offset, Producer, ProducerConfig, ProducerRecord,
 };
 use tern_protocol::api::{Acks, FetchPartition, ProducePartition};
 use tern_protocol::{
@@ -896,4 +896,66 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     chain
+}
+
+/// Finding 4: locks and their queues had no cap, and with the read-write
+/// plugin a lock with more than 1,024 shared holders failed every call
+/// (the plugin ABI's grant buffer) and stopped expiry for every lock after
+/// it. Now a lock takes at most `LOCK_WAITERS_MAX` holders and waiters: a
+/// client that piles readers onto one lock gets `limit_exceeded` naming the
+/// limit, while a well-behaved lock user and the producer keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_stops_taking_holders_at_lock_waiters_max() {
+    /// `LOCK_WAITERS_MAX` in tern-raft's coordination state.
+    const LOCK_WAITERS_MAX: usize = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("n1"), &["--lock-plugin", "read-write"]);
+    bounded(Duration::from_secs(240), async {
+        let steady = Steady::start(&broker).await;
+        let attacker = LockClient::new(Client::connect(&broker.addr).await.unwrap());
+        let reader = LockOptions {
+            lease: Duration::from_secs(120),
+            wait: Some(Duration::from_secs(10)),
+            mode: LockMode::Shared,
+        };
+        let mut held = Vec::with_capacity(LOCK_WAITERS_MAX);
+        for _ in 0..LOCK_WAITERS_MAX {
+            held.push(attacker.acquire_with("hot", reader.clone()).await.unwrap());
+        }
+        let Err(e) = attacker.acquire_with("hot", reader.clone()).await else {
+            panic!("a reader past LOCK_WAITERS_MAX was granted");
+        };
+        assert_eq!(e.code(), Some(ErrorCode::LimitExceeded), "{e}");
+        assert!(e.to_string().contains("LOCK_WAITERS_MAX"), "{e}");
+        // A well-behaved user of another lock: acquire, then release.
+        let polite = LockClient::new(Client::connect(&broker.addr).await.unwrap());
+        for _ in 0..3 {
+            let guard = polite
+                .acquire(
+                    "other",
+                    Duration::from_secs(5),
+                    Some(Duration::from_secs(10)),
+                )
+                .await
+                .unwrap();
+            guard.release().await.unwrap();
+        }
+        steady.progresses().await;
+        // Every reader still holds "hot"; one leaving lets one more in.
+        let listed = polite.list().await.unwrap();
+        let hot = listed.iter().find(|l| l.name == "hot").unwrap();
+        assert_eq!(hot.holders.len(), LOCK_WAITERS_MAX);
+        held.pop().unwrap().release().await.unwrap();
+        held.push(attacker.acquire_with("hot", reader.clone()).await.unwrap());
+        steady.finish().await;
+        let text = metrics(&broker);
+        assert!(
+            metric_sum(
+                &text,
+                "tern_limit_refusals_total{limit=\"lock_waiters_max\"}"
+            ) >= 1.0,
+            "the refusal is counted"
+        );
+    })
+    .await;
 }

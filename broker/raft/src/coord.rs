@@ -33,6 +33,24 @@
 //! existing id must present the same proof (digests compared in constant
 //! time), else the command is refused as if the id held nothing.
 //!
+//! **Limits.** Every record a client can create is bounded by a named
+//! limit, checked here as the command applies, so every replica refuses
+//! alike (`limit_exceeded`, the message naming the limit): [`LOCKS_MAX`],
+//! [`LOCK_WAITERS_MAX`], [`GROUPS_MAX`], [`GROUP_MEMBERS_MAX`]. A renewal,
+//! a re-acquisition or a re-join of an existing id is never refused by a
+//! limit: only what would add a record.
+//!
+//! **Expiry is isolated.** A lock whose plugin call fails while a tick
+//! expires it (e.g. a record from before [`LOCK_WAITERS_MAX`] with more
+//! holders than the plugin ABI's buffer) is logged and counted, its
+//! expired leases end all the same, and every other lock and group session
+//! still expires.
+//!
+//! **Empty groups expire.** A group with no member and no commit or reset
+//! for [`GROUP_RETENTION_MS`] of replicated time is removed with its
+//! offsets (Kafka's `offsets.retention.minutes`, 7 days by default), so
+//! groups made by resets or by consumers long gone do not pile up.
+//!
 //! **Must never:** read time or randomness, or decide anything from local
 //! state that is not in the record — every replica must reach the same
 //! state from the same commands.
@@ -40,8 +58,53 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use tern_plugin_abi::{Grant, Member, LOCK_EXCLUSIVE, LOCK_SHARED, UNOWNED};
+use tern_plugin_abi::{Grant, Member, GRANTS_MAX, LOCK_EXCLUSIVE, LOCK_SHARED, UNOWNED};
 use tern_protocol::ErrorCode;
+use tracing::warn;
+
+/// Most live locks (with a holder or a waiter) in the cluster.
+pub const LOCKS_MAX: usize = 100_000;
+/// Most holders and waiters of one lock together. For every command the
+/// host rebuilds the lock in its plugin and reads all holders back through
+/// the plugin ABI's output buffer of [`GRANTS_MAX`] grants: a lock with
+/// more holders than that fails every call with `BUFFER_FULL` (a release
+/// that grants every waiting reader at once returns them all), so holders
+/// and waiters together stay below it.
+pub const LOCK_WAITERS_MAX: usize = 1_000;
+/// Most consumer groups (with members, or with committed offsets).
+pub const GROUPS_MAX: usize = 10_000;
+/// Most members of one consumer group.
+pub const GROUP_MEMBERS_MAX: usize = 1_000;
+/// How long a group with no member keeps its committed offsets after its
+/// last member left or its last commit or reset (replicated clock): 7
+/// days, Kafka's default `offsets.retention.minutes`.
+pub const GROUP_RETENTION_MS: u64 = 7 * 24 * 3_600_000;
+
+const _: () = assert!(LOCK_WAITERS_MAX < GRANTS_MAX);
+
+/// The coordination limits, as `(name in refusal messages, metric label)`.
+const LIMITS: [(&str, &str); 4] = [
+    ("LOCKS_MAX", "locks_max"),
+    ("LOCK_WAITERS_MAX", "lock_waiters_max"),
+    ("GROUPS_MAX", "groups_max"),
+    ("GROUP_MEMBERS_MAX", "group_members_max"),
+];
+
+/// Every coordination limit's metric label (`tern_limit_refusals_total`).
+pub const LIMIT_LABELS: [&str; 4] = [LIMITS[0].1, LIMITS[1].1, LIMITS[2].1, LIMITS[3].1];
+
+/// The metric label of the coordination limit a `limit_exceeded` refusal
+/// message names, if any (refusals cross the log as code and message).
+pub fn limit_label(message: &str) -> Option<&'static str> {
+    LIMITS
+        .iter()
+        .find(|(name, _)| message.contains(&format!("({name} = ")))
+        .map(|(_, label)| *label)
+}
+
+fn limit_refusal(name: &str, max: usize, what: String) -> Refusal {
+    refuse(ErrorCode::LimitExceeded, format!("{what} ({name} = {max})"))
+}
 
 /// The state of one lock as a plugin keeps it, rebuilt per command.
 pub trait LockSemantics {
@@ -318,6 +381,10 @@ pub struct GroupRecord {
     pub offsets: OffsetMap,
     /// Rebalances so far.
     pub rebalances: u64,
+    /// When a member last joined or left, or offsets were last committed
+    /// or reset (replicated clock). A group with no member is removed
+    /// [`GROUP_RETENTION_MS`] after it.
+    pub active_ms: u64,
 }
 
 impl GroupRecord {
@@ -341,6 +408,13 @@ pub struct CoordCounters {
     pub expirations: u64,
     /// Group members removed because their session ended.
     pub sessions_expired: u64,
+    /// Groups removed after [`GROUP_RETENTION_MS`] with no member.
+    pub groups_expired: u64,
+    /// Lock plugin or balancer failures while a tick expired leases and
+    /// sessions, on this replica since it started (not replicated: it only
+    /// feeds a metric, and decides nothing).
+    #[serde(skip)]
+    pub expiry_failures: u64,
 }
 
 /// All replicated coordination state.
@@ -352,7 +426,8 @@ pub struct CoordState {
     pub term: u64,
     /// Locks with a holder or a waiter.
     pub locks: BTreeMap<String, LockRecord>,
-    /// Consumer groups (kept while they have members or offsets).
+    /// Consumer groups (kept while they have members or offsets, and
+    /// until [`GROUP_RETENTION_MS`] after their last activity).
     pub groups: BTreeMap<String, GroupRecord>,
     /// Counters.
     pub counters: CoordCounters,
@@ -386,7 +461,12 @@ impl CoordState {
                 .values()
                 .map(|m| m.last_seen_ms.saturating_add(m.session_timeout_ms))
         });
-        leases.chain(sessions).min()
+        let retention = self
+            .groups
+            .values()
+            .filter(|g| g.members.is_empty())
+            .map(|g| g.active_ms.saturating_add(GROUP_RETENTION_MS));
+        leases.chain(sessions).chain(retention).min()
     }
 
     /// Applies one command at log index `index` (the fencing token of any
@@ -428,18 +508,20 @@ impl CoordState {
                 match self.lock_proof(&name, owner) {
                     Some(p) if !p.admits(&proof) => return Err(not_held(&name, owner)),
                     Some(_) => {}
-                    None => self
-                        .locks
-                        .entry(name.clone())
-                        .or_default()
-                        .waiters
-                        .push(Waiter {
-                            owner,
-                            mode,
-                            lease_ms,
-                            since_ms: now,
-                            proof,
-                        }),
+                    None => {
+                        self.check_lock_room(&name)?;
+                        self.locks
+                            .entry(name.clone())
+                            .or_default()
+                            .waiters
+                            .push(Waiter {
+                                owner,
+                                mode,
+                                lease_ms,
+                                since_ms: now,
+                                proof,
+                            })
+                    }
                 }
                 self.run_lock(plugins, &name, now, index, None, |l| {
                     l.acquire(owner, mode.abi(), lease_ms, now, index)
@@ -498,6 +580,7 @@ impl CoordState {
                 {
                     return Err(unknown_member(&group, member));
                 }
+                self.check_member_room(&group, member)?;
                 if wanted.is_empty() {
                     return Err(refuse(ErrorCode::InvalidRequest, "subscribe to a topic"));
                 }
@@ -518,6 +601,9 @@ impl CoordState {
                     .members
                     .get(&member)
                     .is_none_or(|m| m.topics != record.topics);
+                if !g.members.contains_key(&member) {
+                    g.active_ms = now;
+                }
                 g.members.insert(member, record);
                 if changed {
                     self.rebalance(plugins, &group, topics)?;
@@ -549,10 +635,13 @@ impl CoordState {
                 {
                     return Err(unknown_member(&group, member));
                 }
-                let left = self
-                    .groups
-                    .get_mut(&group)
-                    .is_some_and(|g| g.members.remove(&member).is_some());
+                let left = self.groups.get_mut(&group).is_some_and(|g| {
+                    let left = g.members.remove(&member).is_some();
+                    if left {
+                        g.active_ms = now;
+                    }
+                    left
+                });
                 if left {
                     self.rebalance(plugins, &group, topics)?;
                 }
@@ -594,9 +683,17 @@ impl CoordState {
                 for (topic, partition, offset) in offsets {
                     g.offsets.insert((topic, partition), offset);
                 }
+                g.active_ms = now;
                 Ok(CoordResult::Done)
             }
             CoordOp::SetOffsets { group, offsets } => {
+                if offsets.is_empty() {
+                    // Nothing to set: never create an empty record for it.
+                    return Ok(CoordResult::Done);
+                }
+                if !self.groups.contains_key(&group) && self.groups.len() >= GROUPS_MAX {
+                    return Err(groups_full(self.groups.len()));
+                }
                 let g = self.groups.entry(group.clone()).or_default();
                 if !g.members.is_empty() {
                     return Err(refuse(
@@ -610,10 +707,11 @@ impl CoordState {
                 for (topic, partition, offset) in offsets {
                     g.offsets.insert((topic, partition), offset);
                 }
+                g.active_ms = now;
                 Ok(CoordResult::Done)
             }
             CoordOp::Tick => {
-                self.expire(plugins, now, index, topics)?;
+                self.expire(plugins, now, index, topics);
                 Ok(CoordResult::Done)
             }
         }
@@ -676,6 +774,48 @@ impl CoordState {
             }
         }
         self.topic_changed(plugins, topic, topics);
+    }
+
+    /// Whether a new holder or waiter fits on lock `name`: the lock, if
+    /// new, within [`LOCKS_MAX`], and its queue within [`LOCK_WAITERS_MAX`].
+    fn check_lock_room(&self, name: &str) -> Result<(), Refusal> {
+        match self.locks.get(name) {
+            None if self.locks.len() >= LOCKS_MAX => Err(limit_refusal(
+                "LOCKS_MAX",
+                LOCKS_MAX,
+                format!(
+                    "the cluster has {} live locks, its limit: release some first",
+                    self.locks.len()
+                ),
+            )),
+            Some(l) if l.holders.len() + l.waiters.len() >= LOCK_WAITERS_MAX => Err(limit_refusal(
+                "LOCK_WAITERS_MAX",
+                LOCK_WAITERS_MAX,
+                format!(
+                    "lock {name:?} has {} holders and {} waiters, its limit",
+                    l.holders.len(),
+                    l.waiters.len()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `member` fits in `group`: a re-join always does; a new
+    /// member within [`GROUP_MEMBERS_MAX`], a new group within
+    /// [`GROUPS_MAX`].
+    fn check_member_room(&self, group: &str, member: u64) -> Result<(), Refusal> {
+        match self.groups.get(group) {
+            None if self.groups.len() >= GROUPS_MAX => Err(groups_full(self.groups.len())),
+            Some(g) if !g.members.contains_key(&member) && g.members.len() >= GROUP_MEMBERS_MAX => {
+                Err(limit_refusal(
+                    "GROUP_MEMBERS_MAX",
+                    GROUP_MEMBERS_MAX,
+                    format!("group {group:?} has {} members, its limit", g.members.len()),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The proof of `owner` as holder or waiter of lock `name`.
@@ -822,13 +962,17 @@ impl CoordState {
         Ok(())
     }
 
+    /// Ends expired leases and sessions. A failure on one lock or group is
+    /// logged and counted and never stops the others: a lock whose plugin
+    /// fails still loses its expired holders (the lease is over whatever
+    /// the plugin says), so its deadline moves on and ticks do not spin.
     fn expire(
         &mut self,
         plugins: &dyn CoordPlugins,
         now: u64,
         index: u64,
         topics: &dyn Fn(&str) -> Option<u32>,
-    ) -> Result<(), Refusal> {
+    ) {
         let due: Vec<String> = self
             .locks
             .iter()
@@ -839,8 +983,30 @@ impl CoordState {
             let before = self.locks.get(&name).map_or(0, |l| {
                 l.holders.iter().filter(|h| h.expires_ms <= now).count() as u64
             });
-            self.run_lock(plugins, &name, now, index, None, |l| l.expire(now, index))?;
             self.counters.expirations += before;
+            let Err(e) = self.run_lock(plugins, &name, now, index, None, |l| l.expire(now, index))
+            else {
+                continue;
+            };
+            self.counters.expiry_failures += 1;
+            warn!(lock = %name, error = %e.message, "expiring a lock failed: its expired leases end without the plugin");
+            if let Some(l) = self.locks.get_mut(&name) {
+                l.holders.retain(|h| h.expires_ms > now);
+            }
+            // With fewer holders the plugin may cope again: let it grant
+            // the waiters now rather than at the next command on the lock.
+            if let Err(e) =
+                self.run_lock(plugins, &name, now, index, None, |l| l.expire(now, index))
+            {
+                warn!(lock = %name, error = %e.message, "granting a lock's waiters after expiry failed");
+            }
+            if self
+                .locks
+                .get(&name)
+                .is_some_and(|l| l.holders.is_empty() && l.waiters.is_empty())
+            {
+                self.locks.remove(&name);
+            }
         }
         let mut changed = Vec::new();
         for (name, g) in &mut self.groups {
@@ -850,13 +1016,21 @@ impl CoordState {
             let removed = (before - g.members.len()) as u64;
             if removed > 0 {
                 self.counters.sessions_expired += removed;
+                g.active_ms = now;
                 changed.push(name.clone());
             }
         }
         for group in changed {
-            self.rebalance(plugins, &group, topics)?;
+            if let Err(e) = self.rebalance(plugins, &group, topics) {
+                self.counters.expiry_failures += 1;
+                warn!(%group, error = %e.message, "rebalancing after expired sessions failed");
+            }
         }
-        Ok(())
+        let before = self.groups.len();
+        self.groups.retain(|_, g| {
+            !g.members.is_empty() || g.active_ms.saturating_add(GROUP_RETENTION_MS) > now
+        });
+        self.counters.groups_expired += (before - self.groups.len()) as u64;
     }
 
     fn refresh_after_leader_change(&mut self) {
@@ -935,6 +1109,14 @@ fn not_held(name: &str, owner: u64) -> Refusal {
     refuse(
         ErrorCode::LockNotHeld,
         format!("lock {name:?} is not held by owner {owner:x} with this secret and principal"),
+    )
+}
+
+fn groups_full(groups: usize) -> Refusal {
+    limit_refusal(
+        "GROUPS_MAX",
+        GROUPS_MAX,
+        format!("the cluster has {groups} consumer groups, its limit: delete or expire some first"),
     )
 }
 
@@ -1032,19 +1214,24 @@ mod tests {
     struct Harness {
         state: CoordState,
         index: u64,
+        plugins: &'static dyn CoordPlugins,
     }
 
     impl Harness {
         fn new() -> Harness {
+            Harness::with(&Plugins)
+        }
+        fn with(plugins: &'static dyn CoordPlugins) -> Harness {
             Harness {
                 state: CoordState::default(),
                 index: 0,
+                plugins,
             }
         }
         fn run(&mut self, at: u64, op: CoordOp) -> Result<CoordResult, Refusal> {
             self.index += 1;
             self.state
-                .apply(Some(&Plugins), self.index, at, 1, op, &topics)
+                .apply(Some(self.plugins), self.index, at, 1, op, &topics)
         }
     }
 
@@ -1476,5 +1663,299 @@ mod tests {
             principal: None,
             ..a.clone()
         }));
+    }
+
+    fn join(group: &str, member: u64) -> CoordOp {
+        CoordOp::Join {
+            group: group.into(),
+            member,
+            proof: proof(member),
+            topics: vec!["orders".into()],
+            session_timeout_ms: 10_000,
+        }
+    }
+
+    fn assert_limit(refused: Result<CoordResult, Refusal>, name: &str, label: &str) {
+        let r = refused.expect_err("over the limit");
+        assert_eq!(r.code, ErrorCode::LimitExceeded, "{}", r.message);
+        assert!(r.message.contains(name), "{} names {name}", r.message);
+        assert_eq!(limit_label(&r.message), Some(label));
+    }
+
+    #[test]
+    fn live_locks_stop_at_locks_max_and_existing_ones_keep_working() {
+        let mut h = Harness::new();
+        h.run(0, acquire("held", 1, 1_000)).unwrap();
+        // Fill the rest directly: applying 100,000 acquires would only
+        // make the test slow.
+        let filler = h.state.locks["held"].clone();
+        for i in 1..LOCKS_MAX {
+            h.state.locks.insert(format!("filler-{i}"), filler.clone());
+        }
+        assert_limit(h.run(1, acquire("new", 2, 1_000)), "LOCKS_MAX", "locks_max");
+        assert!(!h.state.locks.contains_key("new"));
+        // A holder renews and re-acquires; a new waiter joins an existing lock.
+        let renew = CoordOp::KeepAlive {
+            name: "held".into(),
+            owner: 1,
+            proof: proof(1),
+        };
+        assert!(matches!(h.run(2, renew), Ok(CoordResult::Granted { .. })));
+        assert!(matches!(
+            h.run(3, acquire("held", 1, 1_000)),
+            Ok(CoordResult::Granted { .. })
+        ));
+        assert_eq!(
+            h.run(4, acquire("held", 2, 1_000)),
+            Ok(CoordResult::Waiting)
+        );
+        // Freeing one makes room again.
+        h.state.locks.remove("filler-1");
+        assert!(matches!(
+            h.run(5, acquire("new", 3, 1_000)),
+            Ok(CoordResult::Granted { .. })
+        ));
+    }
+
+    #[test]
+    fn a_lock_takes_at_most_lock_waiters_max_holders_and_waiters() {
+        let mut h = Harness::new();
+        for owner in 1..=LOCK_WAITERS_MAX as u64 {
+            h.run(owner, acquire("a", owner, 10_000)).unwrap();
+        }
+        let over = LOCK_WAITERS_MAX as u64 + 1;
+        assert_limit(
+            h.run(over, acquire("a", over, 10_000)),
+            "LOCK_WAITERS_MAX",
+            "lock_waiters_max",
+        );
+        let rec = &h.state.locks["a"];
+        assert_eq!(rec.holders.len() + rec.waiters.len(), LOCK_WAITERS_MAX);
+        // Everyone already queued keeps their place: the holder renews, a
+        // waiter asking again still waits, and a release lets one more in.
+        assert!(matches!(
+            h.run(over, acquire("a", 1, 10_000)),
+            Ok(CoordResult::Granted { .. })
+        ));
+        assert_eq!(
+            h.run(over, acquire("a", 2, 10_000)),
+            Ok(CoordResult::Waiting)
+        );
+        h.run(
+            over,
+            CoordOp::Release {
+                name: "a".into(),
+                owner: 1,
+                proof: proof(1),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            h.run(over, acquire("a", over, 10_000)),
+            Ok(CoordResult::Waiting)
+        );
+        // Other locks are not affected by a full one.
+        assert!(matches!(
+            h.run(over, acquire("b", over, 10_000)),
+            Ok(CoordResult::Granted { .. })
+        ));
+    }
+
+    #[test]
+    fn groups_stop_at_groups_max_and_members_at_group_members_max() {
+        let mut h = Harness::new();
+        h.run(0, join("g", 1)).unwrap();
+        let filler = GroupRecord {
+            offsets: [(("orders".to_string(), 0), 1)].into(),
+            ..GroupRecord::default()
+        };
+        for i in 1..GROUPS_MAX {
+            h.state.groups.insert(format!("idle-{i}"), filler.clone());
+        }
+        assert_limit(h.run(1, join("new", 1)), "GROUPS_MAX", "groups_max");
+        let reset = CoordOp::SetOffsets {
+            group: "new-reset".into(),
+            offsets: vec![("orders".into(), 0, 0)],
+        };
+        assert_limit(h.run(1, reset), "GROUPS_MAX", "groups_max");
+        assert_eq!(h.state.groups.len(), GROUPS_MAX);
+        // Existing groups keep working: a reset of an idle one, a re-join.
+        let reset_idle = CoordOp::SetOffsets {
+            group: "idle-1".into(),
+            offsets: vec![("orders".into(), 0, 0)],
+        };
+        h.run(2, reset_idle).unwrap();
+        h.run(2, join("g", 1)).unwrap();
+
+        // Members of one group.
+        let g = h.state.groups.get_mut("g").unwrap();
+        let member = g.members[&1].clone();
+        for id in 2..=GROUP_MEMBERS_MAX as u64 {
+            g.members.insert(id, member.clone());
+        }
+        let over = GROUP_MEMBERS_MAX as u64 + 1;
+        assert_limit(
+            h.run(3, join("g", over)),
+            "GROUP_MEMBERS_MAX",
+            "group_members_max",
+        );
+        assert!(!h.state.groups["g"].members.contains_key(&over));
+        // A member already in re-joins.
+        h.run(3, join("g", 1)).unwrap();
+    }
+
+    #[test]
+    fn an_empty_reset_creates_no_group() {
+        let mut h = Harness::new();
+        let reset = CoordOp::SetOffsets {
+            group: "nothing".into(),
+            offsets: Vec::new(),
+        };
+        h.run(0, reset).unwrap();
+        assert!(h.state.groups.is_empty());
+    }
+
+    /// A lock plugin whose buffer holds [`TINY_BUFFER`] owners, like the
+    /// real host's [`GRANTS_MAX`]: past it every call fails.
+    #[derive(Default)]
+    struct TinyBuffer {
+        inner: Fifo,
+        owners: usize,
+    }
+
+    const TINY_BUFFER: usize = 4;
+
+    impl TinyBuffer {
+        fn check(&self) -> Result<(), String> {
+            if self.owners > TINY_BUFFER {
+                return Err("buffer full".into());
+            }
+            Ok(())
+        }
+    }
+
+    impl LockSemantics for TinyBuffer {
+        fn acquire(&mut self, o: u64, m: u32, l: u64, n: u64, t: u64) -> Result<bool, String> {
+            self.owners += 1;
+            self.check()?;
+            self.inner.acquire(o, m, l, n, t)
+        }
+        fn release(&mut self, o: u64, n: u64, t: u64) -> Result<(), String> {
+            self.check()?;
+            self.inner.release(o, n, t)
+        }
+        fn expire(&mut self, n: u64, t: u64) -> Result<(), String> {
+            self.check()?;
+            self.inner.expire(n, t)
+        }
+        fn holders(&self) -> Result<Vec<Grant>, String> {
+            self.check()?;
+            self.inner.holders()
+        }
+    }
+
+    struct TinyPlugins;
+
+    impl CoordPlugins for TinyPlugins {
+        fn new_lock(&self) -> Result<Box<dyn LockSemantics>, String> {
+            Ok(Box::<TinyBuffer>::default())
+        }
+        fn assign(&self, members: &[Member], current: &[u64]) -> Result<Vec<u64>, String> {
+            Plugins.assign(members, current)
+        }
+    }
+
+    #[test]
+    fn a_lock_the_plugin_fails_on_does_not_stop_other_expiries() {
+        let mut h = Harness::with(&TinyPlugins);
+        // "big" is a record from before the cap: more shared holders than
+        // the plugin can carry, all expired by the tick below.
+        let holder = |owner| Holder {
+            owner,
+            mode: LockMode::Shared,
+            token: owner,
+            expires_ms: 100,
+            lease_ms: 100,
+            proof: proof(owner),
+        };
+        h.state.locks.insert(
+            "big".into(),
+            LockRecord {
+                holders: (1..=TINY_BUFFER as u64 + 1).map(holder).collect(),
+                waiters: Vec::new(),
+            },
+        );
+        h.run(0, acquire("small", 10, 100)).unwrap();
+        h.run(0, acquire("small", 11, 1_000)).unwrap();
+        h.run(0, join("g", 20)).unwrap();
+        let session_end = h.state.groups["g"].members[&20].session_timeout_ms;
+        h.run(session_end + 1, CoordOp::Tick)
+            .expect("a tick succeeds whatever one lock's plugin says");
+        // "small" expired and granted its waiter; the group session ended.
+        assert_eq!(h.state.locks["small"].holders[0].owner, 11);
+        assert!(!h.state.groups.contains_key("g"), "member expired");
+        assert_eq!(h.state.counters.sessions_expired, 1);
+        // "big" lost its expired holders all the same, so no deadline stays
+        // in the past (a tick would otherwise be proposed every 20 ms).
+        assert!(!h.state.locks.contains_key("big"));
+        assert_eq!(h.state.counters.expiry_failures, 1);
+        assert!(h.state.next_deadline_ms() > Some(session_end + 1));
+    }
+
+    #[test]
+    fn an_empty_group_expires_after_the_retention_on_replicated_time() {
+        let mut h = Harness::new();
+        let start = 1_000;
+        // A group made by a reset alone, and one whose member leaves.
+        let reset = CoordOp::SetOffsets {
+            group: "reset-only".into(),
+            offsets: vec![("orders".into(), 0, 3)],
+        };
+        h.run(start, reset).unwrap();
+        h.run(start, join("left", 1)).unwrap();
+        let generation = h.state.groups["left"].generation;
+        let owned = h.state.groups["left"].assigned_to(1)[0].clone();
+        let commit = CoordOp::Commit {
+            group: "left".into(),
+            member: 1,
+            proof: proof(1),
+            generation,
+            offsets: vec![(owned.0, owned.1, 5)],
+        };
+        h.run(start + 10, commit).unwrap();
+        let leave = CoordOp::Leave {
+            group: "left".into(),
+            member: 1,
+            proof: proof(1),
+        };
+        h.run(start + 20, leave).unwrap();
+        // A group with a live member never expires, whatever its age.
+        let live = CoordOp::Join {
+            group: "live".into(),
+            member: 2,
+            proof: proof(2),
+            topics: vec!["orders".into()],
+            session_timeout_ms: 2 * GROUP_RETENTION_MS,
+        };
+        h.run(start, live).unwrap();
+        // The retention counts from the last activity: the reset for one,
+        // the leave for the other (its commit came before), and a tick is
+        // due at the first of them.
+        assert_eq!(h.state.next_deadline_ms(), Some(start + GROUP_RETENTION_MS));
+        h.run(start + GROUP_RETENTION_MS - 1, CoordOp::Tick)
+            .unwrap();
+        assert_eq!(h.state.groups.len(), 3);
+        h.run(start + GROUP_RETENTION_MS, CoordOp::Tick).unwrap();
+        assert!(!h.state.groups.contains_key("reset-only"));
+        assert!(h.state.groups.contains_key("left"));
+        assert_eq!(h.state.counters.groups_expired, 1);
+        h.run(start + 20 + GROUP_RETENTION_MS, CoordOp::Tick)
+            .unwrap();
+        assert_eq!(
+            h.state.groups.keys().collect::<Vec<_>>(),
+            vec!["live"],
+            "only the group with a member is left"
+        );
+        assert_eq!(h.state.counters.groups_expired, 2);
     }
 }

@@ -21,6 +21,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod coord;
+mod coord_v1;
 pub mod log_store;
 pub mod meta_sm;
 pub mod network;

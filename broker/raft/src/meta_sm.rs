@@ -25,6 +25,7 @@ use tern_storage::Store;
 use tokio::sync::watch;
 
 use crate::coord::{CoordPlugins, CoordState};
+use crate::coord_v1::CoordStateV1;
 use crate::log_store::blocking;
 use crate::types::{
     BrokerEntry, Catalogue, Command, CommandResponse, Entry, LogId, NodeId, PrebuiltSnapshot,
@@ -76,16 +77,33 @@ pub type Opened = (
     watch::Receiver<Arc<AclSet>>,
 );
 
-/// The persisted state. One written before users and ACLs existed is the
-/// first two parts alone, and still opens (with no users and no rules).
-type Persisted = (MetaState, CoordState, Users, Vec<AclRule>);
+/// The first 8 bytes of the persisted state in its current layout. The
+/// layouts before it had no marker and start with `MetaState`, whose first
+/// byte (an `Option` tag) is 0 or 1, never this one's `t`.
+const STATE_FORMAT: u64 = u64::from_le_bytes(*b"tern-ms2");
+
+/// The persisted state.
+type Persisted = (u64, MetaState, CoordState, Users, Vec<AclRule>);
+
+/// The state persisted before [`STATE_FORMAT`] (groups did not expire).
+/// One written before users and ACLs existed is its first two parts alone,
+/// and still opens (with no users and no rules).
+type PersistedV1 = (MetaState, CoordStateV1, Users, Vec<AclRule>);
 
 fn decode_state(bytes: &[u8]) -> Result<(MetaState, CoordState, Users, AclSet), RaftStorageError> {
-    let (state, coord, users, rules): Persisted = match bincode::deserialize::<Persisted>(bytes) {
-        Ok(s) => s,
-        Err(whole) => match bincode::deserialize::<(MetaState, CoordState)>(bytes) {
-            Ok((state, coord)) => (state, coord, Users::new(), Vec::new()),
-            Err(_) => return Err(sm_err(whole)),
+    let (state, coord, users, rules) = match bincode::deserialize::<Persisted>(bytes) {
+        Ok((STATE_FORMAT, state, coord, users, rules)) => (state, coord, users, rules),
+        current => match bincode::deserialize::<PersistedV1>(bytes) {
+            Ok((state, coord, users, rules)) => (state, coord.into(), users, rules),
+            Err(_) => match bincode::deserialize::<(MetaState, CoordStateV1)>(bytes) {
+                Ok((state, coord)) => (state, coord.into(), Users::new(), Vec::new()),
+                Err(_) => {
+                    return Err(match current {
+                        Err(e) => sm_err(e),
+                        Ok(_) => sm_err("metadata state of an unknown format"),
+                    })
+                }
+            },
         },
     };
     let acls = AclSet::from_rules(rules).map_err(sm_err)?;
@@ -383,7 +401,8 @@ impl MetaStateMachine {
     fn encode_state(&self) -> Result<Vec<u8>, RaftStorageError> {
         let coord = self.coord.state.lock().expect("coordination state lock");
         let rules: Vec<&AclRule> = self.acls.rules().collect();
-        bincode::serialize(&(&self.state, &*coord, &self.users, rules)).map_err(sm_err)
+        bincode::serialize(&(STATE_FORMAT, &self.state, &*coord, &self.users, rules))
+            .map_err(sm_err)
     }
 
     fn persist_and_publish(
@@ -720,10 +739,54 @@ mod tests {
 
     #[test]
     fn a_state_written_before_users_existed_still_decodes() {
-        let old = bincode::serialize(&(MetaState::default(), CoordState::default())).unwrap();
+        let old = bincode::serialize(&(MetaState::default(), CoordStateV1::default())).unwrap();
         let (_, _, users, acls) = decode_state(&old).unwrap();
         assert!(users.is_empty() && acls.is_empty());
         assert!(decode_state(b"garbage").is_err());
+    }
+
+    #[test]
+    fn a_state_written_before_groups_expired_decodes_with_its_groups_active_now() {
+        use crate::coord_v1::GroupRecordV1;
+        let mut coord = CoordStateV1 {
+            clock_ms: 5_000,
+            ..CoordStateV1::default()
+        };
+        let offsets = [(("t".to_string(), 0), 7)].into();
+        coord.groups.insert(
+            "idle".into(),
+            GroupRecordV1 {
+                generation: 3,
+                offsets,
+                ..GroupRecordV1::default()
+            },
+        );
+        coord.counters.grants = 9;
+        let mut users = Users::new();
+        users.insert(
+            "alice".into(),
+            tern_auth::StoredCredential::generate("pw", 4096).unwrap(),
+        );
+        let old =
+            bincode::serialize(&(MetaState::default(), &coord, &users, Vec::<AclRule>::new()))
+                .unwrap();
+        let (_, decoded, users_back, _) = decode_state(&old).unwrap();
+        let g = &decoded.groups["idle"];
+        assert_eq!((g.generation, g.offsets[&("t".to_string(), 0)]), (3, 7));
+        assert_eq!(g.active_ms, 5_000, "retention starts at the upgrade");
+        assert_eq!(decoded.counters.grants, 9);
+        assert_eq!(users_back, users);
+        // And the current layout round-trips.
+        let current = bincode::serialize(&(
+            STATE_FORMAT,
+            MetaState::default(),
+            &decoded,
+            &users,
+            Vec::<AclRule>::new(),
+        ))
+        .unwrap();
+        let (_, again, _, _) = decode_state(&current).unwrap();
+        assert_eq!(again, decoded);
     }
 
     fn open(dir: &std::path::Path) -> Opened {

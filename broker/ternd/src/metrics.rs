@@ -18,7 +18,8 @@ use prometheus::{
 pub const PARTITION_SERIES_MAX: usize = 1_000;
 
 /// The named limits whose refusals `tern_limit_refusals_total` counts, by
-/// the `limit` label (the name of the limit, as in docs/reliability.md).
+/// the `limit` label (the name of the limit, as in docs/reliability.md);
+/// the coordination limits (`tern_raft::coord::LIMIT_LABELS`) come too.
 pub const REFUSED_LIMITS: [&str; 9] = [
     "fetch_partitions_max",
     "cluster_topics_max",
@@ -121,6 +122,8 @@ pub struct Metrics {
     pub lock_grants: IntCounter,
     /// Leases that ended without a release (replicated count).
     pub lock_expirations: IntCounter,
+    /// Plugin failures while expiring leases and sessions (this replica).
+    pub coord_expiry_failures: IntCounter,
     /// From an acquire request arriving at this broker to its grant.
     pub lock_acquire_seconds: Histogram,
     /// Members per consumer group.
@@ -131,6 +134,8 @@ pub struct Metrics {
     pub group_rebalances: IntCounterVec,
     /// Members removed because their session ended (replicated count).
     pub group_sessions_expired: IntCounter,
+    /// Groups removed after the retention with no member (replicated count).
+    pub groups_expired: IntCounter,
     /// Committed offset per group and partition.
     pub group_committed_offset: IntGaugeVec,
     /// Records after the committed offset, per group and partition (from
@@ -397,6 +402,11 @@ impl Metrics {
                 "tern_lock_expirations_total",
                 "Leases that ended without a release (replicated: every broker reports the same)."
             )),
+            coord_expiry_failures: reg!(IntCounter::new(
+                "tern_coordination_expiry_failures_total",
+                "Lock plugin or balancer failures while expiring leases and sessions, on this \
+                 broker's replica since it started (expiry goes on for every other lock and group)."
+            )),
             lock_acquire_seconds: reg!(Histogram::with_opts(
                 HistogramOpts::new(
                     "tern_lock_acquire_seconds",
@@ -422,6 +432,11 @@ impl Metrics {
             group_sessions_expired: reg!(IntCounter::new(
                 "tern_group_sessions_expired_total",
                 "Group members removed because they stopped heartbeating (replicated)."
+            )),
+            groups_expired: reg!(IntCounter::new(
+                "tern_groups_expired_total",
+                "Consumer groups removed with their offsets after GROUP_RETENTION_MS with no member, \
+                 commit or reset (replicated)."
             )),
             group_committed_offset: reg!(IntGaugeVec::new(
                 Opts::new(
@@ -529,7 +544,10 @@ impl Metrics {
         for group in ["metadata", "partition"] {
             m.raft_leader_changes.with_label_values(&[group]);
         }
-        for limit in REFUSED_LIMITS {
+        for limit in REFUSED_LIMITS
+            .into_iter()
+            .chain(tern_raft::coord::LIMIT_LABELS)
+        {
             m.limit_refusals.with_label_values(&[limit]);
         }
         m.auth_failures

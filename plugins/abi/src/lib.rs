@@ -40,6 +40,12 @@ pub const STATUS_INVALID: i32 = -2;
 /// A caller-owned output buffer is too small; call again after draining it.
 pub const STATUS_BUFFER_FULL: i32 = -3;
 
+/// Most grants the host reads back from one lock call (its output buffer):
+/// a lock call that would return more fails with [`STATUS_BUFFER_FULL`].
+/// The coordination state keeps every lock's holders and waiters together
+/// below this (`LOCK_WAITERS_MAX` in tern-raft), so no lock can reach it.
+pub const GRANTS_MAX: usize = 1024;
+
 /// Plugin kinds.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

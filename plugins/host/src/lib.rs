@@ -518,7 +518,7 @@ impl Balancer {
 }
 
 /// Most grants one lock event may produce before it is an error.
-const GRANT_BUFFER: usize = 1024;
+const GRANT_BUFFER: usize = abi::GRANTS_MAX;
 
 /// One named lock's state machine from a lock plugin.
 pub struct LockMachine {

@@ -112,11 +112,24 @@ fn granted(token: u64, expires_ms: u64) -> Response {
 }
 
 impl Broker {
-    /// Proposes one coordination command and returns its outcome.
+    /// Proposes one coordination command and returns its outcome. A
+    /// refusal by a coordination limit counts in `tern_limit_refusals_total`.
     async fn coord_write(&self, op: CoordOp) -> Result<CoordResult, Failure> {
         match self.raft.coord_write(op).await {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err((code, message))) => Err(Failure::new(ErrorCode::from_u16(code), message)),
+            Ok(Err((code, message))) => {
+                let code = ErrorCode::from_u16(code);
+                if code == ErrorCode::LimitExceeded {
+                    if let Some(limit) = tern_raft::coord::limit_label(&message) {
+                        self.metrics
+                            .limit_refusals
+                            .with_label_values(&[limit])
+                            .inc();
+                        debug!(limit, %message, "coordination limit reached");
+                    }
+                }
+                Err(Failure::new(code, message))
+            }
             Err(e) => Err(write_failure(e)),
         }
     }
@@ -480,7 +493,9 @@ impl Broker {
         };
         advance(&m.lock_grants, state.counters.grants);
         advance(&m.lock_expirations, state.counters.expirations);
+        advance(&m.coord_expiry_failures, state.counters.expiry_failures);
         advance(&m.group_sessions_expired, state.counters.sessions_expired);
+        advance(&m.groups_expired, state.counters.groups_expired);
         m.group_members.reset();
         m.group_generation.reset();
         m.group_committed_offset.reset();
