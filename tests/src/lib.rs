@@ -53,13 +53,20 @@ pub fn bin(name: &str) -> PathBuf {
 /// A free loopback port for a broker to bind later. Chosen below Linux's
 /// ephemeral range (32768–60999), which outgoing connections and `:0`
 /// listeners draw from: a port found free there could be taken by a
-/// client's connection before the broker binds it.
+/// client's connection before the broker binds it. A port is handed out
+/// at most once per test process: tests of one binary run in parallel
+/// threads, and two of them drawing the same still-free port would both
+/// give it to a broker (seen: "Address already in use" at a cluster's start).
 pub fn free_port() -> u16 {
     use rand::Rng;
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let mut rng = rand::rng();
     loop {
         let port = rng.random_range(20_000..32_000);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }
