@@ -302,30 +302,47 @@ async fn register(broker: Arc<Broker>, shutdown: CancellationToken) {
         shutdown.cancel();
         return;
     }
+    match meta_write_until_decided(&broker, command, "registration", &shutdown).await {
+        None => {}
+        Some(tern_raft::CommandResponse::Rejected { message, .. }) => {
+            tracing::error!(%message, "the cluster refused this broker; stopping");
+            broker.set_refusal(format!("the cluster refused this broker: {message}"));
+            broker.set_ready(false);
+            shutdown.cancel();
+        }
+        Some(_) => tracing::info!(
+            node_id = broker.raft().node_id(),
+            "registered with the cluster"
+        ),
+    }
+}
+
+/// Proposes `command` to the metadata group until it is decided (its
+/// answer) or the broker stops (`None`), retrying while the group has no
+/// leader or the attempt fails; attempts are logged at debug as `what`.
+async fn meta_write_until_decided(
+    broker: &Broker,
+    command: tern_raft::Command,
+    what: &str,
+    shutdown: &CancellationToken,
+) -> Option<tern_raft::CommandResponse> {
     loop {
         let attempt = broker
             .raft()
             .meta_write(command.clone(), std::time::Duration::from_secs(5));
         let outcome = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return None,
             o = attempt => o,
         };
         match outcome {
-            Ok(tern_raft::CommandResponse::Rejected { message, .. }) => {
-                tracing::error!(%message, "the cluster refused this broker; stopping");
-                broker.set_refusal(format!("the cluster refused this broker: {message}"));
-                broker.set_ready(false);
-                shutdown.cancel();
-                return;
+            Ok(answer) => return Some(answer),
+            Err(e) => {
+                tracing::debug!(error = %e, "{what} pending");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                }
             }
-            Ok(_) => {
-                tracing::info!(
-                    node_id = broker.raft().node_id(),
-                    "registered with the cluster"
-                );
-                return;
-            }
-            Err(e) => tracing::debug!(error = %e, "registration pending"),
         }
     }
 }
@@ -354,27 +371,13 @@ async fn bootstrap_user(
         credential,
         create_only: true,
     };
-    loop {
-        let attempt = broker
-            .raft()
-            .meta_write(command.clone(), std::time::Duration::from_secs(5));
-        let outcome = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            o = attempt => o,
-        };
-        match outcome {
-            Ok(tern_raft::CommandResponse::Rejected { message, .. }) => {
-                tracing::error!(target: "tern::security", user = %user.name, %message, "bootstrap user not created");
-                return;
-            }
-            Ok(_) => {
-                tracing::info!(target: "tern::security", user = %user.name, "bootstrap user present (created unless it existed)");
-                return;
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "bootstrap user pending");
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
+    match meta_write_until_decided(&broker, command, "bootstrap user", &shutdown).await {
+        None => {}
+        Some(tern_raft::CommandResponse::Rejected { message, .. }) => {
+            tracing::error!(target: "tern::security", user = %user.name, %message, "bootstrap user not created");
+        }
+        Some(_) => {
+            tracing::info!(target: "tern::security", user = %user.name, "bootstrap user present (created unless it existed)");
         }
     }
 }
