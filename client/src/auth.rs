@@ -100,45 +100,15 @@ where
     }
     let (exchange, first) = ClientExchange::start(&credentials.username, &credentials.password)
         .map_err(|e| failed(e.to_string()))?;
-    let server_first = match call(
-        &mut framed,
-        addr,
-        2,
-        Request::SaslAuthenticate {
-            auth_bytes: Bytes::from(first),
-        },
-    )
-    .await
-    .map_err(broker_failure)?
-    {
-        Response::SaslAuthenticate { auth_bytes } => auth_bytes,
-        _ => {
-            return Err(ClientError::Decode(
-                "SaslAuthenticate answered with another type".into(),
-            ))
-        }
-    };
+    let server_first = sasl_step(&mut framed, addr, 2, first)
+        .await
+        .map_err(broker_failure)?;
     let (awaiting, client_final) = exchange
         .respond(&server_first)
         .map_err(|e| failed(format!("the broker's first message: {e}")))?;
-    let server_final = match call(
-        &mut framed,
-        addr,
-        3,
-        Request::SaslAuthenticate {
-            auth_bytes: Bytes::from(client_final),
-        },
-    )
-    .await
-    .map_err(broker_failure)?
-    {
-        Response::SaslAuthenticate { auth_bytes } => auth_bytes,
-        _ => {
-            return Err(ClientError::Decode(
-                "SaslAuthenticate answered with another type".into(),
-            ))
-        }
-    };
+    let server_final = sasl_step(&mut framed, addr, 3, client_final)
+        .await
+        .map_err(broker_failure)?;
     awaiting
         .verify(&server_final)
         .map_err(|e| failed(format!("the broker's final message: {e}")))?;
@@ -148,6 +118,27 @@ where
         ));
     }
     Ok(())
+}
+
+/// One SaslAuthenticate round trip: sends `message`, returns the broker's.
+async fn sasl_step<S>(
+    framed: &mut Framed<&mut S, FrameCodec>,
+    addr: &str,
+    correlation_id: u32,
+    message: impl Into<Bytes>,
+) -> Result<Bytes, ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let request = Request::SaslAuthenticate {
+        auth_bytes: message.into(),
+    };
+    match call(framed, addr, correlation_id, request).await? {
+        Response::SaslAuthenticate { auth_bytes } => Ok(auth_bytes),
+        _ => Err(ClientError::Decode(
+            "SaslAuthenticate answered with another type".into(),
+        )),
+    }
 }
 
 /// Sends one request and reads its answer (nothing else is in flight).
