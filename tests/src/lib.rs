@@ -222,6 +222,23 @@ impl Broker {
         );
     }
 
+    /// Blocks until the broker's log contains `needle`, or panics with the
+    /// log after `limit`: a readiness check for a step that happens after
+    /// `/ready` (registration, a background retry).
+    pub fn wait_log(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "{needle:?} not logged after {limit:?}; log:\n{}",
+            self.log()
+        );
+    }
+
     /// The broker's log so far, without terminal colour codes (so tests can
     /// look for `key=value` fields).
     pub fn log(&self) -> String {

@@ -512,6 +512,9 @@ async fn a_replica_that_failed_to_open_is_retried_until_it_opens() {
     let mut broker = Broker::configure(&dir.path().join("n1"), &[]);
     broker.set_env("TERN_FAILPOINT_REPLICA_OPEN_FAILURES", "2");
     broker.spawn();
+    // Registration is a catalogue change that would reopen the replica by
+    // itself; wait for it so only the retry timer can reopen it.
+    broker.wait_log("registered with the cluster", Duration::from_secs(60));
     let client = Client::connect(&broker.addr).await.unwrap();
     bounded(Duration::from_secs(60), async {
         topic(&client, "late", 1).await;
@@ -528,9 +531,13 @@ async fn a_replica_that_failed_to_open_is_retried_until_it_opens() {
         2.0
     );
     assert_eq!(metric_sum(&metrics, "tern_replicas_unopened"), 0.0);
-    assert!(broker
-        .log()
-        .contains("retrying replicas that failed to open"));
+    assert!(
+        broker
+            .log()
+            .contains("retrying replicas that failed to open"),
+        "the replica opened without the retry timer; log:\n{}",
+        broker.log()
+    );
 }
 
 /// A fetch with nothing to read waits (long poll) and returns as soon as a
