@@ -22,7 +22,7 @@ counter() { curl -s 127.0.0.1:4761/metrics | awk -v m="$1" '$1 ~ "^"m"\\{" {s +=
 ratio() { python3 -c "h=$1;m=$2;print(f'{h/(h+m):.3f}' if h+m else 'n/a')"; }
 
 for strategy in lru s3-fifo; do
-  "$T/ternd" --data-dir "$WORK/$strategy" --listen 127.0.0.1:4760 --metrics-listen 127.0.0.1:4761 \
+  "$T/ternd" --data-dir "$WORK/$strategy" --listen 127.0.0.1:4760 --metrics-listen 127.0.0.1:4761 --kafka-listen 127.0.0.1:4763 \
     --cache-plugin "$strategy" --read-cache-bytes "$CACHE" >"$WORK/$strategy.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 200); do curl -sf 127.0.0.1:4761/ready >/dev/null && break; sleep 0.05; done

@@ -47,7 +47,7 @@ start_cluster() {
   for i in $(seq 1 "$n"); do initial+="${initial:+,}$i@127.0.0.1:47${i}2"; done
   for i in $(seq 1 "$n"); do
     "$T/ternd" --node-id "$i" --data-dir "$WORK/n$n-$i" --listen "127.0.0.1:47${i}0" \
-      --metrics-listen "127.0.0.1:47${i}1" --peer-listen "127.0.0.1:47${i}2" \
+      --metrics-listen "127.0.0.1:47${i}1" --peer-listen "127.0.0.1:47${i}2" --kafka-listen "127.0.0.1:47${i}3" \
       --initial-cluster "$initial" >"$WORK/n$n-$i.log" 2>&1 &
     pids+=($!)
   done

@@ -40,7 +40,7 @@ echo "== Tern 3 brokers: lock acquire (lease 10 s) + release"
 initial="1@127.0.0.1:48120,2@127.0.0.1:48220,3@127.0.0.1:48320"
 for i in 1 2 3; do
   "$T/ternd" --node-id "$i" --data-dir "$WORK/n$i" --listen "127.0.0.1:48${i}00" \
-    --metrics-listen "127.0.0.1:48${i}10" --peer-listen "127.0.0.1:48${i}20" \
+    --metrics-listen "127.0.0.1:48${i}10" --peer-listen "127.0.0.1:48${i}20" --kafka-listen "127.0.0.1:48${i}30" \
     --initial-cluster "$initial" >"$WORK/n$i.log" 2>&1 &
   pids+=($!)
 done

@@ -33,7 +33,7 @@ for mode in plaintext tls tls+scram; do
   esac
   rm -rf "$WORK/data"
   "$T/ternd" --data-dir "$WORK/data" --listen 127.0.0.1:4770 --metrics-listen 127.0.0.1:4771 \
-    --peer-listen 127.0.0.1:4772 --metrics-plaintext "${server[@]}" >"$WORK/ternd.log" 2>&1 &
+    --peer-listen 127.0.0.1:4772 --kafka-listen off --metrics-plaintext "${server[@]}" >"$WORK/ternd.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 200); do curl -sf 127.0.0.1:4771/ready >/dev/null && break; sleep 0.05; done
   tern() { "$T/tern" --broker 127.0.0.1:4770 "${client[@]}" "$@"; }

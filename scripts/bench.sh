@@ -46,7 +46,7 @@ rm -rf "$WORK"/rocks*
 
 start_tern() { # data-dir extra-args...
   local dir=$1; shift
-  "$T/ternd" --data-dir "$dir" --listen 127.0.0.1:4750 --metrics-listen 127.0.0.1:4751 "$@" >"$dir.log" 2>&1 &
+  "$T/ternd" --data-dir "$dir" --listen 127.0.0.1:4750 --metrics-listen 127.0.0.1:4751 --kafka-listen 127.0.0.1:4753 "$@" >"$dir.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 200); do curl -sf 127.0.0.1:4751/ready >/dev/null && return 0; sleep 0.05; done
   echo "ternd did not start"; cat "$dir.log"; exit 1

@@ -29,7 +29,7 @@ for i in 1 2 3; do CLIENT[$i]=127.0.0.1:$(port); HTTPS[$i]=127.0.0.1:$(port); PE
 INITIAL="1@${PEER[1]},2@${PEER[2]},3@${PEER[3]}"
 start_broker() { # i
   "$T/ternd" --node-id "$1" --data-dir "$WORK/data$1" --listen "${CLIENT[$1]}" \
-    --metrics-listen "${HTTPS[$1]}" --peer-listen "${PEER[$1]}" --initial-cluster "$INITIAL" \
+    --metrics-listen "${HTTPS[$1]}" --peer-listen "${PEER[$1]}" --initial-cluster "$INITIAL" --kafka-listen off \
     --retention-check-ms 300 >>"$WORK/ternd$1.log" 2>&1 &
   pids[$1]=$!
 }

@@ -81,6 +81,8 @@ pub struct Broker {
     pub http_addr: String,
     /// Raft (peer) address.
     pub peer_addr: String,
+    /// Kafka-protocol address.
+    pub kafka_addr: String,
     /// Data directory.
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
@@ -105,6 +107,7 @@ impl Broker {
             addr: format!("127.0.0.1:{}", free_port()),
             http_addr: format!("127.0.0.1:{}", free_port()),
             peer_addr: format!("127.0.0.1:{}", free_port()),
+            kafka_addr: format!("127.0.0.1:{}", free_port()),
             data_dir: data_dir.to_path_buf(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
@@ -185,6 +188,7 @@ impl Broker {
             .arg(&self.data_dir)
             .args(["--listen", &self.addr, "--metrics-listen", &self.http_addr])
             .args(["--peer-listen", &self.peer_addr])
+            .args(["--kafka-listen", &self.kafka_addr])
             .args(&self.extra_args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("TERN_LOG", "info")

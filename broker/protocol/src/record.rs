@@ -9,7 +9,7 @@
 //! 8   batch_len        u32   bytes after this field (total length - 12)
 //! 12  crc32c           u32   CRC-32C of bytes [16, end)
 //! 16  magic            u8    = 1
-//! 17  attributes       u8    reserved, 0
+//! 17  attributes       u8    bit 0: ATTR_SEQUENCE_PER_RECORD; others 0
 //! 18  record_count     u32
 //! 22  first_timestamp  i64   ms since the Unix epoch
 //! 30  max_timestamp    i64
@@ -35,6 +35,14 @@ pub const BATCH_HEADER_BYTES: usize = 50;
 const CRC_START: usize = 16;
 /// The only batch format this build writes and reads.
 pub const BATCH_MAGIC: u8 = 1;
+/// Attribute bit: the batch's sequence numbers count records, not batches
+/// (Kafka's idempotent producers number every record; the batch after one
+/// of `n` records starting at `s` starts at `s + n`). Without it, Tern's
+/// producers number batches.
+pub const ATTR_SEQUENCE_PER_RECORD: u8 = 0x01;
+/// Every attribute bit this build understands; a batch with another set is
+/// refused rather than misread.
+pub const ATTRS_KNOWN: u8 = ATTR_SEQUENCE_PER_RECORD;
 /// Largest batch accepted anywhere (producer, broker, consumer).
 pub const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Most headers on one record.
@@ -103,6 +111,7 @@ impl Record {
 #[derive(Debug)]
 pub struct BatchBuilder {
     buf: BytesMut,
+    attributes: u8,
     count: u32,
     first_timestamp: i64,
     max_timestamp: i64,
@@ -115,10 +124,16 @@ impl BatchBuilder {
         buf.put_bytes(0, BATCH_HEADER_BYTES);
         BatchBuilder {
             buf,
+            attributes: 0,
             count: 0,
             first_timestamp: 0,
             max_timestamp: i64::MIN,
         }
+    }
+
+    /// Sets the batch's attribute bits (see [`ATTR_SEQUENCE_PER_RECORD`]).
+    pub fn set_attributes(&mut self, attributes: u8) {
+        self.attributes = attributes;
     }
 
     /// Bytes the batch would take if finished now.
@@ -188,7 +203,7 @@ impl BatchBuilder {
         h.put_u32_le((total - 12) as u32);
         h.put_u32_le(0);
         h.put_u8(BATCH_MAGIC);
-        h.put_u8(0);
+        h.put_u8(self.attributes);
         h.put_u32_le(self.count);
         h.put_i64_le(self.first_timestamp);
         h.put_i64_le(if self.count == 0 {
@@ -286,6 +301,12 @@ impl BatchView {
         if bytes[16] != BATCH_MAGIC {
             return Err(BatchError::BadMagic(bytes[16]));
         }
+        if bytes[17] & !ATTRS_KNOWN != 0 {
+            return Err(BatchError::Malformed(format!(
+                "unknown attribute bits {:#04x}",
+                bytes[17] & !ATTRS_KNOWN
+            )));
+        }
         Ok(BatchView { bytes })
     }
 
@@ -354,6 +375,23 @@ impl BatchView {
     /// Sequence number of the first record, -1 when none.
     pub fn base_sequence(&self) -> i32 {
         self.u32_at(46) as i32
+    }
+
+    /// The attribute bits.
+    pub fn attributes(&self) -> u8 {
+        self.bytes[17]
+    }
+
+    /// The sequence number the batch ends at: its base sequence, or with
+    /// [`ATTR_SEQUENCE_PER_RECORD`] that of its last record (wrapping like
+    /// [`next_sequence`]). -1 when the batch has no sequence.
+    pub fn last_sequence(&self) -> i32 {
+        let base = self.base_sequence();
+        if base < 0 || self.attributes() & ATTR_SEQUENCE_PER_RECORD == 0 {
+            return base;
+        }
+        let records = self.record_count().saturating_sub(1) as i64;
+        ((base as i64 + records) % (i32::MAX as i64 + 1)) as i32
     }
 
     /// Iterates the records, each checked against the batch bounds.

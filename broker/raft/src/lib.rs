@@ -20,6 +20,7 @@
 // large enum); our helpers return it as is rather than boxing and unboxing.
 #![allow(clippy::result_large_err)]
 
+mod catalogue_v1;
 pub mod coord;
 mod coord_v1;
 pub mod log_store;
@@ -48,7 +49,7 @@ pub use network::{PeerError, Transport};
 pub use partition_sm::{OnApply, PartitionStateMachine};
 pub use types::{
     place_replicas, placement_seed, BrokerEntry, Catalogue, Command, CommandResponse, NodeId, Raft,
-    TernRaft, TopicEntry, TopicSettings, Users, USERS_MAX,
+    TernRaft, TopicEntry, TopicSettings, Users, KAFKA_LISTENER, USERS_MAX,
 };
 
 /// Timing of every group.

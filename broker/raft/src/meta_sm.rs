@@ -13,6 +13,7 @@
 //! The state is small: it is persisted whole with every apply and is itself
 //! the snapshot (catalogue, coordination state, users, then the ACL rules).
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -24,12 +25,14 @@ use tern_protocol::ErrorCode;
 use tern_storage::Store;
 use tokio::sync::watch;
 
+use crate::catalogue_v1::MetaStateV1;
 use crate::coord::{CoordPlugins, CoordState};
 use crate::coord_v1::CoordStateV1;
 use crate::log_store::blocking;
 use crate::types::{
     BrokerEntry, Catalogue, Command, CommandResponse, Entry, LogId, NodeId, PrebuiltSnapshot,
-    RaftStorageError, StoredMembership, TernRaft, TopicEntry, Users, USERS_MAX,
+    RaftStorageError, StoredMembership, TernRaft, TopicEntry, Users, LISTENERS_MAX,
+    LISTENER_BYTES_MAX, USERS_MAX,
 };
 
 const STATE_KEY: &[u8] = b"sm/meta";
@@ -78,33 +81,53 @@ pub type Opened = (
 );
 
 /// The first 8 bytes of the persisted state in its current layout. The
-/// layouts before it had no marker and start with `MetaState`, whose first
-/// byte (an `Option` tag) is 0 or 1, never this one's `t`.
-const STATE_FORMAT: u64 = u64::from_le_bytes(*b"tern-ms2");
+/// layouts before `tern-ms2` had no marker and start with `MetaState`, whose
+/// first byte (an `Option` tag) is 0 or 1, never this one's `t`.
+const STATE_FORMAT: u64 = u64::from_le_bytes(*b"tern-ms3");
+/// The layout before brokers registered listeners (see `catalogue_v1`).
+const STATE_FORMAT_MS2: u64 = u64::from_le_bytes(*b"tern-ms2");
 
 /// The persisted state.
 type Persisted = (u64, MetaState, CoordState, Users, Vec<AclRule>);
 
-/// The state persisted before [`STATE_FORMAT`] (groups did not expire).
+/// `tern-ms2`: as [`Persisted`], with the old catalogue.
+type PersistedMs2 = (u64, MetaStateV1, CoordState, Users, Vec<AclRule>);
+
+/// The state persisted before `tern-ms2` (groups did not expire).
 /// One written before users and ACLs existed is its first two parts alone,
 /// and still opens (with no users and no rules).
-type PersistedV1 = (MetaState, CoordStateV1, Users, Vec<AclRule>);
+type PersistedV1 = (MetaStateV1, CoordStateV1, Users, Vec<AclRule>);
+
+impl From<MetaStateV1> for MetaState {
+    fn from(old: MetaStateV1) -> MetaState {
+        MetaState {
+            applied: old.applied,
+            membership: old.membership,
+            catalogue: old.catalogue.into(),
+        }
+    }
+}
 
 fn decode_state(bytes: &[u8]) -> Result<(MetaState, CoordState, Users, AclSet), RaftStorageError> {
-    let (state, coord, users, rules) = match bincode::deserialize::<Persisted>(bytes) {
-        Ok((STATE_FORMAT, state, coord, users, rules)) => (state, coord, users, rules),
-        current => match bincode::deserialize::<PersistedV1>(bytes) {
-            Ok((state, coord, users, rules)) => (state, coord.into(), users, rules),
-            Err(_) => match bincode::deserialize::<(MetaState, CoordStateV1)>(bytes) {
-                Ok((state, coord)) => (state, coord.into(), Users::new(), Vec::new()),
-                Err(_) => {
-                    return Err(match current {
-                        Err(e) => sm_err(e),
-                        Ok(_) => sm_err("metadata state of an unknown format"),
-                    })
-                }
+    let marker = bytes
+        .get(..8)
+        .map(|m| u64::from_le_bytes(m.try_into().expect("8 bytes")));
+    let (state, coord, users, rules) = if marker == Some(STATE_FORMAT) {
+        let (_, state, coord, users, rules) =
+            bincode::deserialize::<Persisted>(bytes).map_err(sm_err)?;
+        (state, coord, users, rules)
+    } else if marker == Some(STATE_FORMAT_MS2) {
+        let (_, state, coord, users, rules) =
+            bincode::deserialize::<PersistedMs2>(bytes).map_err(sm_err)?;
+        (state.into(), coord, users, rules)
+    } else {
+        match bincode::deserialize::<PersistedV1>(bytes) {
+            Ok((state, coord, users, rules)) => (state.into(), coord.into(), users, rules),
+            Err(_) => match bincode::deserialize::<(MetaStateV1, CoordStateV1)>(bytes) {
+                Ok((state, coord)) => (state.into(), coord.into(), Users::new(), Vec::new()),
+                Err(_) => return Err(sm_err("metadata state of an unknown format")),
             },
-        },
+        }
     };
     let acls = AclSet::from_rules(rules).map_err(sm_err)?;
     Ok((state, coord, users, acls))
@@ -375,6 +398,35 @@ impl MetaStateMachine {
                     BrokerEntry {
                         client_addr,
                         coord_plugins,
+                        listeners: BTreeMap::new(),
+                    },
+                );
+                CommandResponse::Done
+            }
+            Command::Register {
+                node_id,
+                client_addr,
+                coord_plugins,
+                listeners,
+            } => {
+                if listeners.len() > LISTENERS_MAX
+                    || listeners
+                        .iter()
+                        .any(|(n, a)| n.len() > LISTENER_BYTES_MAX || a.len() > LISTENER_BYTES_MAX)
+                {
+                    return CommandResponse::Rejected {
+                        code: ErrorCode::InvalidRequest as u16,
+                        message: format!(
+                            "at most {LISTENERS_MAX} listeners, names and addresses of at most {LISTENER_BYTES_MAX} bytes"
+                        ),
+                    };
+                }
+                catalogue.brokers.insert(
+                    node_id,
+                    BrokerEntry {
+                        client_addr,
+                        coord_plugins,
+                        listeners,
                     },
                 );
                 CommandResponse::Done
@@ -739,7 +791,7 @@ mod tests {
 
     #[test]
     fn a_state_written_before_users_existed_still_decodes() {
-        let old = bincode::serialize(&(MetaState::default(), CoordStateV1::default())).unwrap();
+        let old = bincode::serialize(&(MetaStateV1::default(), CoordStateV1::default())).unwrap();
         let (_, _, users, acls) = decode_state(&old).unwrap();
         assert!(users.is_empty() && acls.is_empty());
         assert!(decode_state(b"garbage").is_err());
@@ -767,9 +819,13 @@ mod tests {
             "alice".into(),
             tern_auth::StoredCredential::generate("pw", 4096).unwrap(),
         );
-        let old =
-            bincode::serialize(&(MetaState::default(), &coord, &users, Vec::<AclRule>::new()))
-                .unwrap();
+        let old = bincode::serialize(&(
+            MetaStateV1::default(),
+            &coord,
+            &users,
+            Vec::<AclRule>::new(),
+        ))
+        .unwrap();
         let (_, decoded, users_back, _) = decode_state(&old).unwrap();
         let g = &decoded.groups["idle"];
         assert_eq!((g.generation, g.offsets[&("t".to_string(), 0)]), (3, 7));
@@ -851,6 +907,66 @@ mod tests {
             CommandResponse::Rejected { code, .. } if code == ErrorCode::InvalidRequest as u16
         ));
         assert!(acls.borrow().is_empty());
+    }
+
+    /// A broker's listeners are registered, survive a reopen, and a state
+    /// written before listeners existed (`tern-ms2`) opens with its brokers
+    /// and no listeners; too many or too long listeners are refused.
+    #[tokio::test]
+    async fn listeners_are_registered_and_an_older_state_opens_without_them() {
+        use crate::catalogue_v1::{BrokerEntryV1, CatalogueV1};
+        let dir = tempfile::tempdir().unwrap();
+        let (mut sm, catalogue, _coord, _users, _acls) = open(dir.path());
+        let register = |listeners: BTreeMap<String, String>| Command::Register {
+            node_id: 1,
+            client_addr: "h:1".into(),
+            coord_plugins: "p".into(),
+            listeners,
+        };
+        let kafka: BTreeMap<_, _> = [("kafka".to_string(), "h:9092".to_string())].into();
+        let too_many: BTreeMap<_, _> = (0..=LISTENERS_MAX)
+            .map(|i| (i.to_string(), "a".into()))
+            .collect();
+        let answers = sm
+            .apply([
+                entry(1, register(kafka.clone())),
+                entry(2, register(too_many)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(answers[0], CommandResponse::Done);
+        assert!(matches!(answers[1], CommandResponse::Rejected { .. }));
+        assert_eq!(catalogue.borrow().brokers[&1].listeners, kafka);
+        drop(sm);
+        let (_sm, catalogue, ..) = open(dir.path());
+        assert_eq!(catalogue.borrow().brokers[&1].listeners, kafka);
+
+        let old = MetaStateV1 {
+            catalogue: CatalogueV1 {
+                brokers: [(
+                    7,
+                    BrokerEntryV1 {
+                        client_addr: "old:1".into(),
+                        coord_plugins: "p".into(),
+                    },
+                )]
+                .into(),
+                ..CatalogueV1::default()
+            },
+            ..MetaStateV1::default()
+        };
+        let ms2 = bincode::serialize(&(
+            STATE_FORMAT_MS2,
+            &old,
+            CoordState::default(),
+            Users::new(),
+            Vec::<AclRule>::new(),
+        ))
+        .unwrap();
+        let (state, ..) = decode_state(&ms2).unwrap();
+        let broker = &state.catalogue.brokers[&7];
+        assert_eq!(broker.client_addr, "old:1");
+        assert!(broker.listeners.is_empty());
     }
 
     /// openraft's own storage conformance suite, run against Tern's RocksDB

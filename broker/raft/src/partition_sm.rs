@@ -34,7 +34,9 @@ pub const PRODUCERS_MAX: usize = 10_000;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct ProducerState {
-    /// `(base_sequence, base_offset)` of the newest batches, oldest first.
+    /// `(last sequence, base_offset)` of the newest batches, oldest first
+    /// (a batch's last sequence is its base sequence unless its sequences
+    /// count records: `BatchView::last_sequence`).
     recent: VecDeque<(i32, u64)>,
     /// Raft index of the last batch (for forgetting idle producers).
     last_index: u64,
@@ -72,34 +74,35 @@ impl SmState {
     /// producer's batches are stored in the order it sealed them whatever
     /// happens to its connections. An unknown producer (new, or forgotten
     /// after [`PRODUCERS_MAX`]) may start at any sequence.
-    fn dedup(&self, producer_id: i64, sequence: i32) -> Option<CommandResponse> {
-        if producer_id < 0 || sequence < 0 {
+    fn dedup(&self, producer_id: i64, first: i32, last: i32) -> Option<CommandResponse> {
+        if producer_id < 0 || first < 0 {
             return None;
         }
         let p = self.producers.get(&producer_id)?;
-        if let Some((_, offset)) = p.recent.iter().find(|(s, _)| *s == sequence) {
+        // A retry carries the same span: its last sequence identifies it.
+        if let Some((_, offset)) = p.recent.iter().find(|(s, _)| *s == last) {
             return Some(CommandResponse::Appended {
                 base_offset: *offset,
                 duplicate: true,
             });
         }
-        let &(last, _) = p.recent.back()?;
-        if sequence == next_sequence(last) {
+        let &(previous, _) = p.recent.back()?;
+        if first == next_sequence(previous) {
             return None;
         }
-        Some(if sequence <= last {
+        Some(if first <= previous {
             CommandResponse::Rejected {
                 code: ErrorCode::DuplicateSequence as u16,
                 message: format!(
-                    "producer {producer_id} sequence {sequence} is older than the de-duplication window"
+                    "producer {producer_id} sequence {first} is older than the de-duplication window"
                 ),
             }
         } else {
             CommandResponse::Rejected {
                 code: ErrorCode::OutOfOrderSequence as u16,
                 message: format!(
-                    "producer {producer_id} sequence {sequence} arrived before sequence {}; retry after it",
-                    next_sequence(last)
+                    "producer {producer_id} sequence {first} arrived before sequence {}; retry after it",
+                    next_sequence(previous)
                 ),
             }
         })
@@ -222,14 +225,18 @@ impl RaftStateMachine<TernRaft> for PartitionStateMachine {
                             message: e.to_string(),
                         },
                         Ok(view) => {
-                            let (pid, seq) = (view.producer_id(), view.base_sequence());
-                            match self.state.dedup(pid, seq) {
+                            let (pid, first, last) = (
+                                view.producer_id(),
+                                view.base_sequence(),
+                                view.last_sequence(),
+                            );
+                            match self.state.dedup(pid, first, last) {
                                 Some(r) => r,
                                 None => {
                                     let base_offset = next;
                                     next += view.record_count() as u64;
                                     self.state
-                                        .remember(pid, seq, base_offset, entry.log_id.index);
+                                        .remember(pid, last, base_offset, entry.log_id.index);
                                     batches.push(ApplyBatch {
                                         raft_index: entry.log_id.index,
                                         base_offset,
@@ -321,34 +328,34 @@ mod tests {
     fn a_known_producer_is_accepted_only_in_sequence() {
         let mut st = SmState::default();
         // An unknown producer may start anywhere.
-        assert_eq!(code(st.dedup(7, 5)), None);
+        assert_eq!(code(st.dedup(7, 5, 5)), None);
         st.remember(7, 5, 100, 1);
         // The successor is new; a retry of a stored batch is answered with
         // its offset; a batch that skips ahead is refused, retriably.
-        assert_eq!(code(st.dedup(7, 6)), None);
+        assert_eq!(code(st.dedup(7, 6, 6)), None);
         assert!(matches!(
-            st.dedup(7, 5),
+            st.dedup(7, 5, 5),
             Some(CommandResponse::Appended {
                 base_offset: 100,
                 duplicate: true
             })
         ));
-        let skipped = code(st.dedup(7, 7)).expect("refused");
+        let skipped = code(st.dedup(7, 7, 7)).expect("refused");
         assert_eq!(skipped, ErrorCode::OutOfOrderSequence as u16);
         assert!(ErrorCode::from_u16(skipped).is_retriable());
         // Once the missing batch is stored, the one that overtook it is next.
         st.remember(7, 6, 110, 2);
-        assert_eq!(code(st.dedup(7, 7)), None);
+        assert_eq!(code(st.dedup(7, 7, 7)), None);
         // Older than the window: refused as possibly stored.
         for seq in 7..7 + PRODUCER_WINDOW as i32 {
             st.remember(7, seq, 200 + seq as u64, 3 + seq as u64);
         }
         assert_eq!(
-            code(st.dedup(7, 5)),
+            code(st.dedup(7, 5, 5)),
             Some(ErrorCode::DuplicateSequence as u16)
         );
         // Batches without a producer id are never de-duplicated.
-        assert_eq!(code(st.dedup(-1, -1)), None);
+        assert_eq!(code(st.dedup(-1, -1, -1)), None);
     }
 
     #[test]
@@ -356,11 +363,32 @@ mod tests {
         let mut st = SmState::default();
         st.remember(9, i32::MAX, 0, 1);
         assert_eq!(next_sequence(i32::MAX), 0);
-        assert_eq!(code(st.dedup(9, 0)), None);
+        assert_eq!(code(st.dedup(9, 0, 0)), None);
         assert_eq!(
-            code(st.dedup(9, 1)),
+            code(st.dedup(9, 1, 1)),
             Some(ErrorCode::DuplicateSequence as u16),
             "a wrapped sequence that skips ahead is indistinguishable from an old one"
+        );
+    }
+
+    /// Kafka-style batches number records: after records 0..=4 (one batch)
+    /// the next batch starts at 5; a retry of the first is found by its span.
+    #[test]
+    fn batches_numbering_records_follow_on_from_their_last_record() {
+        let mut st = SmState::default();
+        assert_eq!(code(st.dedup(3, 0, 4)), None);
+        st.remember(3, 4, 0, 1);
+        assert_eq!(code(st.dedup(3, 5, 9)), None);
+        assert!(matches!(
+            st.dedup(3, 0, 4),
+            Some(CommandResponse::Appended {
+                base_offset: 0,
+                duplicate: true
+            })
+        ));
+        assert_eq!(
+            code(st.dedup(3, 7, 9)),
+            Some(ErrorCode::OutOfOrderSequence as u16)
         );
     }
 }

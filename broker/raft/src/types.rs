@@ -155,6 +155,20 @@ pub enum Command {
     AddAcl(tern_acl::AclRule),
     /// Metadata group: remove an authorization rule.
     RemoveAcl(tern_acl::AclRule),
+    /// Metadata group: a broker announces the addresses clients should use
+    /// (its native client address and those of its other listeners, such as
+    /// `kafka`). Supersedes [`Command::RegisterBroker`], which older log
+    /// entries still hold (applied with no other listener).
+    Register {
+        /// The broker.
+        node_id: NodeId,
+        /// host:port for native clients.
+        client_addr: String,
+        /// The coordination plugins it runs (all brokers must agree).
+        coord_plugins: String,
+        /// Other listeners' advertised `host:port` by listener name.
+        listeners: BTreeMap<String, String>,
+    },
 }
 
 /// A state machine's answer to one command.
@@ -207,7 +221,18 @@ pub struct BrokerEntry {
     pub client_addr: String,
     /// Its coordination plugins (lock and balancer, which decide replicated state).
     pub coord_plugins: String,
+    /// Other listeners' advertised `host:port` by name ([`KAFKA_LISTENER`]).
+    pub listeners: BTreeMap<String, String>,
 }
+
+/// The name of the Kafka listener in [`BrokerEntry::listeners`].
+pub const KAFKA_LISTENER: &str = "kafka";
+
+/// Most listeners a broker may register, and longest name or address:
+/// registration is a metadata write every broker keeps.
+pub const LISTENERS_MAX: usize = 8;
+/// Longest listener name or address, in bytes.
+pub const LISTENER_BYTES_MAX: usize = 255;
 
 /// A topic in the catalogue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

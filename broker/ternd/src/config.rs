@@ -12,8 +12,10 @@ use serde::Deserialize;
 use tern_storage::Durability;
 use thiserror::Error;
 
-/// Default client port. 9092 stays free for a future Kafka-protocol listener.
+/// Default client port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4650";
+/// Default port of the Kafka-protocol listener (Kafka's own).
+pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
 /// Default HTTP port for `/metrics`, `/health` and `/ready`.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:4651";
 /// Default port for Raft traffic between brokers.
@@ -45,6 +47,16 @@ pub struct Flags {
     /// differs from --listen (behind NAT or in a container). Default: --listen
     #[arg(long, env = "TERN_ADVERTISE")]
     pub advertise: Option<String>,
+
+    /// Address for Kafka-protocol clients (librdkafka, the Java client,
+    /// kcat...), or `off`. Default: 127.0.0.1:9092
+    #[arg(long, env = "TERN_KAFKA_LISTEN")]
+    pub kafka_listen: Option<String>,
+
+    /// Address Kafka clients are told to use for this broker, when it
+    /// differs from --kafka-listen. Default: --kafka-listen
+    #[arg(long, env = "TERN_KAFKA_ADVERTISE")]
+    pub kafka_advertise: Option<String>,
 
     /// TOML configuration file; flags and TERN_* variables override its values.
     #[arg(long, env = "TERN_CONFIG")]
@@ -252,6 +264,8 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
     advertise: Option<String>,
+    kafka_listen: Option<String>,
+    kafka_advertise: Option<String>,
     durability: Option<DurabilityFlag>,
     retention_check_ms: Option<u64>,
     default_retention_ms: Option<i64>,
@@ -343,6 +357,10 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// Host:port advertised to clients.
     pub advertise: String,
+    /// Kafka-protocol listener; `None` when off.
+    pub kafka_listen: Option<SocketAddr>,
+    /// Host:port advertised to Kafka clients (when the listener is on).
+    pub kafka_advertise: Option<String>,
     /// Write durability.
     pub durability: Durability,
     /// Retention interval in ms.
@@ -592,9 +610,35 @@ impl Config {
                 })
             }
         };
+        let kafka_listen = match flags
+            .kafka_listen
+            .or(file.kafka_listen)
+            .unwrap_or_else(|| DEFAULT_KAFKA_LISTEN.into())
+            .as_str()
+        {
+            "off" | "none" | "" => None,
+            addr => Some(
+                addr.parse::<SocketAddr>()
+                    .map_err(|e| ConfigError::Invalid {
+                        key: "kafka_listen",
+                        detail: format!("{addr:?} is not an address nor `off`: {e}"),
+                    })?,
+            ),
+        };
+        let kafka_advertise = kafka_listen.map(|addr| {
+            flags
+                .kafka_advertise
+                .clone()
+                .or(file.kafka_advertise.clone())
+                .unwrap_or_else(|| addr.to_string())
+        });
         let insecure = flags.insecure || file.insecure.unwrap_or(false);
         if tls.is_none() && !insecure {
-            for (what, addr) in [("client", listen), ("peer", peer_listen)] {
+            let kafka = kafka_listen.map(|a| ("Kafka", a));
+            for (what, addr) in [("client", listen), ("peer", peer_listen)]
+                .into_iter()
+                .chain(kafka)
+            {
                 if !addr.ip().is_loopback() {
                     return Err(ConfigError::Invalid {
                         key: "insecure",
@@ -603,7 +647,7 @@ impl Config {
                              anyone who reaches it could act as a {}: set --tls-cert, --tls-key \
                              and --tls-ca (make them with `tern cert`), or --insecure on a \
                              network you trust completely",
-                            if what == "client" { "client" } else { "broker" }
+                            if what == "peer" { "broker" } else { "client" }
                         ),
                     });
                 }
@@ -662,6 +706,8 @@ impl Config {
                 .advertise
                 .or(file.advertise)
                 .unwrap_or_else(|| listen.to_string()),
+            kafka_listen,
+            kafka_advertise,
             durability,
             retention_check_ms,
             default_retention_ms,

@@ -9,11 +9,13 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod alloc;
 pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod disk;
 pub mod http;
+pub mod kafka;
 pub mod metrics;
 pub mod plugins;
 pub mod read_cache;
@@ -105,7 +107,7 @@ impl Running {
 }
 
 /// Opens storage, binds the listeners and starts serving.
-pub async fn start(config: Config) -> Result<Running, StartError> {
+pub async fn start(mut config: Config) -> Result<Running, StartError> {
     // Plugins first: a refused plugin stops start-up before anything opens.
     let metrics = metrics::Metrics::new();
     let plugins = plugins::load(
@@ -156,6 +158,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr: config.peer_listen,
         source,
     })?;
+    let kafka_listener = match config.kafka_listen {
+        None => None,
+        Some(addr) => {
+            let listener = listen(addr).map_err(|source| StartError::Bind {
+                what: "Kafka",
+                addr,
+                source,
+            })?;
+            if addr.port() == 0 {
+                // Advertise the port the system chose (tests bind port 0).
+                let bound = listener
+                    .local_addr()
+                    .expect("bound listener has an address");
+                if config.kafka_advertise.as_deref() == Some(addr.to_string().as_str()) {
+                    config.kafka_advertise = Some(bound.to_string());
+                }
+            }
+            Some(listener)
+        }
+    };
     let client_addr = client_listener
         .local_addr()
         .expect("bound listener has an address");
@@ -195,6 +217,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             broker.clone(),
             client_listener,
             tls.clone(),
+            server::Protocol::Native,
             shutdown.clone(),
         )),
         tokio::spawn(http::serve(
@@ -212,6 +235,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tasks.push(tokio::spawn(bootstrap_user(
             broker.clone(),
             user,
+            shutdown.clone(),
+        )));
+    }
+    if let Some(listener) = kafka_listener {
+        tasks.push(tokio::spawn(server::serve(
+            broker.clone(),
+            listener,
+            tls.clone(),
+            server::Protocol::Kafka,
             shutdown.clone(),
         )));
     }
@@ -290,10 +322,17 @@ const REMOVAL_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
 /// whose lock or balancer plugin differs from a running peer's stops: the
 /// plugins decide replicated state, so all brokers must run the same.
 async fn register(broker: Arc<Broker>, shutdown: CancellationToken) {
-    let command = tern_raft::Command::RegisterBroker {
+    let listeners = broker
+        .config()
+        .kafka_advertise
+        .iter()
+        .map(|addr| (tern_raft::KAFKA_LISTENER.to_string(), addr.clone()))
+        .collect();
+    let command = tern_raft::Command::Register {
         node_id: broker.raft().node_id(),
         client_addr: broker.config().advertise.clone(),
         coord_plugins: broker.plugins().coordination_id(),
+        listeners,
     };
     if let Err(message) = broker.raft().check_plugins().await {
         tracing::error!(%message, "this broker's plugins differ from the cluster's; stopping");

@@ -4,6 +4,11 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// Huge claimed allocations from untrusted input are reserved, not refused
+/// (a refused allocation aborts the process): see `ternd::alloc`.
+#[global_allocator]
+static ALLOCATOR: ternd::alloc::ReserveLargeAllocations = ternd::alloc::ReserveLargeAllocations;
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -43,6 +43,16 @@ pub struct Metrics {
     pub request_errors: IntCounterVec,
     /// Time from request decode to response enqueue, by API.
     pub request_seconds: HistogramVec,
+    /// Kafka-protocol requests received, by Kafka API name.
+    pub kafka_requests: IntCounterVec,
+    /// Kafka-protocol requests (or partitions within them) that failed, by
+    /// API and Kafka error name.
+    pub kafka_request_errors: IntCounterVec,
+    /// Kafka-protocol request latency, by API.
+    pub kafka_request_seconds: HistogramVec,
+    /// Kafka-protocol connections closed for a malformed or unsupported
+    /// request.
+    pub kafka_protocol_violations: IntCounter,
     /// Bytes of frames read from clients.
     pub network_in_bytes: IntCounter,
     /// Bytes of frames written to clients.
@@ -209,6 +219,32 @@ impl Metrics {
                 )
                 .buckets(latency_buckets.clone()),
                 &["api"]
+            )),
+            kafka_requests: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tern_kafka_requests_total",
+                    "Kafka-protocol requests received, by API."
+                ),
+                &["api"]
+            )),
+            kafka_request_errors: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tern_kafka_request_errors_total",
+                    "Kafka-protocol requests or partitions within them that failed, by API and error."
+                ),
+                &["api", "error"]
+            )),
+            kafka_request_seconds: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "tern_kafka_request_duration_seconds",
+                    "Kafka-protocol request latency, by API (fetch includes long-poll wait)."
+                )
+                .buckets(latency_buckets.clone()),
+                &["api"]
+            )),
+            kafka_protocol_violations: reg!(IntCounter::new(
+                "tern_kafka_protocol_violations_total",
+                "Kafka-protocol connections closed for a malformed or unsupported request."
             )),
             network_in_bytes: reg!(IntCounter::new(
                 "tern_network_received_bytes_total",

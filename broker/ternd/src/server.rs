@@ -67,12 +67,24 @@ pub const REFUSAL_MS_MAX: u64 = 2_000;
 /// Longest a client may take to complete the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Which protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Tern's own (`tern-protocol`).
+    Native,
+    /// Kafka's ([`crate::kafka`]).
+    Kafka,
+}
+
 /// Accepts connections until `shutdown` fires; with `tls`, each is a TLS
 /// connection (a client certificate, if presented, names the principal).
+/// Both protocols share the admission limits' logic (each listener counts
+/// its own connections) and the TLS set-up.
 pub async fn serve(
     broker: Arc<Broker>,
     listener: TcpListener,
     tls: Option<Arc<tern_tls::TlsContext>>,
+    protocol: Protocol,
     shutdown: CancellationToken,
 ) {
     let limits = broker.config().connection_limits.clone();
@@ -102,6 +114,11 @@ pub async fn serve(
                     .with_label_values(&[refusal.limit])
                     .inc();
                 debug!(%peer, limit = refusal.limit, "refusing connection");
+                if protocol == Protocol::Kafka {
+                    // Kafka has no connection-level refusal to send.
+                    drop(stream);
+                    continue;
+                }
                 match refusals.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let tls = tls.clone();
@@ -144,7 +161,8 @@ pub async fn serve(
                 let session = Arc::new(Session::new(peer));
                 match tls {
                     None => {
-                        handle_connection(
+                        dispatch(
+                            protocol,
                             &broker,
                             stream,
                             session,
@@ -159,7 +177,8 @@ pub async fn serve(
                             if let Some(principal) = principal {
                                 session.set_principal(principal.into());
                             }
-                            handle_connection(
+                            dispatch(
+                                protocol,
                                 &broker,
                                 stream,
                                 session,
@@ -177,6 +196,35 @@ pub async fn serve(
         );
     }
     info!("listener stopped");
+}
+
+async fn dispatch<S>(
+    protocol: Protocol,
+    broker: &Arc<Broker>,
+    stream: S,
+    session: Arc<Session>,
+    limits: &ConnectionLimits,
+    request_bytes: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    match protocol {
+        Protocol::Native => {
+            handle_connection(broker, stream, session, limits, request_bytes, shutdown).await
+        }
+        Protocol::Kafka => {
+            crate::kafka::handle_connection(
+                broker,
+                stream,
+                session,
+                limits,
+                request_bytes,
+                shutdown,
+            )
+            .await
+        }
+    }
 }
 
 /// Counts open connections in all and per IP address.

@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Kafka clients that nobody here wrote (confluent-kafka: librdkafka inside its
+wheel; kafka-python: pure Python), driven against a Tern broker's Kafka
+listener by tests/tests/kafka.rs. Each command prints JSON lines the test
+checks and exits non-zero on any client error. Every wait is bounded."""
+
+import json
+import sys
+import time
+
+
+def out(obj):
+    print(json.dumps(obj), flush=True)
+
+
+def confluent_produce(addr, topic, count, codec):
+    """Idempotent producer, acks=all: every record acknowledged once."""
+    from confluent_kafka import Producer
+
+    p = Producer({
+        "bootstrap.servers": addr,
+        "enable.idempotence": True,
+        "acks": "all",
+        "compression.type": codec,
+        "linger.ms": 5,
+        "batch.size": 65536,
+        "message.timeout.ms": 60000,
+    })
+    acked, failed = [], []
+
+    def report(err, msg):
+        if err is not None:
+            failed.append(str(err))
+        else:
+            acked.append((msg.partition(), msg.offset(), msg.key().decode()))
+
+    for i in range(count):
+        while True:
+            try:
+                p.produce(topic, key=f"k{i % 10}", value=f"v{i}",
+                          headers=[("n", str(i).encode())], on_delivery=report)
+                break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+    left = p.flush(60)
+    if left or failed:
+        out({"error": f"{left} undelivered, failures: {failed[:5]}"})
+        sys.exit(1)
+    out({"acked": len(acked)})
+
+
+def confluent_consume(addr, topic, count):
+    """Reads `count` records from the start of every partition, no group."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": addr, "group.id": "unused",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    md = c.list_topics(topic, timeout=30)
+    parts = sorted(md.topics[topic].partitions)
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    got, deadline = 0, time.time() + 60
+    while got < count and time.time() < deadline:
+        m = c.poll(1.0)
+        if m is None:
+            continue
+        if m.error():
+            out({"error": str(m.error())})
+            sys.exit(1)
+        headers = dict((k, v.decode()) for k, v in (m.headers() or []))
+        out({"p": m.partition(), "o": m.offset(), "k": m.key().decode() if m.key() else None,
+             "v": m.value().decode(), "h": headers, "ts": m.timestamp()[1]})
+        got += 1
+    c.close()
+    if got < count:
+        out({"error": f"only {got} of {count} records"})
+        sys.exit(1)
+
+
+def kafka_python_produce(addr, topic, count):
+    from kafka import KafkaProducer
+
+    p = KafkaProducer(bootstrap_servers=addr, acks="all")
+    futures = [p.send(topic, key=f"k{i % 10}".encode(), value=f"py{i}".encode(),
+                      headers=[("n", str(i).encode())]) for i in range(count)]
+    offsets = [f.get(timeout=60).offset for f in futures]
+    p.close()
+    out({"acked": len(offsets)})
+
+
+def kafka_python_consume(addr, topic, count):
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=addr, enable_auto_commit=False,
+                      auto_offset_reset="earliest", consumer_timeout_ms=60000)
+    parts = None
+    deadline = time.time() + 30
+    while not parts and time.time() < deadline:
+        parts = c.partitions_for_topic(topic)
+    c.assign([TopicPartition(topic, p) for p in sorted(parts)])
+    c.seek_to_beginning()
+    got = 0
+    for m in c:
+        out({"p": m.partition, "o": m.offset, "k": m.key.decode() if m.key else None,
+             "v": m.value.decode(), "h": dict((k, v.decode()) for k, v in m.headers)})
+        got += 1
+        if got >= count:
+            break
+    c.close()
+    if got < count:
+        out({"error": f"only {got} of {count} records"})
+        sys.exit(1)
+
+
+def confluent_group_member(addr, topic, group, stop_file, limit_s):
+    """One member of a consumer group: prints its assignment after every
+    rebalance and each record it reads; commits what it read after every
+    poll; leaves the group cleanly when `stop_file` exists."""
+    import os
+    from confluent_kafka import Consumer
+
+    def on_assign(consumer, partitions):
+        out({"assigned": sorted(p.partition for p in partitions)})
+
+    def on_revoke(consumer, partitions):
+        out({"revoked": sorted(p.partition for p in partitions)})
+
+    c = Consumer({"bootstrap.servers": addr, "group.id": group,
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                  "session.timeout.ms": 10000, "heartbeat.interval.ms": 500,
+                  "partition.assignment.strategy": "range"})
+    c.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
+    deadline = time.time() + limit_s
+    while not os.path.exists(stop_file) and time.time() < deadline:
+        msgs = c.consume(num_messages=500, timeout=0.2)
+        for m in msgs:
+            if m.error():
+                out({"error": str(m.error())})
+                continue
+            out({"p": m.partition(), "o": m.offset(), "k": m.key().decode() if m.key() else None})
+        if msgs:
+            c.commit(asynchronous=False)
+    c.close()
+    out({"closed": True})
+
+
+def committed(addr, topic, group):
+    """The group's committed offsets as a Kafka client reads them."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": addr, "group.id": group})
+    md = c.list_topics(topic, timeout=30)
+    parts = [TopicPartition(topic, p) for p in sorted(md.topics[topic].partitions)]
+    for tp in c.committed(parts, timeout=30):
+        out({"p": tp.partition, "o": tp.offset})
+    c.close()
+
+
+def kafka_python_group(addr, topic, group, count):
+    """kafka-python in a group: reads `count` records, commits, leaves."""
+    from kafka import KafkaConsumer
+
+    c = KafkaConsumer(topic, bootstrap_servers=addr, group_id=group,
+                      enable_auto_commit=False, auto_offset_reset="earliest",
+                      consumer_timeout_ms=60000)
+    got = 0
+    for m in c:
+        got += 1
+        if got >= count:
+            break
+    c.commit()
+    c.close()
+    out({"consumed": got})
+    if got < count:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "confluent-produce":
+        confluent_produce(args[0], args[1], int(args[2]), args[3])
+    elif cmd == "confluent-consume":
+        confluent_consume(args[0], args[1], int(args[2]))
+    elif cmd == "kafka-python-produce":
+        kafka_python_produce(args[0], args[1], int(args[2]))
+    elif cmd == "kafka-python-consume":
+        kafka_python_consume(args[0], args[1], int(args[2]))
+    elif cmd == "confluent-group-member":
+        confluent_group_member(args[0], args[1], args[2], args[3], float(args[4]))
+    elif cmd == "committed":
+        committed(args[0], args[1], args[2])
+    elif cmd == "kafka-python-group":
+        kafka_python_group(args[0], args[1], args[2], int(args[3]))
+    else:
+        sys.exit(f"unknown command {cmd}")

@@ -1,0 +1,369 @@
+//! The Kafka listener as Kafka users meet it: kcat (Debian's package) and
+//! two client libraries nobody here wrote — confluent-kafka (librdkafka)
+//! and kafka-python — produce, consume and administer Tern unchanged, and
+//! see the same records as Tern's own client. Hostile Kafka frames close
+//! their connection and leave the broker serving.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tern_client::{
+    Admin, Client, Consumer, ConsumerConfig, NewTopic, Offset, Producer, ProducerConfig,
+    ProducerRecord,
+};
+use tern_tests::{bounded, Broker};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+/// Runs a command to completion within `limit` (killed after it), returning
+/// its stdout; panics with stdout and stderr if it failed. Output goes to
+/// files, so a talkative command never blocks on a full pipe.
+fn run(cmd: &mut Command, limit: Duration) -> String {
+    let stdout = tempfile::NamedTempFile::new().unwrap();
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(stdout.reopen().unwrap())
+        .stderr(stderr.reopen().unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/install-test-deps.sh installs it)"));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = std::fs::read_to_string(stdout.path()).unwrap_or_default();
+    let err = std::fs::read_to_string(stderr.path()).unwrap_or_default();
+    match status {
+        Some(s) if s.success() => out,
+        Some(s) => panic!("{cmd:?} failed: {s}\nstdout:\n{out}\nstderr:\n{err}"),
+        None => panic!("{cmd:?} still running after {limit:?}\nstdout:\n{out}\nstderr:\n{err}"),
+    }
+}
+
+fn clients_py() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kafka/clients.py")
+}
+
+/// The Python clients' command: `clients.py CMD ARGS...`.
+fn python(args: &[&str]) -> Command {
+    let mut c = Command::new("python3");
+    c.arg(clients_py()).args(args);
+    c
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+async fn create_topic(broker: &Broker, name: &str, partitions: u32) {
+    let admin = Admin::new(Client::connect(&broker.addr).await.unwrap());
+    admin
+        .create_topic(name, NewTopic::new(partitions))
+        .await
+        .expect("create topic");
+}
+
+/// kcat lists metadata (the broker on its Kafka address, the topic and its
+/// partitions), produces keyed records from a file, and consumes them with
+/// topic, partition, offset, key and value; Tern's own client reads the
+/// same records, and kcat reads what Tern's client produced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcat_lists_produces_and_consumes_and_tern_sees_the_same_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("n1"), &[]);
+    let kafka = broker.kafka_addr.clone();
+    bounded(LIMIT, async {
+        create_topic(&broker, "orders", 3).await;
+        let listing = run(
+            Command::new("kcat").args(["-b", &kafka, "-L", "-t", "orders"]),
+            LIMIT,
+        );
+        assert!(
+            listing.contains(&format!("broker 1 at {kafka}")),
+            "{listing}"
+        );
+        assert!(
+            listing.contains("topic \"orders\" with 3 partitions"),
+            "{listing}"
+        );
+
+        let input = dir.path().join("records.txt");
+        let mut f = std::fs::File::create(&input).unwrap();
+        for i in 0..100 {
+            writeln!(f, "key{}:value{i}", i % 7).unwrap();
+        }
+        drop(f);
+        run(
+            Command::new("kcat")
+                .args(["-b", &kafka, "-P", "-t", "orders", "-K:", "-l"])
+                .arg(&input),
+            LIMIT,
+        );
+        let consumed = run(
+            Command::new("kcat").args([
+                "-b",
+                &kafka,
+                "-C",
+                "-t",
+                "orders",
+                "-o",
+                "beginning",
+                "-e",
+                "-f",
+                "%t %p %o %k %s\n",
+            ]),
+            LIMIT,
+        );
+        let mut lines: Vec<(u32, u64, String, String)> = consumed
+            .lines()
+            .map(|l| {
+                let parts: Vec<&str> = l.split(' ').collect();
+                assert_eq!(parts[0], "orders", "{l}");
+                (
+                    parts[1].parse().unwrap(),
+                    parts[2].parse().unwrap(),
+                    parts[3].into(),
+                    parts[4].into(),
+                )
+            })
+            .collect();
+        assert_eq!(lines.len(), 100, "{consumed}");
+        // Same key, same partition; offsets per partition 0, 1, 2...
+        lines.sort();
+        for (key, values) in (0..7).map(|k| {
+            let key = format!("key{k}");
+            let v: Vec<_> = lines.iter().filter(|l| l.2 == key).collect();
+            (key, v)
+        }) {
+            assert!(
+                values.iter().all(|l| l.0 == values[0].0),
+                "{key} spread over partitions"
+            );
+        }
+
+        // Tern's client reads what kcat wrote, with the same keys.
+        let client = Client::connect(&broker.addr).await.unwrap();
+        let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+        consumer
+            .assign_all("orders", Offset::Earliest)
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < 100 {
+            for r in consumer.poll().await.unwrap() {
+                let key = String::from_utf8(r.key.unwrap().to_vec()).unwrap();
+                let value = String::from_utf8(r.value.unwrap().to_vec()).unwrap();
+                seen.push((r.partition, r.offset, key, value));
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, lines);
+
+        // And kcat reads what Tern's client wrote, headers included.
+        let producer = Producer::new(client.clone(), ProducerConfig::default());
+        let mut record = ProducerRecord::new("orders", "from-tern").with_key("tern-key");
+        record.headers.push(("origin".into(), "tern".into()));
+        producer.send(record).await.unwrap();
+        let consumed = run(
+            Command::new("kcat").args([
+                "-b",
+                &kafka,
+                "-C",
+                "-t",
+                "orders",
+                "-o",
+                "beginning",
+                "-e",
+                "-f",
+                "%k %s %h\n",
+            ]),
+            LIMIT,
+        );
+        assert!(
+            consumed.contains("tern-key from-tern origin=tern"),
+            "{consumed}"
+        );
+    })
+    .await;
+}
+
+/// librdkafka's idempotent producer (acks=all) with every codec, then
+/// kafka-python, write; each client reads everything back exactly once, in
+/// order per key, with headers; the broker's Kafka metrics count it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confluent_kafka_and_kafka_python_produce_and_consume_every_codec() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("n1"), &[]);
+    let kafka = broker.kafka_addr.clone();
+    bounded(LIMIT, async {
+        create_topic(&broker, "events", 4).await;
+        let per_codec = 2_000;
+        let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
+        for codec in codecs {
+            let out = run(
+                &mut python(&[
+                    "confluent-produce",
+                    &kafka,
+                    "events",
+                    &per_codec.to_string(),
+                    codec,
+                ]),
+                LIMIT,
+            );
+            assert_eq!(json_lines(&out)[0]["acked"], per_codec, "{codec}: {out}");
+        }
+        let total = per_codec * codecs.len();
+        let out = run(
+            &mut python(&["confluent-consume", &kafka, "events", &total.to_string()]),
+            LIMIT,
+        );
+        let records = json_lines(&out);
+        assert_eq!(records.len(), total);
+        // Exactly once: every (codec round, i) value appears once; per key,
+        // values are in production order.
+        let mut by_key: std::collections::BTreeMap<String, Vec<(u64, u64)>> = Default::default();
+        for r in &records {
+            let n: u64 = r["h"]["n"].as_str().unwrap().parse().unwrap();
+            assert_eq!(r["v"].as_str().unwrap(), format!("v{n}"));
+            by_key
+                .entry(r["k"].as_str().unwrap().to_string())
+                .or_default()
+                .push((r["o"].as_u64().unwrap(), n));
+        }
+        for (key, mut seq) in by_key {
+            seq.sort();
+            let ns: Vec<u64> = seq.iter().map(|s| s.1).collect();
+            let expected: Vec<u64> = (0..codecs.len() as u64)
+                .flat_map(|_| (0..per_codec as u64).filter(|i| format!("k{}", i % 10) == key))
+                .collect();
+            assert_eq!(ns, expected, "key {key}: lost, duplicated or reordered");
+        }
+
+        let out = run(
+            &mut python(&["kafka-python-produce", &kafka, "events", "500"]),
+            LIMIT,
+        );
+        assert_eq!(json_lines(&out)[0]["acked"], 500);
+        let out = run(
+            &mut python(&[
+                "kafka-python-consume",
+                &kafka,
+                "events",
+                &(total + 500).to_string(),
+            ]),
+            LIMIT,
+        );
+        let records = json_lines(&out);
+        let py: Vec<_> = records
+            .iter()
+            .filter(|r| r["v"].as_str().unwrap().starts_with("py"))
+            .collect();
+        assert_eq!(py.len(), 500);
+
+        let (_, metrics) = broker.http("/metrics").unwrap();
+        assert!(
+            tern_tests::metric_sum(&metrics, "tern_kafka_requests_total{api=\"Produce\"}") > 0.0,
+            "{metrics}"
+        );
+        assert!(tern_tests::metric_sum(&metrics, "tern_kafka_requests_total{api=\"Fetch\"}") > 0.0);
+    })
+    .await;
+}
+
+/// Sends raw bytes on a fresh Kafka connection; returns what came back
+/// before the broker closed it (or after 5 s).
+async fn raw_exchange(addr: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    got
+}
+
+fn kafka_frame(api: i16, version: i16, body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    let len = 8 + 2 + body.len();
+    f.extend_from_slice(&(len as i32).to_be_bytes());
+    f.extend_from_slice(&api.to_be_bytes());
+    f.extend_from_slice(&version.to_be_bytes());
+    f.extend_from_slice(&7i32.to_be_bytes());
+    f.extend_from_slice(&(-1i16).to_be_bytes()); // null client id
+    f.extend_from_slice(body);
+    f
+}
+
+/// Unknown APIs, unknown versions, truncated and oversized frames, and a
+/// few bytes that claim a two-billion-element array: each closes its own
+/// connection (or, for ApiVersions, is told UNSUPPORTED_VERSION), and the
+/// broker keeps serving Kafka and Tern clients throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_kafka_frames_close_their_connection_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("n1"), &[]);
+    let kafka = broker.kafka_addr.clone();
+    bounded(LIMIT, async {
+        create_topic(&broker, "safe", 1).await;
+        // ApiVersions v99: answered at v0 with error 35 and the real ranges.
+        let got = raw_exchange(&kafka, &kafka_frame(18, 99, &[])).await;
+        assert!(got.len() > 10, "no answer to ApiVersions v99: {got:?}");
+        assert_eq!(&got[4..8], &7i32.to_be_bytes(), "correlation id");
+        assert_eq!(&got[8..10], &35i16.to_be_bytes(), "UNSUPPORTED_VERSION");
+
+        let hostile: Vec<(&str, Vec<u8>)> = vec![
+            ("unknown API", kafka_frame(999, 0, &[])),
+            ("Metadata v99", kafka_frame(3, 99, &[])),
+            ("truncated body", kafka_frame(3, 1, &[0, 0])),
+            ("length past the limit", (i32::MAX).to_be_bytes().to_vec()),
+            ("negative length", (-5i32).to_be_bytes().to_vec()),
+            // Metadata v1, topics array claiming i32::MAX entries.
+            ("array bomb", kafka_frame(3, 1, &i32::MAX.to_be_bytes())),
+            // Produce v3 claiming i32::MAX topics.
+            (
+                "produce array bomb",
+                kafka_frame(
+                    0,
+                    3,
+                    &[0xff, 0xff, 0, 1, 0, 0, 0x75, 0x30, 0x7f, 0xff, 0xff, 0xff],
+                ),
+            ),
+        ];
+        for (what, bytes) in hostile {
+            let got = raw_exchange(&kafka, &bytes).await;
+            assert!(
+                got.is_empty(),
+                "{what}: expected a closed connection, got {got:?}"
+            );
+            assert!(
+                broker.is_running(),
+                "{what} killed the broker:\n{}",
+                broker.log()
+            );
+        }
+        // Still serving both protocols.
+        let listing = run(Command::new("kcat").args(["-b", &kafka, "-L"]), LIMIT);
+        assert!(listing.contains("topic \"safe\""), "{listing}");
+        let client = Client::connect(&broker.addr).await.unwrap();
+        Producer::new(client, ProducerConfig::default())
+            .send(ProducerRecord::new("safe", "still here"))
+            .await
+            .unwrap();
+        let (_, metrics) = broker.http("/metrics").unwrap();
+        assert!(tern_tests::metric_sum(&metrics, "tern_kafka_protocol_violations_total") >= 6.0);
+    })
+    .await;
+}
