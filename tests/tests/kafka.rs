@@ -288,7 +288,9 @@ async fn confluent_kafka_and_kafka_python_produce_and_consume_every_codec() {
 /// Sends raw bytes on a fresh Kafka connection; returns what came back
 /// before the broker closed it (or after 5 s).
 async fn raw_exchange(addr: &str, bytes: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut s = TcpStream::connect(addr)
+        .await
+        .expect("the broker accepts Kafka connections (is it still running?)");
     s.write_all(bytes).await.unwrap();
     let mut got = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
