@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::coord::{CoordPlugins, CoordState};
 use crate::coord_v1::CoordStateV1;
+use crate::coord_v2::CoordStateV2;
 use crate::log_store::blocking;
 use crate::types::{
     BrokerEntry, Catalogue, Command, CommandResponse, Entry, LogId, NodeId, PrebuiltSnapshot,
@@ -80,29 +81,45 @@ pub type Opened = (
 /// The first 8 bytes of the persisted state in its current layout. The
 /// layouts before it had no marker and start with `MetaState`, whose first
 /// byte (an `Option` tag) is 0 or 1, never this one's `t`.
-const STATE_FORMAT: u64 = u64::from_le_bytes(*b"tern-ms2");
+/// `tern-ms4`: groups carry Kafka consumer-group state.
+const STATE_FORMAT: u64 = u64::from_le_bytes(*b"tern-ms4");
+
+/// The marker of the layout before Kafka groups, whose coordination state
+/// is [`CoordStateV2`]; otherwise like [`Persisted`].
+const STATE_FORMAT_V2: u64 = u64::from_le_bytes(*b"tern-ms2");
 
 /// The persisted state.
 type Persisted = (u64, MetaState, CoordState, Users, Vec<AclRule>);
 
-/// The state persisted before [`STATE_FORMAT`] (groups did not expire).
+/// The state persisted as [`STATE_FORMAT_V2`].
+type PersistedV2 = (u64, MetaState, CoordStateV2, Users, Vec<AclRule>);
+
+/// The state persisted before [`STATE_FORMAT_V2`], unmarked (groups did
+/// not expire).
 /// One written before users and ACLs existed is its first two parts alone,
 /// and still opens (with no users and no rules).
 type PersistedV1 = (MetaState, CoordStateV1, Users, Vec<AclRule>);
 
 fn decode_state(bytes: &[u8]) -> Result<(MetaState, CoordState, Users, AclSet), RaftStorageError> {
-    let (state, coord, users, rules) = match bincode::deserialize::<Persisted>(bytes) {
-        Ok((STATE_FORMAT, state, coord, users, rules)) => (state, coord, users, rules),
-        current => match bincode::deserialize::<PersistedV1>(bytes) {
+    let marker = bytes
+        .get(..8)
+        .map(|m| u64::from_le_bytes(m.try_into().expect("8 bytes")));
+    let (state, coord, users, rules) = match marker {
+        Some(STATE_FORMAT) => {
+            let (_, state, coord, users, rules) =
+                bincode::deserialize::<Persisted>(bytes).map_err(sm_err)?;
+            (state, coord, users, rules)
+        }
+        Some(STATE_FORMAT_V2) => {
+            let (_, state, coord, users, rules) =
+                bincode::deserialize::<PersistedV2>(bytes).map_err(sm_err)?;
+            (state, coord.into(), users, rules)
+        }
+        _ => match bincode::deserialize::<PersistedV1>(bytes) {
             Ok((state, coord, users, rules)) => (state, coord.into(), users, rules),
             Err(_) => match bincode::deserialize::<(MetaState, CoordStateV1)>(bytes) {
                 Ok((state, coord)) => (state, coord.into(), Users::new(), Vec::new()),
-                Err(_) => {
-                    return Err(match current {
-                        Err(e) => sm_err(e),
-                        Ok(_) => sm_err("metadata state of an unknown format"),
-                    })
-                }
+                Err(e) => return Err(sm_err(format!("metadata state of an unknown format: {e}"))),
             },
         },
     };
@@ -787,6 +804,74 @@ mod tests {
         .unwrap();
         let (_, again, _, _) = decode_state(&current).unwrap();
         assert_eq!(again, decoded);
+    }
+
+    #[test]
+    fn a_state_written_before_kafka_groups_decodes_with_tern_groups_only() {
+        use crate::coord::{MemberRecord, Proof};
+        use crate::coord_v2::GroupRecordV2;
+        let mut coord = CoordStateV2 {
+            clock_ms: 7_000,
+            term: 3,
+            ..CoordStateV2::default()
+        };
+        let member = MemberRecord {
+            topics: vec!["t".into()],
+            session_timeout_ms: 10_000,
+            last_seen_ms: 6_000,
+            proof: Proof {
+                digest: [4; 32],
+                principal: Some("alice".into()),
+            },
+        };
+        coord.groups.insert(
+            "g".into(),
+            GroupRecordV2 {
+                generation: 5,
+                members: [(9, member.clone())].into(),
+                assignment: [(("t".to_string(), 0), 9)].into(),
+                offsets: [(("t".to_string(), 0), 42)].into(),
+                rebalances: 5,
+                active_ms: 6_500,
+            },
+        );
+        coord.counters.groups_expired = 2;
+        let old = bincode::serialize(&(
+            STATE_FORMAT_V2,
+            MetaState::default(),
+            &coord,
+            Users::new(),
+            vec![acl("alice", "t")],
+        ))
+        .unwrap();
+        let (_, decoded, _, acls) = decode_state(&old).unwrap();
+        let g = &decoded.groups["g"];
+        assert_eq!((g.generation, g.rebalances, g.active_ms), (5, 5, 6_500));
+        assert_eq!(g.members[&9], member);
+        assert_eq!(g.offsets[&("t".to_string(), 0)], 42);
+        assert_eq!(g.kafka, None);
+        assert_eq!((decoded.clock_ms, decoded.term), (7_000, 3));
+        assert_eq!(decoded.counters.groups_expired, 2);
+        assert_eq!(acls.len(), 1);
+        // The current layout, with a Kafka group, round-trips.
+        let mut current = decoded.clone();
+        current.groups.get_mut("g").unwrap().members.clear();
+        current.groups.get_mut("g").unwrap().kafka = Some(crate::coord::KafkaGroup {
+            protocol_type: "consumer".into(),
+            ..Default::default()
+        });
+        let bytes = bincode::serialize(&(
+            STATE_FORMAT,
+            MetaState::default(),
+            &current,
+            Users::new(),
+            Vec::<AclRule>::new(),
+        ))
+        .unwrap();
+        let (_, again, _, _) = decode_state(&bytes).unwrap();
+        assert_eq!(again, current);
+        // A marked state cut short is an error, not an older layout.
+        assert!(decode_state(&bytes[..bytes.len() / 2]).is_err());
     }
 
     fn open(dir: &std::path::Path) -> Opened {
