@@ -117,7 +117,7 @@ def confluent_group_member(addr, topic, group, stop_file, limit_s):
     rebalance and each record it reads; commits what it read after every
     poll; leaves the group cleanly when `stop_file` exists."""
     import os
-    from confluent_kafka import Consumer
+    from confluent_kafka import Consumer, KafkaException
 
     def on_assign(consumer, partitions):
         out({"assigned": sorted(p.partition for p in partitions)})
@@ -128,7 +128,8 @@ def confluent_group_member(addr, topic, group, stop_file, limit_s):
     c = Consumer({"bootstrap.servers": addr, "group.id": group,
                   "enable.auto.commit": False, "auto.offset.reset": "earliest",
                   "session.timeout.ms": 10000, "heartbeat.interval.ms": 500,
-                  "partition.assignment.strategy": "range"})
+                  "partition.assignment.strategy": "range",
+                  **({"debug": os.environ["KAFKA_DEBUG"]} if os.environ.get("KAFKA_DEBUG") else {})})
     c.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
     deadline = time.time() + limit_s
     while not os.path.exists(stop_file) and time.time() < deadline:
@@ -139,7 +140,12 @@ def confluent_group_member(addr, topic, group, stop_file, limit_s):
                 continue
             out({"p": m.partition(), "o": m.offset(), "k": m.key().decode() if m.key() else None})
         if msgs:
-            c.commit(asynchronous=False)
+            try:
+                c.commit(asynchronous=False)
+            except KafkaException as e:
+                # Normal while the group rebalances: the records are read
+                # again by whoever owns the partition next (at least once).
+                out({"commit_error": str(e)})
     c.close()
     out({"closed": True})
 

@@ -369,3 +369,228 @@ async fn malformed_kafka_frames_close_their_connection_and_nothing_else() {
     })
     .await;
 }
+
+/// One `clients.py confluent-group-member` process: its output is a file
+/// the test reads while it runs; it leaves its group when its stop file
+/// appears.
+struct GroupMember {
+    child: std::process::Child,
+    out: PathBuf,
+    stop: PathBuf,
+}
+
+impl GroupMember {
+    fn start(dir: &std::path::Path, name: &str, kafka: &str, topic: &str, group: &str) -> Self {
+        let out = dir.join(format!("{name}.out"));
+        let stop = dir.join(format!("{name}.stop"));
+        let err = std::fs::File::create(dir.join(format!("{name}.err"))).unwrap();
+        let child = python(&[
+            "confluent-group-member",
+            kafka,
+            topic,
+            group,
+            stop.to_str().unwrap(),
+            "170",
+        ])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(err)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("python3 (scripts/install-test-deps.sh installs the modules)");
+        GroupMember { child, out, stop }
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        // The last line may be half written.
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Partitions it holds now (after its last assign or revoke).
+    fn assigned(&self) -> Vec<u64> {
+        let mut now = Vec::new();
+        for e in self.events() {
+            if let Some(a) = e.get("assigned") {
+                now = a
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.as_u64().unwrap())
+                    .collect();
+            } else if e.get("revoked").is_some() {
+                now.clear();
+            }
+        }
+        now
+    }
+
+    fn consumed(&self) -> std::collections::BTreeSet<(u64, u64)> {
+        self.events()
+            .iter()
+            .filter_map(|e| Some((e.get("p")?.as_u64()?, e.get("o")?.as_u64()?)))
+            .collect()
+    }
+
+    /// Leaves the group and exits (bounded).
+    fn stop(&mut self) {
+        std::fs::write(&self.stop, b"").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a group member did not leave"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            self.events().iter().any(|e| e.get("closed").is_some()),
+            "{:?}",
+            self.events()
+        );
+    }
+}
+
+impl Drop for GroupMember {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (bounded) until `members` hold disjoint, non-empty sets of
+/// partitions covering `0..partitions`.
+async fn wait_balanced(members: &[&GroupMember], partitions: u64, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let sets: Vec<Vec<u64>> = members.iter().map(|m| m.assigned()).collect();
+        let mut all: Vec<u64> = sets.iter().flatten().copied().collect();
+        all.sort();
+        if all == (0..partitions).collect::<Vec<_>>() && sets.iter().all(|s| !s.is_empty()) {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let events: Vec<Vec<serde_json::Value>> = members
+                .iter()
+                .map(|m| {
+                    m.events()
+                        .into_iter()
+                        .filter(|e| e.get("p").is_none())
+                        .collect()
+                })
+                .collect();
+            panic!("{what}: assignments never balanced: {sets:?}; group events {events:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A librdkafka consumer group (client-side "range" assignment) of two
+/// members rebalances when a third joins and when one leaves; everything
+/// produced is consumed; the committed offsets read the same through
+/// Kafka's OffsetFetch and `tern group describe`, and survive a broker
+/// restart; kafka-python consumes in a group of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_consumer_group_rebalances_commits_and_keeps_offsets_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("n1"), &[]);
+    let kafka = broker.kafka_addr.clone();
+    bounded(Duration::from_secs(300), async {
+        create_topic(&broker, "jobs", 6).await;
+        let client = Client::connect(&broker.addr).await.unwrap();
+        let producer = Producer::new(client.clone(), ProducerConfig::default());
+        for i in 0..600 {
+            producer
+                .send(ProducerRecord::new("jobs", format!("job-{i}")).with_key(format!("k{i}")))
+                .await
+                .unwrap();
+        }
+        let admin = Admin::new(client.clone());
+        let ends: Vec<(u64, u64)> = admin
+            .describe_topic("jobs")
+            .await
+            .unwrap()
+            .partitions
+            .iter()
+            .map(|p| (p.partition as u64, p.high_watermark))
+            .collect();
+        let every: std::collections::BTreeSet<(u64, u64)> = ends
+            .iter()
+            .flat_map(|&(p, end)| (0..end).map(move |o| (p, o)))
+            .collect();
+        assert_eq!(every.len(), 600);
+
+        let mut a = GroupMember::start(dir.path(), "a", &kafka, "jobs", "workers");
+        let mut b = GroupMember::start(dir.path(), "b", &kafka, "jobs", "workers");
+        wait_balanced(&[&a, &b], 6, "two members").await;
+        let mut c = GroupMember::start(dir.path(), "c", &kafka, "jobs", "workers");
+        wait_balanced(&[&a, &b, &c], 6, "a third member joined").await;
+        b.stop();
+        wait_balanced(&[&a, &c], 6, "a member left").await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let mut seen = a.consumed();
+            seen.extend(b.consumed());
+            seen.extend(c.consumed());
+            if every.is_subset(&seen) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of 600 consumed",
+                seen.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        a.stop();
+        c.stop();
+
+        // Committed = log end on every partition, through both APIs.
+        let expected: Vec<(u64, u64)> = ends.clone();
+        let kafka_view = |out: String| {
+            let mut v: Vec<(u64, u64)> = json_lines(&out)
+                .iter()
+                .map(|r| (r["p"].as_u64().unwrap(), r["o"].as_i64().unwrap() as u64))
+                .collect();
+            v.sort();
+            v
+        };
+        let out = run(
+            &mut python(&["committed", &kafka, "jobs", "workers"]),
+            LIMIT,
+        );
+        assert_eq!(kafka_view(out), expected);
+        let group = admin.describe_group("workers").await.unwrap();
+        let mut tern_view: Vec<(u64, u64)> = group
+            .offsets
+            .iter()
+            .map(|o| (o.partition as u64, o.committed))
+            .collect();
+        tern_view.sort();
+        assert_eq!(tern_view, expected);
+        drop(admin);
+        drop(producer);
+        drop(client);
+
+        broker.restart();
+        let out = run(
+            &mut python(&["committed", &kafka, "jobs", "workers"]),
+            LIMIT,
+        );
+        assert_eq!(kafka_view(out), expected, "offsets lost in a restart");
+
+        let out = run(
+            &mut python(&["kafka-python-group", &kafka, "jobs", "py-workers", "600"]),
+            LIMIT,
+        );
+        assert_eq!(json_lines(&out)[0]["consumed"], 600);
+        let out = run(
+            &mut python(&["committed", &kafka, "jobs", "py-workers"]),
+            LIMIT,
+        );
+        let committed: u64 = kafka_view(out).iter().map(|(_, o)| o).sum();
+        assert!(committed > 0, "kafka-python committed nothing");
+    })
+    .await;
+}

@@ -79,19 +79,37 @@ pub const GROUP_MEMBERS_MAX: usize = 1_000;
 /// last member left or its last commit or reset (replicated clock): 7
 /// days, Kafka's default `offsets.retention.minutes`.
 pub const GROUP_RETENTION_MS: u64 = 7 * 24 * 3_600_000;
+/// Most bytes one Kafka member brings to its group: what its join carries
+/// (member, client and host ids, protocol names and metadata), and,
+/// separately, the assignment its leader gives it. Real consumers send a
+/// few KB; the whole coordination state is persisted with every apply, so
+/// this stays far below a frame.
+pub const KAFKA_MEMBER_BYTES_MAX: usize = 64 * 1024;
+/// Most bytes of one Kafka group's members together (joins and
+/// assignments, counted as for [`KAFKA_MEMBER_BYTES_MAX`]).
+pub const KAFKA_GROUP_BYTES_MAX: usize = 1024 * 1024;
 
 const _: () = assert!(LOCK_WAITERS_MAX < GRANTS_MAX);
 
 /// The coordination limits, as `(name in refusal messages, metric label)`.
-const LIMITS: [(&str, &str); 4] = [
+const LIMITS: [(&str, &str); 6] = [
     ("LOCKS_MAX", "locks_max"),
     ("LOCK_WAITERS_MAX", "lock_waiters_max"),
     ("GROUPS_MAX", "groups_max"),
     ("GROUP_MEMBERS_MAX", "group_members_max"),
+    ("KAFKA_MEMBER_BYTES_MAX", "kafka_member_bytes_max"),
+    ("KAFKA_GROUP_BYTES_MAX", "kafka_group_bytes_max"),
 ];
 
 /// Every coordination limit's metric label (`tern_limit_refusals_total`).
-pub const LIMIT_LABELS: [&str; 4] = [LIMITS[0].1, LIMITS[1].1, LIMITS[2].1, LIMITS[3].1];
+pub const LIMIT_LABELS: [&str; 6] = [
+    LIMITS[0].1,
+    LIMITS[1].1,
+    LIMITS[2].1,
+    LIMITS[3].1,
+    LIMITS[4].1,
+    LIMITS[5].1,
+];
 
 /// The metric label of the coordination limit a `limit_exceeded` refusal
 /// message names, if any (refusals cross the log as code and message).
@@ -284,6 +302,74 @@ pub enum CoordOp {
     },
     /// Time passed: end expired leases and sessions.
     Tick,
+    /// A Kafka consumer joins (or re-joins) a group (Kafka `JoinGroup`).
+    KafkaJoin {
+        /// Group.
+        group: String,
+        /// Member id, never empty (the broker makes one up for a client
+        /// that sent none: `<client id>-<random>`).
+        member_id: String,
+        /// Kafka client id.
+        client_id: String,
+        /// Client address as the broker saw it.
+        client_host: String,
+        /// Protocol type (`consumer` for consumers); all members agree.
+        protocol_type: String,
+        /// Protocols it supports, most preferred first: (name, metadata).
+        protocols: Vec<(String, Vec<u8>)>,
+        /// Removed after this long without a heartbeat.
+        session_timeout_ms: u64,
+        /// Removed after a rebalance began and it did not re-join for this long.
+        rebalance_timeout_ms: u64,
+        /// The membership's proof (a re-join must present the same).
+        proof: Proof,
+    },
+    /// A Kafka member asks for its assignment; the leader brings everyone's
+    /// (Kafka `SyncGroup`).
+    KafkaSync {
+        /// Group.
+        group: String,
+        /// Member.
+        member_id: String,
+        /// Generation it joined.
+        generation: i32,
+        /// From the leader: (member id, assignment); others send none.
+        assignments: Vec<(String, Vec<u8>)>,
+        /// Must match the member's.
+        proof: Proof,
+    },
+    /// A Kafka member is alive (Kafka `Heartbeat`).
+    KafkaHeartbeat {
+        /// Group.
+        group: String,
+        /// Member.
+        member_id: String,
+        /// Generation it consumes in.
+        generation: i32,
+        /// Must match the member's.
+        proof: Proof,
+    },
+    /// Kafka members leave (Kafka `LeaveGroup`); each with its own proof.
+    KafkaLeave {
+        /// Group.
+        group: String,
+        /// (member id, its proof).
+        members: Vec<(String, Proof)>,
+    },
+    /// A Kafka member commits offsets (Kafka `OffsetCommit`); generation
+    /// -1 with an empty member id commits for a group with no member.
+    KafkaCommit {
+        /// Group.
+        group: String,
+        /// Member, or empty for a commit outside the group protocol.
+        member_id: String,
+        /// Generation it consumes in, or -1.
+        generation: i32,
+        /// Next offset to consume, per partition.
+        offsets: Vec<(String, u32, u64)>,
+        /// Must match the member's (ignored for a commit outside the group).
+        proof: Proof,
+    },
 }
 
 /// A coordination command's answer.
@@ -312,6 +398,50 @@ pub enum CoordResult {
     },
     /// Done.
     Done,
+    /// A Kafka member's join answer.
+    KafkaJoined {
+        /// Current generation.
+        generation: i32,
+        /// The protocol every member supports.
+        protocol: String,
+        /// The member that computes the assignment.
+        leader: String,
+        /// The caller's member id.
+        member_id: String,
+        /// To the leader only: every member (join order) with its metadata
+        /// for `protocol`.
+        members: Vec<(String, Vec<u8>)>,
+    },
+    /// A Kafka member's sync answer: its assignment, or `None` while the
+    /// leader has not sent the generation's assignments yet.
+    KafkaAssignment {
+        /// The member's assignment bytes.
+        assignment: Option<Vec<u8>>,
+    },
+    /// A Kafka group-protocol refusal the Kafka client must act on (an
+    /// answer rather than a [`Refusal`], whose code crosses the log as a
+    /// Tern wire code that has no such meanings).
+    KafkaRefused {
+        /// Which.
+        refusal: KafkaRefusal,
+        /// For humans.
+        message: String,
+    },
+}
+
+/// Why a Kafka group operation was refused, in the terms of Kafka's group
+/// protocol (the Kafka listener maps each to the Kafka error of its name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KafkaRefusal {
+    /// No such member (left, expired, or a proof that does not match).
+    UnknownMember,
+    /// A generation the member cannot be in.
+    IllegalGeneration,
+    /// The group is rebalancing: join again.
+    RebalanceInProgress,
+    /// No protocol every member supports, another protocol type, or the
+    /// group has native Tern members.
+    InconsistentGroupProtocol,
 }
 
 /// One holder of a lock.
@@ -385,9 +515,124 @@ pub struct GroupRecord {
     /// or reset (replicated clock). A group with no member is removed
     /// [`GROUP_RETENTION_MS`] after it.
     pub active_ms: u64,
+    /// The Kafka group-protocol state, for a group that Kafka consumers
+    /// use (`members` is then empty: a group never has both kinds).
+    pub kafka: Option<KafkaGroup>,
+}
+
+/// A Kafka consumer group's protocol state. Kafka assigns on the client
+/// side: the broker picks a protocol and a leader, hands the leader every
+/// member's metadata, and stores the leader's opaque assignments.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaGroup {
+    /// Protocol type every member joined with (`consumer`).
+    pub protocol_type: String,
+    /// The protocol of this generation (`None` with no member).
+    pub protocol: Option<String>,
+    /// The leader of this generation (`None` with no member).
+    pub leader: Option<String>,
+    /// Members by id.
+    pub members: BTreeMap<String, KafkaMember>,
+    /// When this generation began (replicated clock): members that have
+    /// not joined it are removed their rebalance timeout later.
+    pub rebalance_started_ms: u64,
+}
+
+/// A Kafka consumer-group member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaMember {
+    /// Kafka client id.
+    pub client_id: String,
+    /// Client address.
+    pub client_host: String,
+    /// Session length.
+    pub session_timeout_ms: u64,
+    /// How long it may take to re-join once a rebalance began.
+    pub rebalance_timeout_ms: u64,
+    /// Last join, sync, heartbeat or commit (replicated clock).
+    pub last_seen_ms: u64,
+    /// The last generation it was told of (by a join): below the group's,
+    /// it has not joined this generation yet.
+    pub generation: u64,
+    /// Order of arrival: the token of the command that added it (the
+    /// oldest member leads when the leader leaves; the first member's
+    /// preference orders the protocols).
+    pub joined: u64,
+    /// Protocols it supports, most preferred first: (name, metadata).
+    pub protocols: Vec<(String, Vec<u8>)>,
+    /// Its assignment in this generation, once the leader sent them.
+    pub assignment: Option<Vec<u8>>,
+    /// What its later requests must present.
+    pub proof: Proof,
+}
+
+impl KafkaMember {
+    /// Bytes its join brings (counted against [`KAFKA_MEMBER_BYTES_MAX`]).
+    fn join_bytes(&self, member_id: &str) -> usize {
+        member_id.len()
+            + self.client_id.len()
+            + self.client_host.len()
+            + self
+                .protocols
+                .iter()
+                .map(|(n, m)| n.len() + m.len())
+                .sum::<usize>()
+    }
+
+    fn bytes(&self, member_id: &str) -> usize {
+        self.join_bytes(member_id) + self.assignment.as_ref().map_or(0, Vec::len)
+    }
+}
+
+impl KafkaGroup {
+    /// Kafka's name for the group's state: `Empty`, `PreparingRebalance`
+    /// (a member has not joined this generation), `CompletingRebalance`
+    /// (the leader has not sent the assignments) or `Stable`.
+    pub fn state(&self, generation: u64) -> &'static str {
+        if self.members.is_empty() {
+            "Empty"
+        } else if self.members.values().any(|m| m.generation < generation) {
+            "PreparingRebalance"
+        } else if self.members.values().any(|m| m.assignment.is_none()) {
+            "CompletingRebalance"
+        } else {
+            "Stable"
+        }
+    }
+
+    /// The first protocol, in the first-joined member's preference order,
+    /// that every member supports.
+    fn common_protocol(&self) -> Option<String> {
+        let first = self.members.values().min_by_key(|m| m.joined)?;
+        first
+            .protocols
+            .iter()
+            .map(|(name, _)| name)
+            .find(|name| {
+                self.members
+                    .values()
+                    .all(|m| m.protocols.iter().any(|(n, _)| n == *name))
+            })
+            .cloned()
+    }
+
+    fn bytes(&self) -> usize {
+        self.members.iter().map(|(id, m)| m.bytes(id)).sum()
+    }
+}
+
+/// A Kafka generation as Kafka's protocol carries it (an `i32`; 2^31
+/// rebalances of one group do not happen, but saturate rather than wrap).
+pub fn kafka_generation(generation: u64) -> i32 {
+    i32::try_from(generation).unwrap_or(i32::MAX)
 }
 
 impl GroupRecord {
+    /// Whether the group has no member of either kind.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.kafka.as_ref().is_none_or(|k| k.members.is_empty())
+    }
+
     /// Partitions `member` owns now.
     pub fn assigned_to(&self, member: u64) -> Vec<(String, u32)> {
         self.assignment
@@ -461,12 +706,21 @@ impl CoordState {
                 .values()
                 .map(|m| m.last_seen_ms.saturating_add(m.session_timeout_ms))
         });
+        let kafka = self
+            .groups
+            .values()
+            .filter_map(|g| Some((g.generation, g.kafka.as_ref()?)))
+            .flat_map(|(generation, k)| {
+                k.members
+                    .values()
+                    .map(move |m| kafka_member_deadline_ms(k, generation, m))
+            });
         let retention = self
             .groups
             .values()
-            .filter(|g| g.members.is_empty())
+            .filter(|g| g.is_empty())
             .map(|g| g.active_ms.saturating_add(GROUP_RETENTION_MS));
-        leases.chain(sessions).chain(retention).min()
+        leases.chain(sessions).chain(kafka).chain(retention).min()
     }
 
     /// Applies one command at log index `index` (the fencing token of any
@@ -580,6 +834,17 @@ impl CoordState {
                 {
                     return Err(unknown_member(&group, member));
                 }
+                if let Some(k) = self.groups.get(&group).and_then(|g| g.kafka.as_ref()) {
+                    if !k.members.is_empty() {
+                        return Err(refuse(
+                            ErrorCode::InvalidRequest,
+                            format!(
+                                "group {group:?} has {} Kafka members: a group holds Tern or Kafka consumers, not both",
+                                k.members.len()
+                            ),
+                        ));
+                    }
+                }
                 self.check_member_room(&group, member)?;
                 if wanted.is_empty() {
                     return Err(refuse(ErrorCode::InvalidRequest, "subscribe to a topic"));
@@ -591,6 +856,8 @@ impl CoordState {
                     ));
                 }
                 let g = self.groups.entry(group.clone()).or_default();
+                // An empty Kafka group becomes a Tern group (offsets kept).
+                g.kafka = None;
                 let record = MemberRecord {
                     topics: wanted,
                     session_timeout_ms: session_timeout_ms.max(1),
@@ -695,12 +962,12 @@ impl CoordState {
                     return Err(groups_full(self.groups.len()));
                 }
                 let g = self.groups.entry(group.clone()).or_default();
-                if !g.members.is_empty() {
+                if !g.is_empty() {
+                    let members = g.members.len() + g.kafka.as_ref().map_or(0, |k| k.members.len());
                     return Err(refuse(
                         ErrorCode::InvalidRequest,
                         format!(
-                            "group {group:?} has {} active members: stop them before resetting offsets",
-                            g.members.len()
+                            "group {group:?} has {members} active members: stop them before resetting offsets",
                         ),
                     ));
                 }
@@ -714,6 +981,11 @@ impl CoordState {
                 self.expire(plugins, now, index, topics);
                 Ok(CoordResult::Done)
             }
+            op @ (CoordOp::KafkaJoin { .. }
+            | CoordOp::KafkaSync { .. }
+            | CoordOp::KafkaHeartbeat { .. }
+            | CoordOp::KafkaLeave { .. }
+            | CoordOp::KafkaCommit { .. }) => self.apply_kafka(index, now, op, topics),
         }
     }
 
@@ -1026,10 +1298,25 @@ impl CoordState {
                 warn!(%group, error = %e.message, "rebalancing after expired sessions failed");
             }
         }
+        for g in self.groups.values_mut() {
+            let Some(k) = g.kafka.as_mut() else { continue };
+            let before = k.members.len();
+            let generation = g.generation;
+            let started_ms = k.rebalance_started_ms;
+            k.members.retain(|_, m| {
+                let session_ends = m.last_seen_ms.saturating_add(m.session_timeout_ms);
+                let rejoin_ends = started_ms.saturating_add(m.rebalance_timeout_ms);
+                session_ends > now && (m.generation >= generation || rejoin_ends > now)
+            });
+            let removed = (before - k.members.len()) as u64;
+            if removed > 0 {
+                self.counters.sessions_expired += removed;
+                kafka_rebalance(g, now);
+            }
+        }
         let before = self.groups.len();
-        self.groups.retain(|_, g| {
-            !g.members.is_empty() || g.active_ms.saturating_add(GROUP_RETENTION_MS) > now
-        });
+        self.groups
+            .retain(|_, g| !g.is_empty() || g.active_ms.saturating_add(GROUP_RETENTION_MS) > now);
         self.counters.groups_expired += (before - self.groups.len()) as u64;
     }
 
@@ -1043,6 +1330,12 @@ impl CoordState {
         for g in self.groups.values_mut() {
             for m in g.members.values_mut() {
                 m.last_seen_ms = m.last_seen_ms.max(now);
+            }
+            if let Some(k) = &mut g.kafka {
+                k.rebalance_started_ms = k.rebalance_started_ms.max(now);
+                for m in k.members.values_mut() {
+                    m.last_seen_ms = m.last_seen_ms.max(now);
+                }
             }
         }
     }
@@ -1058,6 +1351,10 @@ impl CoordState {
         let Some(g) = self.groups.get_mut(group) else {
             return Ok(());
         };
+        if g.kafka.as_ref().is_some_and(|k| !k.members.is_empty()) {
+            // Kafka members assign on the client side.
+            return Ok(());
+        }
         let subscribed: BTreeSet<&String> =
             g.members.values().flat_map(|m| m.topics.iter()).collect();
         let partitions: Vec<(String, u32)> = subscribed
@@ -1098,11 +1395,441 @@ impl CoordState {
         g.assignment = assignment;
         g.generation += 1;
         g.rebalances += 1;
-        if g.members.is_empty() && g.offsets.is_empty() {
+        if g.is_empty() && g.offsets.is_empty() {
             self.groups.remove(group);
         }
         Ok(())
     }
+}
+
+/// Kafka's group protocol. Kafka consumers assign on the client side, so
+/// the rules only pick a protocol, a leader and a generation, store the
+/// leader's opaque assignments, and fence heartbeats and commits by
+/// generation. A join that adds a member or changes its protocols starts a
+/// new generation at once (there is no join barrier here: the broker holds
+/// join answers until the members have joined, see `kafka_groups.rs`);
+/// members still in an older one are told to re-join.
+impl CoordState {
+    fn apply_kafka(
+        &mut self,
+        index: u64,
+        now: u64,
+        op: CoordOp,
+        topics: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<CoordResult, Refusal> {
+        match op {
+            CoordOp::KafkaJoin {
+                group,
+                member_id,
+                client_id,
+                client_host,
+                protocol_type,
+                protocols,
+                session_timeout_ms,
+                rebalance_timeout_ms,
+                proof,
+            } => {
+                if member_id.is_empty() || protocol_type.is_empty() || protocols.is_empty() {
+                    return Err(refuse(
+                        ErrorCode::InvalidRequest,
+                        "a Kafka join needs a member id, a protocol type and a protocol",
+                    ));
+                }
+                let existing = self.groups.get(&group);
+                if let Some(g) = existing.filter(|g| !g.members.is_empty()) {
+                    return Ok(kafka_refused(
+                        KafkaRefusal::InconsistentGroupProtocol,
+                        format!(
+                            "group {group:?} has {} Tern members: a group holds Tern or Kafka consumers, not both",
+                            g.members.len()
+                        ),
+                    ));
+                }
+                let kafka = existing.and_then(|g| g.kafka.as_ref());
+                let known = kafka.and_then(|k| k.members.get(&member_id));
+                if known.is_some_and(|m| !m.proof.admits(&proof)) {
+                    return Ok(kafka_unknown(&group, &member_id));
+                }
+                if let Some(k) = kafka.filter(|k| !k.members.is_empty()) {
+                    if k.protocol_type != protocol_type {
+                        return Ok(kafka_refused(
+                            KafkaRefusal::InconsistentGroupProtocol,
+                            format!(
+                                "group {group:?} has protocol type {:?}, not {protocol_type:?}",
+                                k.protocol_type
+                            ),
+                        ));
+                    }
+                }
+                match existing {
+                    None if self.groups.len() >= GROUPS_MAX => {
+                        return Err(groups_full(self.groups.len()))
+                    }
+                    Some(_) if known.is_none() => {
+                        let members = kafka.map_or(0, |k| k.members.len());
+                        if members >= GROUP_MEMBERS_MAX {
+                            return Err(limit_refusal(
+                                "GROUP_MEMBERS_MAX",
+                                GROUP_MEMBERS_MAX,
+                                format!("group {group:?} has {members} members, its limit"),
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+                let record = KafkaMember {
+                    client_id,
+                    client_host,
+                    session_timeout_ms: session_timeout_ms.max(1),
+                    rebalance_timeout_ms: rebalance_timeout_ms.max(1),
+                    last_seen_ms: now,
+                    generation: 0,
+                    joined: known.map_or(index, |m| m.joined),
+                    protocols,
+                    assignment: known.and_then(|m| m.assignment.clone()),
+                    proof,
+                };
+                let bytes = record.join_bytes(&member_id);
+                if bytes > KAFKA_MEMBER_BYTES_MAX {
+                    return Err(limit_refusal(
+                        "KAFKA_MEMBER_BYTES_MAX",
+                        KAFKA_MEMBER_BYTES_MAX,
+                        format!("member {member_id:?} joins with {bytes} bytes of ids and protocol metadata"),
+                    ));
+                }
+                let is_new = known.is_none();
+                // As in Kafka, the leader re-joining a stable group starts a
+                // generation even with the same protocols: it re-joins to
+                // run its assignment again (kafka-python does, once it has
+                // the topics' metadata). Only after it synced: re-proposals
+                // of a join held by the broker never start one.
+                let leader_again = kafka.is_some_and(|k| k.leader.as_deref() == Some(&member_id))
+                    && known.is_some_and(|m| m.assignment.is_some());
+                let changed = leader_again || known.is_none_or(|m| m.protocols != record.protocols);
+                // Everything below is decided on a copy: a refusal leaves
+                // the group as it was.
+                let mut k = kafka.cloned().unwrap_or_default();
+                k.protocol_type = protocol_type;
+                k.members.insert(member_id.clone(), record);
+                let group_bytes = k.bytes();
+                if group_bytes > KAFKA_GROUP_BYTES_MAX {
+                    return Err(limit_refusal(
+                        "KAFKA_GROUP_BYTES_MAX",
+                        KAFKA_GROUP_BYTES_MAX,
+                        format!("group {group:?} would hold {group_bytes} bytes of members"),
+                    ));
+                }
+                if changed && k.common_protocol().is_none() {
+                    return Ok(kafka_refused(
+                        KafkaRefusal::InconsistentGroupProtocol,
+                        format!(
+                            "member {member_id:?} supports no protocol every member of group {group:?} supports"
+                        ),
+                    ));
+                }
+                let g = self.groups.entry(group).or_default();
+                g.kafka = Some(k);
+                if is_new {
+                    g.active_ms = now;
+                }
+                if changed {
+                    kafka_rebalance(g, now);
+                }
+                let generation = g.generation;
+                let k = g.kafka.as_mut().expect("kafka group just stored");
+                k.members
+                    .get_mut(&member_id)
+                    .expect("member just stored")
+                    .generation = generation;
+                let protocol = k
+                    .protocol
+                    .clone()
+                    .expect("a group with members has a protocol");
+                let leader = k.leader.clone().expect("a group with members has a leader");
+                let members = if leader == member_id {
+                    let mut by_arrival: Vec<(&String, &KafkaMember)> = k.members.iter().collect();
+                    by_arrival.sort_by_key(|(_, m)| m.joined);
+                    by_arrival
+                        .into_iter()
+                        .map(|(id, m)| (id.clone(), metadata_for(m, &protocol)))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                Ok(CoordResult::KafkaJoined {
+                    generation: kafka_generation(generation),
+                    protocol,
+                    leader,
+                    member_id,
+                    members,
+                })
+            }
+            CoordOp::KafkaSync {
+                group,
+                member_id,
+                generation,
+                assignments,
+                proof,
+            } => {
+                let g = match self.kafka_member(&group, &member_id, &proof, now) {
+                    Ok(g) => g,
+                    Err(refused) => return Ok(refused),
+                };
+                let k = g.kafka.as_mut().expect("a Kafka member's group");
+                if let Err(refused) =
+                    check_kafka_generation(g.generation, &k.members[&member_id], generation)
+                {
+                    return Ok(refused);
+                }
+                let stored = k.members.values().all(|m| m.assignment.is_some());
+                if k.leader.as_deref() == Some(member_id.as_str()) && !stored {
+                    let mut given: BTreeMap<&str, &Vec<u8>> = BTreeMap::new();
+                    for (id, bytes) in &assignments {
+                        if bytes.len() > KAFKA_MEMBER_BYTES_MAX {
+                            return Err(limit_refusal(
+                                "KAFKA_MEMBER_BYTES_MAX",
+                                KAFKA_MEMBER_BYTES_MAX,
+                                format!("the assignment of member {id:?} is {} bytes", bytes.len()),
+                            ));
+                        }
+                        // Members the leader does not know of are not in
+                        // this generation: their assignment is dropped.
+                        if k.members.contains_key(id) {
+                            given.insert(id, bytes);
+                        }
+                    }
+                    let joins: usize = k.members.iter().map(|(id, m)| m.join_bytes(id)).sum();
+                    let total = joins + given.values().map(|b| b.len()).sum::<usize>();
+                    if total > KAFKA_GROUP_BYTES_MAX {
+                        return Err(limit_refusal(
+                            "KAFKA_GROUP_BYTES_MAX",
+                            KAFKA_GROUP_BYTES_MAX,
+                            format!("group {group:?} would hold {total} bytes of members"),
+                        ));
+                    }
+                    for (id, m) in &mut k.members {
+                        m.assignment = Some(
+                            given
+                                .get(id.as_str())
+                                .map_or_else(Vec::new, |b| (*b).clone()),
+                        );
+                    }
+                }
+                Ok(CoordResult::KafkaAssignment {
+                    assignment: k.members[&member_id].assignment.clone(),
+                })
+            }
+            CoordOp::KafkaHeartbeat {
+                group,
+                member_id,
+                generation,
+                proof,
+            } => {
+                let g = match self.kafka_member(&group, &member_id, &proof, now) {
+                    Ok(g) => g,
+                    Err(refused) => return Ok(refused),
+                };
+                let k = g.kafka.as_ref().expect("a Kafka member's group");
+                let m = &k.members[&member_id];
+                if let Err(refused) = check_kafka_generation(g.generation, m, generation) {
+                    return Ok(refused);
+                }
+                if m.assignment.is_none() {
+                    return Ok(kafka_refused(
+                        KafkaRefusal::RebalanceInProgress,
+                        format!("group {group:?} waits for its leader's assignments"),
+                    ));
+                }
+                Ok(CoordResult::Done)
+            }
+            CoordOp::KafkaLeave { group, members } => {
+                let Some(k) = self.groups.get_mut(&group).and_then(|g| g.kafka.as_mut()) else {
+                    return Ok(CoordResult::Done);
+                };
+                // All or nothing: one member id without its proof leaves
+                // no one.
+                if let Some((id, _)) = members
+                    .iter()
+                    .find(|(id, p)| k.members.get(id).is_some_and(|m| !m.proof.admits(p)))
+                {
+                    return Ok(kafka_unknown(&group, id));
+                }
+                let before = k.members.len();
+                for (id, _) in &members {
+                    k.members.remove(id);
+                }
+                if k.members.len() < before {
+                    let g = self.groups.get_mut(&group).expect("group just read");
+                    g.active_ms = now;
+                    kafka_rebalance(g, now);
+                }
+                Ok(CoordResult::Done)
+            }
+            CoordOp::KafkaCommit {
+                group,
+                member_id,
+                generation,
+                offsets,
+                proof,
+            } => {
+                if let Some((t, p, _)) = offsets
+                    .iter()
+                    .find(|(t, p, _)| topics(t).is_none_or(|n| *p >= n))
+                {
+                    return Err(refuse(
+                        ErrorCode::UnknownTopicOrPartition,
+                        format!("no partition {t}/{p}"),
+                    ));
+                }
+                if generation < 0 && member_id.is_empty() {
+                    // Offsets stored for a client that is not a member
+                    // (Kafka's "simple" consumers and admin tools).
+                    match self.groups.get(&group) {
+                        Some(g) if !g.is_empty() => {
+                            return Ok(kafka_refused(
+                                KafkaRefusal::UnknownMember,
+                                format!("group {group:?} has members: only a member commits"),
+                            ))
+                        }
+                        None if offsets.is_empty() => return Ok(CoordResult::Done),
+                        None if self.groups.len() >= GROUPS_MAX => {
+                            return Err(groups_full(self.groups.len()))
+                        }
+                        _ => {}
+                    }
+                    let g = self.groups.entry(group).or_default();
+                    for (topic, partition, offset) in offsets {
+                        g.offsets.insert((topic, partition), offset);
+                    }
+                    g.active_ms = now;
+                    return Ok(CoordResult::Done);
+                }
+                let g = match self.kafka_member(&group, &member_id, &proof, now) {
+                    Ok(g) => g,
+                    Err(refused) => return Ok(refused),
+                };
+                let m = &g.kafka.as_ref().expect("a Kafka member's group").members[&member_id];
+                if let Err(refused) = check_kafka_generation(g.generation, m, generation) {
+                    return Ok(refused);
+                }
+                if m.assignment.is_none() {
+                    return Ok(kafka_refused(
+                        KafkaRefusal::RebalanceInProgress,
+                        format!("group {group:?} waits for its leader's assignments"),
+                    ));
+                }
+                for (topic, partition, offset) in offsets {
+                    g.offsets.insert((topic, partition), offset);
+                }
+                g.active_ms = now;
+                Ok(CoordResult::Done)
+            }
+            other => unreachable!("not a Kafka group operation: {other:?}"),
+        }
+    }
+
+    /// The group of Kafka member `member_id` presenting `proof`, its
+    /// session refreshed; else the refusal to answer.
+    fn kafka_member(
+        &mut self,
+        group: &str,
+        member_id: &str,
+        proof: &Proof,
+        now: u64,
+    ) -> Result<&mut GroupRecord, CoordResult> {
+        let g = self
+            .groups
+            .get_mut(group)
+            .filter(|g| {
+                g.kafka
+                    .as_ref()
+                    .and_then(|k| k.members.get(member_id))
+                    .is_some_and(|m| m.proof.admits(proof))
+            })
+            .ok_or_else(|| kafka_unknown(group, member_id))?;
+        let m = g
+            .kafka
+            .as_mut()
+            .and_then(|k| k.members.get_mut(member_id))
+            .expect("member just found");
+        m.last_seen_ms = now;
+        Ok(g)
+    }
+}
+
+/// Starts a new generation of a Kafka group: no assignments yet, the
+/// protocol chosen again, the leader kept if it is still a member (else
+/// the oldest member leads).
+fn kafka_rebalance(g: &mut GroupRecord, now: u64) {
+    g.generation += 1;
+    g.rebalances += 1;
+    let Some(k) = g.kafka.as_mut() else { return };
+    k.rebalance_started_ms = now;
+    for m in k.members.values_mut() {
+        m.assignment = None;
+    }
+    k.protocol = k.common_protocol();
+    if k.leader.as_ref().is_none_or(|l| !k.members.contains_key(l)) {
+        k.leader = k
+            .members
+            .iter()
+            .min_by_key(|(_, m)| m.joined)
+            .map(|(id, _)| id.clone());
+    }
+}
+
+/// When a Tick would remove Kafka member `m`: its session's end, or, while
+/// it has not joined the group's generation, its rebalance timeout's.
+fn kafka_member_deadline_ms(k: &KafkaGroup, generation: u64, m: &KafkaMember) -> u64 {
+    let session_ends = m.last_seen_ms.saturating_add(m.session_timeout_ms);
+    if m.generation < generation {
+        session_ends.min(
+            k.rebalance_started_ms
+                .saturating_add(m.rebalance_timeout_ms),
+        )
+    } else {
+        session_ends
+    }
+}
+
+/// Whether `m` may act in Kafka generation `presented` of a group in
+/// `current`: a member the group moved on without (it has not joined the
+/// new generation) must re-join; any other generation is not its own.
+fn check_kafka_generation(
+    current: u64,
+    m: &KafkaMember,
+    presented: i32,
+) -> Result<(), CoordResult> {
+    match u64::try_from(presented) {
+        Ok(g) if g == current => Ok(()),
+        Ok(g) if g < current && m.generation < current => Err(kafka_refused(
+            KafkaRefusal::RebalanceInProgress,
+            format!("the group is rebalancing into generation {current}: join again"),
+        )),
+        _ => Err(kafka_refused(
+            KafkaRefusal::IllegalGeneration,
+            format!("the group is in generation {current}, not {presented}"),
+        )),
+    }
+}
+
+fn metadata_for(m: &KafkaMember, protocol: &str) -> Vec<u8> {
+    m.protocols
+        .iter()
+        .find(|(n, _)| n == protocol)
+        .map(|(_, metadata)| metadata.clone())
+        .unwrap_or_default()
+}
+
+fn kafka_refused(refusal: KafkaRefusal, message: String) -> CoordResult {
+    CoordResult::KafkaRefused { refusal, message }
+}
+
+fn kafka_unknown(group: &str, member_id: &str) -> CoordResult {
+    kafka_refused(
+        KafkaRefusal::UnknownMember,
+        format!("member {member_id:?} is not in group {group:?} (session expired?): join again"),
+    )
 }
 
 fn not_held(name: &str, owner: u64) -> Refusal {
@@ -1900,6 +2627,543 @@ mod tests {
         assert!(!h.state.locks.contains_key("big"));
         assert_eq!(h.state.counters.expiry_failures, 1);
         assert!(h.state.next_deadline_ms() > Some(session_end + 1));
+    }
+
+    // --- Kafka's group protocol -------------------------------------
+
+    fn kproof(id: &str) -> Proof {
+        let mut digest = [0u8; 32];
+        for (i, b) in id.bytes().enumerate() {
+            digest[i % 32] ^= b;
+        }
+        Proof {
+            digest,
+            principal: None,
+        }
+    }
+
+    fn kjoin_with(group: &str, id: &str, protocols: &[(&str, &[u8])]) -> CoordOp {
+        CoordOp::KafkaJoin {
+            group: group.into(),
+            member_id: id.into(),
+            client_id: "app".into(),
+            client_host: "/127.0.0.1".into(),
+            protocol_type: "consumer".into(),
+            protocols: protocols
+                .iter()
+                .map(|(n, m)| (n.to_string(), m.to_vec()))
+                .collect(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 30_000,
+            proof: kproof(id),
+        }
+    }
+
+    /// Member `id` joins offering `range` with its own id as metadata.
+    fn kjoin(group: &str, id: &str) -> CoordOp {
+        kjoin_with(group, id, &[("range", id.as_bytes())])
+    }
+
+    fn ksync(group: &str, id: &str, generation: i32, assignments: &[(&str, &[u8])]) -> CoordOp {
+        CoordOp::KafkaSync {
+            group: group.into(),
+            member_id: id.into(),
+            generation,
+            assignments: assignments
+                .iter()
+                .map(|(m, a)| (m.to_string(), a.to_vec()))
+                .collect(),
+            proof: kproof(id),
+        }
+    }
+
+    fn kbeat(group: &str, id: &str, generation: i32) -> CoordOp {
+        CoordOp::KafkaHeartbeat {
+            group: group.into(),
+            member_id: id.into(),
+            generation,
+            proof: kproof(id),
+        }
+    }
+
+    fn kcommit(group: &str, id: &str, generation: i32, offset: u64) -> CoordOp {
+        CoordOp::KafkaCommit {
+            group: group.into(),
+            member_id: id.into(),
+            generation,
+            offsets: vec![("orders".into(), 0, offset)],
+            proof: kproof(id),
+        }
+    }
+
+    fn kleave(group: &str, ids: &[&str]) -> CoordOp {
+        CoordOp::KafkaLeave {
+            group: group.into(),
+            members: ids.iter().map(|id| (id.to_string(), kproof(id))).collect(),
+        }
+    }
+
+    /// A join's answer: (generation, leader, members the caller was given).
+    fn joined(answer: Result<CoordResult, Refusal>) -> (i32, String, Vec<(String, Vec<u8>)>) {
+        match answer {
+            Ok(CoordResult::KafkaJoined {
+                generation,
+                leader,
+                members,
+                ..
+            }) => (generation, leader, members),
+            other => panic!("expected a join answer, got {other:?}"),
+        }
+    }
+
+    fn refused(answer: Result<CoordResult, Refusal>) -> KafkaRefusal {
+        match answer {
+            Ok(CoordResult::KafkaRefused { refusal, .. }) => refusal,
+            other => panic!("expected a Kafka refusal, got {other:?}"),
+        }
+    }
+
+    fn assignment(answer: Result<CoordResult, Refusal>) -> Option<Vec<u8>> {
+        match answer {
+            Ok(CoordResult::KafkaAssignment { assignment }) => assignment,
+            other => panic!("expected a sync answer, got {other:?}"),
+        }
+    }
+
+    fn kstate(h: &Harness, group: &str) -> &'static str {
+        let g = &h.state.groups[group];
+        g.kafka.as_ref().unwrap().state(g.generation)
+    }
+
+    #[test]
+    fn kafka_members_join_the_leader_assigns_and_followers_wait_for_it() {
+        let mut h = Harness::new();
+        let (generation, leader, members) = joined(h.run(0, kjoin("g", "a")));
+        assert_eq!((generation, leader.as_str()), (1, "a"));
+        assert_eq!(members, vec![("a".to_string(), b"a".to_vec())]);
+        // The second member starts one new generation; it does not lead, so
+        // it gets no member list.
+        let (generation, leader, members) = joined(h.run(1, kjoin("g", "b")));
+        assert_eq!((generation, leader.as_str()), (2, "a"));
+        assert!(members.is_empty());
+        assert_eq!(h.state.groups["g"].rebalances, 2);
+        assert_eq!(kstate(&h, "g"), "PreparingRebalance", "a is still in 1");
+        // The leader, told to re-join, gets every member's metadata.
+        assert_eq!(
+            refused(h.run(2, kbeat("g", "a", 1))),
+            KafkaRefusal::RebalanceInProgress
+        );
+        let (generation, _, members) = joined(h.run(3, kjoin("g", "a")));
+        assert_eq!(generation, 2);
+        assert_eq!(
+            members,
+            vec![
+                ("a".to_string(), b"a".to_vec()),
+                ("b".to_string(), b"b".to_vec())
+            ]
+        );
+        assert_eq!(kstate(&h, "g"), "CompletingRebalance");
+        // The follower's sync is pending until the leader's.
+        assert_eq!(assignment(h.run(4, ksync("g", "b", 2, &[]))), None);
+        assert_eq!(
+            refused(h.run(4, kbeat("g", "b", 2))),
+            KafkaRefusal::RebalanceInProgress
+        );
+        let mine = assignment(h.run(5, ksync("g", "a", 2, &[("a", b"A"), ("b", b"B")])));
+        assert_eq!(mine, Some(b"A".to_vec()));
+        assert_eq!(
+            assignment(h.run(6, ksync("g", "b", 2, &[]))),
+            Some(b"B".to_vec())
+        );
+        assert_eq!(kstate(&h, "g"), "Stable");
+        for id in ["a", "b"] {
+            assert_eq!(h.run(7, kbeat("g", id, 2)), Ok(CoordResult::Done));
+        }
+        // A retried leader sync changes nothing (operations are idempotent).
+        let again = assignment(h.run(8, ksync("g", "a", 2, &[("a", b"X")])));
+        assert_eq!(again, Some(b"A".to_vec()));
+        assert_eq!(h.state.groups["g"].rebalances, 2);
+    }
+
+    #[test]
+    fn a_kafka_member_the_leader_leaves_out_gets_an_empty_assignment() {
+        let mut h = Harness::new();
+        h.run(0, kjoin("g", "a")).unwrap();
+        h.run(0, kjoin("g", "b")).unwrap();
+        h.run(1, kjoin("g", "a")).unwrap();
+        h.run(2, ksync("g", "a", 2, &[("a", b"A"), ("ghost", b"G")]))
+            .unwrap();
+        assert_eq!(
+            assignment(h.run(3, ksync("g", "b", 2, &[]))),
+            Some(Vec::new())
+        );
+        let k = h.state.groups["g"].kafka.as_ref().unwrap();
+        assert!(!k.members.contains_key("ghost"));
+    }
+
+    #[test]
+    fn a_kafka_rejoin_with_the_same_protocols_starts_no_generation() {
+        let mut h = Harness::new();
+        h.run(0, kjoin("g", "a")).unwrap();
+        h.run(0, kjoin("g", "b")).unwrap();
+        // Joins held by the broker are re-proposed: no generation either.
+        for at in 1..3 {
+            let (generation, leader, _) = joined(h.run(at, kjoin("g", "a")));
+            assert_eq!((generation, leader.as_str()), (2, "a"));
+        }
+        h.run(3, ksync("g", "a", 2, &[("a", b"A"), ("b", b"B")]))
+            .unwrap();
+        for at in 4..6 {
+            let (generation, leader, _) = joined(h.run(at, kjoin("g", "b")));
+            assert_eq!((generation, leader.as_str()), (2, "a"));
+        }
+        let g = &h.state.groups["g"];
+        assert_eq!((g.generation, g.rebalances), (2, 2));
+        assert_eq!(kstate(&h, "g"), "Stable", "the assignment is kept");
+        // The leader re-joining a stable group runs its assignment again.
+        let (generation, _, _) = joined(h.run(6, kjoin("g", "a")));
+        assert_eq!(generation, 3);
+        assert_eq!(kstate(&h, "g"), "PreparingRebalance", "b must re-join");
+        h.run(7, kjoin("g", "b")).unwrap();
+        h.run(7, ksync("g", "a", 3, &[("a", b"A"), ("b", b"B")]))
+            .unwrap();
+        // New protocol metadata (e.g. a new subscription) does start one.
+        let (generation, _, _) = joined(h.run(8, kjoin_with("g", "b", &[("range", b"new")])));
+        assert_eq!(generation, 4);
+        assert_eq!(kstate(&h, "g"), "PreparingRebalance", "a must re-join");
+    }
+
+    #[test]
+    fn a_third_kafka_member_sends_the_others_back_to_join() {
+        let mut h = Harness::new();
+        for id in ["a", "b"] {
+            h.run(0, kjoin("g", id)).unwrap();
+        }
+        h.run(1, kjoin("g", "a")).unwrap();
+        h.run(2, ksync("g", "a", 2, &[("a", b"A"), ("b", b"B")]))
+            .unwrap();
+        h.run(2, ksync("g", "b", 2, &[])).unwrap();
+        let (generation, _, _) = joined(h.run(3, kjoin("g", "c")));
+        assert_eq!(generation, 3);
+        for id in ["a", "b"] {
+            assert_eq!(
+                refused(h.run(4, kbeat("g", id, 2))),
+                KafkaRefusal::RebalanceInProgress,
+                "{id}"
+            );
+            assert_eq!(
+                refused(h.run(4, kcommit("g", id, 2, 5))),
+                KafkaRefusal::RebalanceInProgress,
+                "{id} cannot commit for the old generation"
+            );
+        }
+        // Once re-joined, an old generation is not the member's any more.
+        h.run(5, kjoin("g", "b")).unwrap();
+        assert_eq!(
+            refused(h.run(6, kbeat("g", "b", 2))),
+            KafkaRefusal::IllegalGeneration
+        );
+        assert_eq!(
+            refused(h.run(6, kbeat("g", "b", 9))),
+            KafkaRefusal::IllegalGeneration
+        );
+        assert!(h.state.groups["g"].offsets.is_empty());
+    }
+
+    #[test]
+    fn kafka_leave_and_session_end_start_a_generation_and_a_new_leader() {
+        let mut h = Harness::new();
+        for id in ["a", "b", "c"] {
+            h.run(0, kjoin("g", id)).unwrap();
+        }
+        assert_eq!(h.state.groups["g"].generation, 3);
+        h.run(10, kleave("g", &["a"])).unwrap();
+        let g = &h.state.groups["g"];
+        let k = g.kafka.as_ref().unwrap();
+        assert_eq!(g.generation, 4);
+        assert_eq!(k.leader.as_deref(), Some("b"), "the oldest member leads");
+        // Leaving again is harmless.
+        h.run(11, kleave("g", &["a"])).unwrap();
+        assert_eq!(h.state.groups["g"].generation, 4);
+        // c keeps its session; b's ends.
+        // (A heartbeat refreshes the session whatever it answers.)
+        h.run(9_000, kbeat("g", "c", 4)).unwrap();
+        let deadline = h.state.next_deadline_ms();
+        assert_eq!(deadline, Some(10_000), "b's session (it joined at 0)");
+        h.run(9_999, CoordOp::Tick).unwrap();
+        assert_eq!(h.state.groups["g"].generation, 4);
+        h.run(10_000, CoordOp::Tick).unwrap();
+        let g = &h.state.groups["g"];
+        let k = g.kafka.as_ref().unwrap();
+        assert_eq!(k.members.keys().collect::<Vec<_>>(), vec!["c"]);
+        assert_eq!((g.generation, k.leader.as_deref()), (5, Some("c")));
+        assert_eq!(h.state.counters.sessions_expired, 1);
+        // The last member leaving empties the group, which keeps its place
+        // until the retention.
+        h.run(10_001, kleave("g", &["c"])).unwrap();
+        let g = &h.state.groups["g"];
+        assert!(g.is_empty());
+        assert_eq!(g.generation, 6);
+        assert_eq!(kstate(&h, "g"), "Empty");
+        assert_eq!(
+            h.state.next_deadline_ms(),
+            Some(10_001 + GROUP_RETENTION_MS)
+        );
+    }
+
+    #[test]
+    fn a_kafka_member_that_does_not_rejoin_in_its_rebalance_timeout_is_removed() {
+        let mut h = Harness::new();
+        let slow = |id: &str| CoordOp::KafkaJoin {
+            group: "g".into(),
+            member_id: id.into(),
+            client_id: "app".into(),
+            client_host: "h".into(),
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Vec::new())],
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 500,
+            proof: kproof(id),
+        };
+        h.run(0, slow("a")).unwrap();
+        h.run(100, slow("b")).unwrap();
+        // a heartbeats (it is alive) but never re-joins.
+        h.run(400, kbeat("g", "a", 1)).unwrap();
+        assert_eq!(h.state.next_deadline_ms(), Some(600));
+        h.run(599, CoordOp::Tick).unwrap();
+        assert_eq!(h.state.groups["g"].kafka.as_ref().unwrap().members.len(), 2);
+        h.run(600, CoordOp::Tick).unwrap();
+        let g = &h.state.groups["g"];
+        let k = g.kafka.as_ref().unwrap();
+        assert_eq!(k.members.keys().collect::<Vec<_>>(), vec!["b"]);
+        assert_eq!((g.generation, k.leader.as_deref()), (3, Some("b")));
+    }
+
+    #[test]
+    fn kafka_commits_need_the_current_generation_or_an_empty_group() {
+        let mut h = Harness::new();
+        // A simple commit (no member, generation -1) on a group nobody uses.
+        h.run(0, kcommit("g", "", -1, 3)).unwrap();
+        assert_eq!(h.state.groups["g"].offsets[&("orders".to_string(), 0)], 3);
+        h.run(1, kjoin("g", "a")).unwrap();
+        // Not before the assignment is known.
+        assert_eq!(
+            refused(h.run(2, kcommit("g", "a", 1, 5))),
+            KafkaRefusal::RebalanceInProgress
+        );
+        h.run(2, ksync("g", "a", 1, &[("a", b"A")])).unwrap();
+        assert_eq!(h.run(3, kcommit("g", "a", 1, 5)), Ok(CoordResult::Done));
+        // The same offsets a Tern describe reads.
+        assert_eq!(h.state.groups["g"].offsets[&("orders".to_string(), 0)], 5);
+        for (op, why) in [
+            (kcommit("g", "a", 0, 9), KafkaRefusal::IllegalGeneration),
+            (kcommit("g", "a", 2, 9), KafkaRefusal::IllegalGeneration),
+            (kcommit("g", "nobody", 1, 9), KafkaRefusal::UnknownMember),
+            (kcommit("g", "", -1, 9), KafkaRefusal::UnknownMember),
+            (kcommit("other", "a", 1, 9), KafkaRefusal::UnknownMember),
+        ] {
+            assert_eq!(refused(h.run(4, op)), why);
+        }
+        assert_eq!(h.state.groups["g"].offsets[&("orders".to_string(), 0)], 5);
+        // Unknown partitions are refused whole.
+        let bad = CoordOp::KafkaCommit {
+            group: "g".into(),
+            member_id: "a".into(),
+            generation: 1,
+            offsets: vec![("orders".into(), 0, 6), ("orders".into(), 4, 1)],
+            proof: kproof("a"),
+        };
+        let r = h.run(5, bad).unwrap_err();
+        assert_eq!(r.code, ErrorCode::UnknownTopicOrPartition);
+        assert_eq!(h.state.groups["g"].offsets[&("orders".to_string(), 0)], 5);
+        // Once the group is empty, simple commits work again.
+        h.run(6, kleave("g", &["a"])).unwrap();
+        h.run(7, kcommit("g", "", -1, 11)).unwrap();
+        assert_eq!(h.state.groups["g"].offsets[&("orders".to_string(), 0)], 11);
+    }
+
+    #[test]
+    fn a_group_holds_tern_or_kafka_members_never_both() {
+        let mut h = Harness::new();
+        h.run(0, join("tern", 1)).unwrap();
+        assert_eq!(
+            refused(h.run(1, kjoin("tern", "a"))),
+            KafkaRefusal::InconsistentGroupProtocol
+        );
+        h.run(2, kjoin("kafka", "a")).unwrap();
+        let r = h.run(3, join("kafka", 1)).unwrap_err();
+        assert_eq!(r.code, ErrorCode::InvalidRequest);
+        assert!(r.message.contains("Kafka"), "{}", r.message);
+        assert!(h.state.groups["kafka"].members.is_empty());
+        assert!(h.state.groups["tern"].kafka.is_none());
+        // A Tern reset of offsets waits for Kafka members too.
+        let reset = CoordOp::SetOffsets {
+            group: "kafka".into(),
+            offsets: vec![("orders".into(), 0, 0)],
+        };
+        assert_eq!(h.run(4, reset).unwrap_err().code, ErrorCode::InvalidRequest);
+        // Emptied, either kind may take the group over, offsets and all.
+        h.run(5, ksync("kafka", "a", 1, &[("a", b"")])).unwrap();
+        h.run(5, kcommit("kafka", "a", 1, 8)).unwrap();
+        h.run(6, kleave("kafka", &["a"])).unwrap();
+        let CoordResult::Member { generation, .. } = h.run(7, join("kafka", 1)).unwrap() else {
+            panic!("member answer")
+        };
+        let g = &h.state.groups["kafka"];
+        assert_eq!(generation, 3, "one generation count for both kinds");
+        assert!(g.kafka.is_none());
+        assert_eq!(g.offsets[&("orders".to_string(), 0)], 8);
+    }
+
+    #[test]
+    fn kafka_members_must_share_a_protocol_type_and_a_protocol() {
+        let mut h = Harness::new();
+        h.run(0, kjoin_with("g", "a", &[("sticky", b""), ("range", b"")]))
+            .unwrap();
+        let k = h.state.groups["g"].kafka.clone().unwrap();
+        assert_eq!(k.protocol.as_deref(), Some("sticky"));
+        assert_eq!(
+            refused(h.run(1, kjoin_with("g", "b", &[("roundrobin", b"")]))),
+            KafkaRefusal::InconsistentGroupProtocol
+        );
+        let mut other_type = kjoin("g", "c");
+        if let CoordOp::KafkaJoin { protocol_type, .. } = &mut other_type {
+            *protocol_type = "connect".into();
+        }
+        assert_eq!(
+            refused(h.run(1, other_type)),
+            KafkaRefusal::InconsistentGroupProtocol
+        );
+        assert_eq!(h.state.groups["g"].kafka.as_ref(), Some(&k), "unchanged");
+        // The first member's preference among those every member supports.
+        h.run(
+            2,
+            kjoin_with("g", "b", &[("range", b"r"), ("sticky", b"s")]),
+        )
+        .unwrap();
+        let (_, _, members) =
+            joined(h.run(3, kjoin_with("g", "a", &[("sticky", b""), ("range", b"")])));
+        let k = h.state.groups["g"].kafka.as_ref().unwrap();
+        assert_eq!(k.protocol.as_deref(), Some("sticky"));
+        assert_eq!(members[1], ("b".to_string(), b"s".to_vec()));
+        // An empty member id or protocol list is a broker bug, refused.
+        let r = h
+            .run(4, kjoin_with("g", "", &[("range", b"")]))
+            .unwrap_err();
+        assert_eq!(r.code, ErrorCode::InvalidRequest);
+        assert_eq!(
+            h.run(4, kjoin_with("g", "d", &[])).unwrap_err().code,
+            ErrorCode::InvalidRequest
+        );
+    }
+
+    #[test]
+    fn only_the_proven_kafka_member_syncs_heartbeats_commits_leaves_or_rejoins() {
+        let mut h = Harness::new();
+        h.run(0, kjoin("g", "a")).unwrap();
+        let thief = Proof {
+            digest: kproof("a").digest,
+            principal: Some("mallory".into()),
+        };
+        let mut ops = vec![
+            ksync("g", "a", 1, &[("a", b"stolen")]),
+            kbeat("g", "a", 1),
+            kcommit("g", "a", 1, 5),
+            kjoin("g", "a"),
+        ];
+        for op in &mut ops {
+            match op {
+                CoordOp::KafkaSync { proof, .. }
+                | CoordOp::KafkaHeartbeat { proof, .. }
+                | CoordOp::KafkaCommit { proof, .. }
+                | CoordOp::KafkaJoin { proof, .. } => *proof = thief.clone(),
+                _ => unreachable!(),
+            }
+        }
+        ops.push(CoordOp::KafkaLeave {
+            group: "g".into(),
+            members: vec![("a".into(), thief.clone())],
+        });
+        for op in ops {
+            assert_eq!(refused(h.run(1, op)), KafkaRefusal::UnknownMember);
+        }
+        let g = &h.state.groups["g"];
+        let k = g.kafka.as_ref().unwrap();
+        assert_eq!((g.generation, k.members.len()), (1, 1));
+        assert_eq!(k.members["a"].assignment, None);
+        assert!(g.offsets.is_empty());
+    }
+
+    #[test]
+    fn kafka_groups_members_and_bytes_are_capped() {
+        let mut h = Harness::new();
+        h.run(0, kjoin("g", "a")).unwrap();
+        let filler = GroupRecord {
+            offsets: [(("orders".to_string(), 0), 1)].into(),
+            ..GroupRecord::default()
+        };
+        for i in 1..GROUPS_MAX {
+            h.state.groups.insert(format!("idle-{i}"), filler.clone());
+        }
+        assert_limit(h.run(1, kjoin("new", "a")), "GROUPS_MAX", "groups_max");
+        assert_limit(
+            h.run(1, kcommit("new", "", -1, 1)),
+            "GROUPS_MAX",
+            "groups_max",
+        );
+        // An idle group can still be joined.
+        joined(h.run(1, kjoin("idle-1", "a")));
+        h.state.groups.retain(|name, _| !name.starts_with("idle-"));
+
+        let k = h.state.groups.get_mut("g").unwrap().kafka.as_mut().unwrap();
+        let member = k.members["a"].clone();
+        for i in 1..GROUP_MEMBERS_MAX {
+            k.members.insert(format!("m{i}"), member.clone());
+        }
+        assert_limit(
+            h.run(2, kjoin("g", "over")),
+            "GROUP_MEMBERS_MAX",
+            "group_members_max",
+        );
+        joined(h.run(2, kjoin("g", "a")));
+        let k = h.state.groups.get_mut("g").unwrap().kafka.as_mut().unwrap();
+        k.members.retain(|id, _| id == "a");
+
+        let big = vec![0u8; KAFKA_MEMBER_BYTES_MAX];
+        assert_limit(
+            h.run(3, kjoin_with("g", "b", &[("range", &big)])),
+            "KAFKA_MEMBER_BYTES_MAX",
+            "kafka_member_bytes_max",
+        );
+        // Twenty members of 60 KiB are more than a group may hold.
+        let large = vec![0u8; 60 * 1024];
+        let mut refusal = None;
+        for i in 0..20 {
+            let answer = h.run(4, kjoin_with("g", &format!("m{i}"), &[("range", &large)]));
+            if answer.is_err() {
+                refusal = Some(answer);
+                break;
+            }
+        }
+        assert_limit(
+            refusal.expect("the group filled up"),
+            "KAFKA_GROUP_BYTES_MAX",
+            "kafka_group_bytes_max",
+        );
+        assert!(h.state.groups["g"].kafka.as_ref().unwrap().bytes() <= KAFKA_GROUP_BYTES_MAX);
+        // Assignments are capped as they are stored.
+        let names: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        h.run(5, kleave("g", &names)).unwrap();
+        let (generation, leader, _) = joined(h.run(6, kjoin("g", "a")));
+        assert_eq!(leader, "a");
+        let too_big = vec![0u8; KAFKA_MEMBER_BYTES_MAX + 1];
+        assert_limit(
+            h.run(7, ksync("g", "a", generation, &[("a", &too_big)])),
+            "KAFKA_MEMBER_BYTES_MAX",
+            "kafka_member_bytes_max",
+        );
+        assert_eq!(kstate(&h, "g"), "CompletingRebalance");
     }
 
     #[test]

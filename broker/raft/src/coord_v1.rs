@@ -73,6 +73,7 @@ impl From<CoordStateV1> for CoordState {
                         offsets: g.offsets,
                         rebalances: g.rebalances,
                         active_ms,
+                        kafka: None,
                     };
                     (name, group)
                 })

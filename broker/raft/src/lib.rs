@@ -23,6 +23,7 @@
 mod catalogue_v1;
 pub mod coord;
 mod coord_v1;
+mod coord_v2;
 pub mod log_store;
 pub mod meta_sm;
 pub mod network;
@@ -42,7 +43,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use coord::{CoordOp, CoordPlugins, CoordResult, CoordState, LockMode, LockSemantics};
+pub use coord::{
+    CoordOp, CoordPlugins, CoordResult, CoordState, KafkaGroup, KafkaMember, KafkaRefusal,
+    LockMode, LockSemantics,
+};
 pub use log_store::LogStore;
 pub use meta_sm::{CoordView, MetaStateMachine};
 pub use network::{PeerError, Transport};

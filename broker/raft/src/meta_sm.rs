@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use crate::catalogue_v1::MetaStateV1;
 use crate::coord::{CoordPlugins, CoordState};
 use crate::coord_v1::CoordStateV1;
+use crate::coord_v2::CoordStateV2;
 use crate::log_store::blocking;
 use crate::types::{
     BrokerEntry, Catalogue, Command, CommandResponse, Entry, LogId, NodeId, PrebuiltSnapshot,
@@ -83,17 +84,20 @@ pub type Opened = (
 /// The first 8 bytes of the persisted state in its current layout. The
 /// layouts before `tern-ms2` had no marker and start with `MetaState`, whose
 /// first byte (an `Option` tag) is 0 or 1, never this one's `t`.
+/// `tern-ms3`: brokers register listeners, groups carry Kafka state.
 const STATE_FORMAT: u64 = u64::from_le_bytes(*b"tern-ms3");
-/// The layout before brokers registered listeners (see `catalogue_v1`).
+/// The layout before that: the catalogue of `catalogue_v1`, the
+/// coordination state of [`CoordStateV2`].
 const STATE_FORMAT_MS2: u64 = u64::from_le_bytes(*b"tern-ms2");
 
 /// The persisted state.
 type Persisted = (u64, MetaState, CoordState, Users, Vec<AclRule>);
 
-/// `tern-ms2`: as [`Persisted`], with the old catalogue.
-type PersistedMs2 = (u64, MetaStateV1, CoordState, Users, Vec<AclRule>);
+/// `tern-ms2`: as [`Persisted`], with the old catalogue and coordination
+/// state.
+type PersistedMs2 = (u64, MetaStateV1, CoordStateV2, Users, Vec<AclRule>);
 
-/// The state persisted before `tern-ms2` (groups did not expire).
+/// The state persisted before `tern-ms2`, unmarked (groups did not expire).
 /// One written before users and ACLs existed is its first two parts alone,
 /// and still opens (with no users and no rules).
 type PersistedV1 = (MetaStateV1, CoordStateV1, Users, Vec<AclRule>);
@@ -112,22 +116,24 @@ fn decode_state(bytes: &[u8]) -> Result<(MetaState, CoordState, Users, AclSet), 
     let marker = bytes
         .get(..8)
         .map(|m| u64::from_le_bytes(m.try_into().expect("8 bytes")));
-    let (state, coord, users, rules) = if marker == Some(STATE_FORMAT) {
-        let (_, state, coord, users, rules) =
-            bincode::deserialize::<Persisted>(bytes).map_err(sm_err)?;
-        (state, coord, users, rules)
-    } else if marker == Some(STATE_FORMAT_MS2) {
-        let (_, state, coord, users, rules) =
-            bincode::deserialize::<PersistedMs2>(bytes).map_err(sm_err)?;
-        (state.into(), coord, users, rules)
-    } else {
-        match bincode::deserialize::<PersistedV1>(bytes) {
+    let (state, coord, users, rules) = match marker {
+        Some(STATE_FORMAT) => {
+            let (_, state, coord, users, rules) =
+                bincode::deserialize::<Persisted>(bytes).map_err(sm_err)?;
+            (state, coord, users, rules)
+        }
+        Some(STATE_FORMAT_MS2) => {
+            let (_, state, coord, users, rules) =
+                bincode::deserialize::<PersistedMs2>(bytes).map_err(sm_err)?;
+            (state.into(), coord.into(), users, rules)
+        }
+        _ => match bincode::deserialize::<PersistedV1>(bytes) {
             Ok((state, coord, users, rules)) => (state.into(), coord.into(), users, rules),
             Err(_) => match bincode::deserialize::<(MetaStateV1, CoordStateV1)>(bytes) {
                 Ok((state, coord)) => (state.into(), coord.into(), Users::new(), Vec::new()),
-                Err(_) => return Err(sm_err("metadata state of an unknown format")),
+                Err(e) => return Err(sm_err(format!("metadata state of an unknown format: {e}"))),
             },
-        }
+        },
     };
     let acls = AclSet::from_rules(rules).map_err(sm_err)?;
     Ok((state, coord, users, acls))
@@ -845,6 +851,74 @@ mod tests {
         assert_eq!(again, decoded);
     }
 
+    #[test]
+    fn a_state_written_before_kafka_groups_decodes_with_tern_groups_only() {
+        use crate::coord::{MemberRecord, Proof};
+        use crate::coord_v2::GroupRecordV2;
+        let mut coord = CoordStateV2 {
+            clock_ms: 7_000,
+            term: 3,
+            ..CoordStateV2::default()
+        };
+        let member = MemberRecord {
+            topics: vec!["t".into()],
+            session_timeout_ms: 10_000,
+            last_seen_ms: 6_000,
+            proof: Proof {
+                digest: [4; 32],
+                principal: Some("alice".into()),
+            },
+        };
+        coord.groups.insert(
+            "g".into(),
+            GroupRecordV2 {
+                generation: 5,
+                members: [(9, member.clone())].into(),
+                assignment: [(("t".to_string(), 0), 9)].into(),
+                offsets: [(("t".to_string(), 0), 42)].into(),
+                rebalances: 5,
+                active_ms: 6_500,
+            },
+        );
+        coord.counters.groups_expired = 2;
+        let old = bincode::serialize(&(
+            STATE_FORMAT_MS2,
+            MetaStateV1::default(),
+            &coord,
+            Users::new(),
+            vec![acl("alice", "t")],
+        ))
+        .unwrap();
+        let (_, decoded, _, acls) = decode_state(&old).unwrap();
+        let g = &decoded.groups["g"];
+        assert_eq!((g.generation, g.rebalances, g.active_ms), (5, 5, 6_500));
+        assert_eq!(g.members[&9], member);
+        assert_eq!(g.offsets[&("t".to_string(), 0)], 42);
+        assert_eq!(g.kafka, None);
+        assert_eq!((decoded.clock_ms, decoded.term), (7_000, 3));
+        assert_eq!(decoded.counters.groups_expired, 2);
+        assert_eq!(acls.len(), 1);
+        // The current layout, with a Kafka group, round-trips.
+        let mut current = decoded.clone();
+        current.groups.get_mut("g").unwrap().members.clear();
+        current.groups.get_mut("g").unwrap().kafka = Some(crate::coord::KafkaGroup {
+            protocol_type: "consumer".into(),
+            ..Default::default()
+        });
+        let bytes = bincode::serialize(&(
+            STATE_FORMAT,
+            MetaState::default(),
+            &current,
+            Users::new(),
+            Vec::<AclRule>::new(),
+        ))
+        .unwrap();
+        let (_, again, _, _) = decode_state(&bytes).unwrap();
+        assert_eq!(again, current);
+        // A marked state cut short is an error, not an older layout.
+        assert!(decode_state(&bytes[..bytes.len() / 2]).is_err());
+    }
+
     fn open(dir: &std::path::Path) -> Opened {
         let store = Store::open(dir, tern_storage::Durability::PageCache).unwrap();
         MetaStateMachine::open(store, None).unwrap()
@@ -958,7 +1032,7 @@ mod tests {
         let ms2 = bincode::serialize(&(
             STATE_FORMAT_MS2,
             &old,
-            CoordState::default(),
+            CoordStateV2::default(),
             Users::new(),
             Vec::<AclRule>::new(),
         ))

@@ -43,6 +43,12 @@ use crate::session::Session;
 
 mod authz;
 mod coordination;
+mod kafka_groups;
+
+pub use kafka_groups::{
+    KafkaGroupDescription, KafkaGroupError, KafkaJoinRequest, KafkaJoined, KafkaMemberDescription,
+    KAFKA_JOIN_WAIT_MS_MAX, KAFKA_REBALANCE_MS_MAX, KAFKA_SESSION_MS_RANGE, KAFKA_SYNC_WAIT_MS_MAX,
+};
 
 /// Most partitions one topic may have.
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;

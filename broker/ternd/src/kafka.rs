@@ -241,9 +241,15 @@ pub async fn handle_connection<S>(
             body => {
                 let broker = broker.clone();
                 let session = session.clone();
+                let client_id = request
+                    .header
+                    .client_id
+                    .as_ref()
+                    .map_or_else(String::new, |c| c.to_string());
                 tokio::spawn(
                     async move {
-                        let response = handlers::handle(&broker, &session, body, version).await;
+                        let response =
+                            handlers::handle(&broker, &session, &client_id, body, version).await;
                         finish(Some(response));
                     }
                     .instrument(span),

@@ -64,7 +64,7 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn check_name(kind: &str, name: &str) -> Result<(), Failure> {
+pub(super) fn check_name(kind: &str, name: &str) -> Result<(), Failure> {
     if name.is_empty() || name.len() > NAME_BYTES_MAX || name.chars().any(char::is_control) {
         return Err(Failure::new(
             ErrorCode::InvalidRequest,
@@ -114,7 +114,7 @@ fn granted(token: u64, expires_ms: u64) -> Response {
 impl Broker {
     /// Proposes one coordination command and returns its outcome. A
     /// refusal by a coordination limit counts in `tern_limit_refusals_total`.
-    async fn coord_write(&self, op: CoordOp) -> Result<CoordResult, Failure> {
+    pub(super) async fn coord_write(&self, op: CoordOp) -> Result<CoordResult, Failure> {
         match self.raft.coord_write(op).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err((code, message))) => {

@@ -273,6 +273,7 @@ pub(super) async fn finish_produce(
 pub(super) async fn handle(
     broker: &Broker,
     session: &Session,
+    client_id: &str,
     body: RequestKind,
     version: i16,
 ) -> ResponseKind {
@@ -300,7 +301,7 @@ pub(super) async fn handle(
         RequestKind::DescribeConfigs(r) => {
             ResponseKind::DescribeConfigs(describe_configs(broker, session, r).await)
         }
-        other => groups::handle(broker, session, other, version).await,
+        other => groups::handle(broker, session, client_id, other, version).await,
     }
 }
 
