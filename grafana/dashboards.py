@@ -93,6 +93,14 @@ DASHBOARDS = [
             panel("Authentication failures /s", [(f"sum by (mechanism) (rate(tern_auth_failures_total[{R}]))", "{{mechanism}}")], "ops"),
             panel("Requests denied by ACLs /s", [(f"sum by (operation) (rate(tern_acl_denied_total[{R}]))", "{{operation}}")], "ops"),
         ],
+        [
+            panel("Kafka requests /s by API", [(f"sum by (api) (rate(tern_kafka_requests_total[{R}]))", "{{api}}")], "reqps"),
+            panel("Kafka request latency p99 by API", [(quantile(0.99, "tern_kafka_request_duration_seconds", "api"), "{{api}}")], "s"),
+            panel("Kafka errors /s and closed connections", [
+                (f"sum by (api, error) (rate(tern_kafka_request_errors_total[{R}]))", "{{api}} {{error}}"),
+                (f"sum(rate(tern_kafka_protocol_violations_total[{R}]))", "malformed requests"),
+            ], "reqps"),
+        ],
     ]),
     dashboard("tern-replication", "Tern / Partitions and replication", [
         [

@@ -24,12 +24,14 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PROM=127.0.0.1:$(port)
-declare -a CLIENT HTTPS PEER
-for i in 1 2 3; do CLIENT[$i]=127.0.0.1:$(port); HTTPS[$i]=127.0.0.1:$(port); PEER[$i]=127.0.0.1:$(port); done
+declare -a CLIENT HTTPS PEER KAFKA
+for i in 1 2 3; do
+  CLIENT[$i]=127.0.0.1:$(port); HTTPS[$i]=127.0.0.1:$(port); PEER[$i]=127.0.0.1:$(port); KAFKA[$i]=127.0.0.1:$(port)
+done
 INITIAL="1@${PEER[1]},2@${PEER[2]},3@${PEER[3]}"
 start_broker() { # i
   "$T/ternd" --node-id "$1" --data-dir "$WORK/data$1" --listen "${CLIENT[$1]}" \
-    --metrics-listen "${HTTPS[$1]}" --peer-listen "${PEER[$1]}" --initial-cluster "$INITIAL" --kafka-listen off \
+    --metrics-listen "${HTTPS[$1]}" --peer-listen "${PEER[$1]}" --initial-cluster "$INITIAL" --kafka-listen "${KAFKA[$1]}" \
     --retention-check-ms 300 >>"$WORK/ternd$1.log" 2>&1 &
   pids[$1]=$!
 }
@@ -75,6 +77,20 @@ done
 # is SIGKILLed), a holder with a waiter queued behind it, and a consumer
 # group with a member that stays and one that commits and leaves.
 tern bench lock --operations 2000 --clients 4 >/dev/null
+# Kafka clients: kcat produces and consumes through every broker's Kafka
+# listener, asks for a topic that does not exist (an error per partition)
+# and one raw request of an unknown API (a closed connection).
+KBROKERS="${KAFKA[1]},${KAFKA[2]},${KAFKA[3]}"
+seq 1 2000 | sed 's/^/k&:v&/' | timeout 60 kcat -b "$KBROKERS" -P -t load -K: -X linger.ms=5
+timeout 60 kcat -b "$KBROKERS" -C -t load -o beginning -c 2000 -e >/dev/null
+timeout 30 kcat -b "$KBROKERS" -C -t no-such-topic -o beginning -e >/dev/null 2>&1 || true
+python3 - "${KAFKA[1]}" <<'PY' || true
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.create_connection((host, int(port)), timeout=10)
+s.sendall(b"\0\0\0\x0a\x03\xe7\0\0\0\0\0\x01\xff\xff")  # API 999: closed
+s.recv(1)
+PY
 "$T/tern" --broker "$BROKER" lock acquire expiring --lease 1s >/dev/null 2>&1 &
 expiring=$!
 "$T/tern" --broker "$BROKER" lock acquire held --lease 10s >/dev/null 2>&1 &

@@ -15,6 +15,11 @@ missing=()
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } ||
   missing+=("prometheus and promtool (dashboard check): apt-get install -y prometheus")
 command -v curl >/dev/null || missing+=("curl: apt-get install -y curl")
+command -v kcat >/dev/null || missing+=("kcat (Kafka-listener tests): apt-get install -y kcat")
+python3 -c 'import confluent_kafka' 2>/dev/null ||
+  missing+=("Python module confluent_kafka: python3 -m pip install confluent-kafka")
+python3 -c 'import kafka' 2>/dev/null ||
+  missing+=("Python module kafka (kafka-python): python3 -m pip install kafka-python")
 python3 -c 'import yaml' 2>/dev/null || missing+=("Python module yaml: python3 -m pip install pyyaml")
 python3 -c 'import kubernetes_validate' 2>/dev/null ||
   missing+=("Python module kubernetes_validate: python3 -m pip install kubernetes-validate")

@@ -181,6 +181,46 @@ def kafka_python_group(addr, topic, group, count):
         sys.exit(1)
 
 
+def confluent_sasl(addr, user, password, topic):
+    """SCRAM-SHA-256 over the Kafka listener: creates `topic`, produces one
+    record and reads it back. With wrong credentials, prints the
+    authentication error librdkafka reports and exits 3."""
+    from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    conf = {"bootstrap.servers": addr, "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "SCRAM-SHA-256", "sasl.username": user,
+            "sasl.password": password}
+    errors = []
+    conf["error_cb"] = lambda e: errors.append(e)
+    admin = AdminClient(conf)
+    try:
+        for f in admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)],
+                                     request_timeout=15).values():
+            f.result(timeout=20)
+    except Exception as e:  # noqa: BLE001 - reported below
+        admin.poll(1)  # serves the error callbacks
+        auth = [x for x in errors if x.code() == KafkaError._AUTHENTICATION]
+        out({"error": str(e), "authentication": [str(x) for x in auth]})
+        sys.exit(3 if auth else 1)
+    p = Producer(conf)
+    p.produce(topic, key="who", value=user)
+    if p.flush(30):
+        out({"error": "produce not acknowledged"})
+        sys.exit(1)
+    c = Consumer(dict(conf, **{"group.id": f"{topic}-g", "auto.offset.reset": "earliest"}))
+    c.assign([TopicPartition(topic, 0, 0)])
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        m = c.poll(1.0)
+        if m is not None and not m.error():
+            out({"read": m.value().decode()})
+            c.close()
+            return
+    out({"error": "nothing read"})
+    sys.exit(1)
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "confluent-produce":
@@ -197,5 +237,7 @@ if __name__ == "__main__":
         committed(args[0], args[1], args[2])
     elif cmd == "kafka-python-group":
         kafka_python_group(args[0], args[1], args[2], int(args[3]))
+    elif cmd == "confluent-sasl":
+        confluent_sasl(args[0], args[1], args[2], args[3])
     else:
         sys.exit(f"unknown command {cmd}")

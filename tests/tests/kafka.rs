@@ -594,3 +594,53 @@ async fn a_kafka_consumer_group_rebalances_commits_and_keeps_offsets_across_a_re
     })
     .await;
 }
+
+/// With authentication required, a librdkafka client authenticates with
+/// SCRAM-SHA-256 over the Kafka listener and creates, produces and
+/// consumes; the wrong password is refused as an authentication error, and
+/// nothing else is served to a connection that did not authenticate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_clients_authenticate_with_scram_and_wrong_passwords_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::configure(
+        &dir.path().join("n1"),
+        &["--auth-required", "--bootstrap-user", "admin"],
+    );
+    broker.set_env("TERN_BOOTSTRAP_PASSWORD", "kafka-secret-1");
+    broker.spawn();
+    broker.wait_log("bootstrap user present", Duration::from_secs(60));
+    let kafka = broker.kafka_addr.clone();
+    let out = run(
+        &mut python(&[
+            "confluent-sasl",
+            &kafka,
+            "admin",
+            "kafka-secret-1",
+            "secure",
+        ]),
+        LIMIT,
+    );
+    assert_eq!(json_lines(&out)[0]["read"], "admin", "{out}");
+
+    let mut wrong = python(&[
+        "confluent-sasl",
+        &kafka,
+        "admin",
+        "not-the-password",
+        "other",
+    ]);
+    let status = wrong
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the wrong password was not an authentication error"
+    );
+
+    // An unauthenticated Metadata request gets its connection closed.
+    let got = raw_exchange(&kafka, &kafka_frame(3, 1, &(-1i32).to_be_bytes())).await;
+    assert!(got.is_empty(), "served without authentication: {got:?}");
+}
