@@ -221,6 +221,47 @@ def confluent_sasl(addr, user, password, topic):
     sys.exit(1)
 
 
+def confluent_produce_stream(addr, topic, count, rate):
+    """An idempotent acks=all producer at `rate` records/s: record i has key
+    k(i % 10) and value "<key>:<n>" (n counts per key). Prints every
+    acknowledged record; exits non-zero on any delivery failure."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": addr, "enable.idempotence": True, "acks": "all",
+                  "linger.ms": 5, "message.timeout.ms": 120000, "retry.backoff.ms": 100,
+                  "socket.timeout.ms": 5000, "metadata.max.age.ms": 2000})
+    failed = []
+
+    def report(err, msg):
+        if err is not None:
+            failed.append(str(err))
+        else:
+            out({"k": msg.key().decode(), "v": msg.value().decode(),
+                 "p": msg.partition(), "o": msg.offset()})
+
+    per_key = [0] * 10
+    start = time.time()
+    for i in range(count):
+        key = i % 10
+        value = f"k{key}:{per_key[key]}"
+        per_key[key] += 1
+        while True:
+            try:
+                p.produce(topic, key=f"k{key}", value=value, on_delivery=report)
+                break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+        ahead = start + (i + 1) / rate - time.time()
+        if ahead > 0:
+            time.sleep(ahead)
+    left = p.flush(120)
+    if left or failed:
+        out({"error": f"{left} undelivered, failures: {failed[:5]}"})
+        sys.exit(1)
+    out({"done": count})
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "confluent-produce":
@@ -237,6 +278,8 @@ if __name__ == "__main__":
         committed(args[0], args[1], args[2])
     elif cmd == "kafka-python-group":
         kafka_python_group(args[0], args[1], args[2], int(args[3]))
+    elif cmd == "confluent-produce-stream":
+        confluent_produce_stream(args[0], args[1], int(args[2]), float(args[3]))
     elif cmd == "confluent-sasl":
         confluent_sasl(args[0], args[1], args[2], args[3])
     else:

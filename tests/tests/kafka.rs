@@ -13,7 +13,7 @@ use tern_client::{
     Admin, Client, Consumer, ConsumerConfig, NewTopic, Offset, Producer, ProducerConfig,
     ProducerRecord,
 };
-use tern_tests::{bounded, Broker};
+use tern_tests::{bounded, fault_client_config, Broker, Cluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -643,4 +643,139 @@ async fn kafka_clients_authenticate_with_scram_and_wrong_passwords_are_refused()
     // An unauthenticated Metadata request gets its connection closed.
     let got = raw_exchange(&kafka, &kafka_frame(3, 1, &(-1i32).to_be_bytes())).await;
     assert!(got.is_empty(), "served without authentication: {got:?}");
+}
+
+/// Lines of a file another process is still writing (a half-written last
+/// line is left out).
+fn lines_so_far(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Waits (bounded) until `path` holds `n` complete lines.
+async fn wait_lines(path: &std::path::Path, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while lines_so_far(path).len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stuck below {n} lines in {path:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A librdkafka idempotent producer (acks=all) keeps producing to a
+/// 3-broker cluster while the leader of a partition is SIGKILLed and
+/// restarted; every acknowledged record is then consumed exactly once, in
+/// production order per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_producer_survives_a_killed_leader_with_nothing_lost_or_duplicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    let kafka: String = cluster
+        .brokers
+        .iter()
+        .map(|b| b.kafka_addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    bounded(Duration::from_secs(300), async {
+        let client = Client::connect_with(&cluster.seeds(), fault_client_config())
+            .await
+            .unwrap();
+        Admin::new(client.clone())
+            .create_topic("ha", NewTopic::new(3))
+            .await
+            .unwrap();
+        let total = 6_000;
+        let acks = dir.path().join("acks.jsonl");
+        let mut producer = python(&[
+            "confluent-produce-stream",
+            &kafka,
+            "ha",
+            &total.to_string(),
+            "1000",
+        ])
+        .stdout(std::fs::File::create(&acks).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("producer.err")).unwrap())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+        wait_lines(&acks, 1_500).await;
+        let topics = client
+            .refresh_metadata(Some(vec!["ha".into()]))
+            .await
+            .unwrap();
+        let victim = topics[0].partitions[0].leader as usize - 1;
+        cluster.brokers[victim].kill9();
+        wait_lines(&acks, 3_000).await;
+        let after_kill = lines_so_far(&acks)[1_500..3_000]
+            .iter()
+            .filter(|r| r["p"] == 0)
+            .count();
+        assert!(
+            after_kill > 0,
+            "nothing acknowledged on the killed leader's partition"
+        );
+        cluster.brokers[victim].restart_no_wait();
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        let status = loop {
+            if let Some(s) = producer.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the producer never finished"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let produced = lines_so_far(&acks);
+        assert!(
+            status.success(),
+            "producer failed: {:?}\n{}",
+            produced.last(),
+            std::fs::read_to_string(dir.path().join("producer.err")).unwrap_or_default()
+        );
+        let acked: Vec<&serde_json::Value> =
+            produced.iter().filter(|r| r.get("v").is_some()).collect();
+        assert_eq!(acked.len(), total);
+
+        let out = run(
+            &mut python(&["confluent-consume", &kafka, "ha", &total.to_string()]),
+            LIMIT,
+        );
+        let consumed = json_lines(&out);
+        let mut values: Vec<&str> = consumed.iter().map(|r| r["v"].as_str().unwrap()).collect();
+        values.sort();
+        let before = values.len();
+        values.dedup();
+        assert_eq!(before, values.len(), "duplicates consumed");
+        let mut expected: Vec<&str> = acked.iter().map(|r| r["v"].as_str().unwrap()).collect();
+        expected.sort();
+        assert_eq!(values, expected, "acknowledged records lost");
+        // Per key: offsets increase with the producer's count.
+        let mut by_key: std::collections::BTreeMap<&str, Vec<(u64, u64, u64)>> = Default::default();
+        for r in &consumed {
+            let v = r["v"].as_str().unwrap();
+            let (key, n) = v.split_once(':').unwrap();
+            by_key.entry(key).or_default().push((
+                r["p"].as_u64().unwrap(),
+                r["o"].as_u64().unwrap(),
+                n.parse().unwrap(),
+            ));
+        }
+        for (key, mut records) in by_key {
+            records.sort();
+            let partitions: std::collections::BTreeSet<u64> = records.iter().map(|r| r.0).collect();
+            assert_eq!(partitions.len(), 1, "{key} spread over partitions");
+            let ns: Vec<u64> = records.iter().map(|r| r.2).collect();
+            assert!(
+                ns.windows(2).all(|w| w[0] < w[1]),
+                "{key} reordered: {ns:?}"
+            );
+        }
+    })
+    .await;
 }
