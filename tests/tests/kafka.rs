@@ -174,6 +174,86 @@ async fn kcat_lists_produces_and_consumes_and_tern_sees_the_same_records() {
         seen.sort();
         assert_eq!(seen, lines);
 
+        // kcat's balanced consumer (-G) reads all of it in a group and
+        // commits; Tern's group describe shows those offsets.
+        let grouped = run(
+            Command::new("kcat").args([
+                "-b",
+                &kafka,
+                "-G",
+                "kcat-group",
+                "orders",
+                "-o",
+                "beginning",
+                "-e",
+                "-f",
+                "%k\n",
+            ]),
+            LIMIT,
+        );
+        assert_eq!(grouped.lines().count(), 100, "{grouped}");
+        let admin = Admin::new(client.clone());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let group = admin.describe_group("kcat-group").await.unwrap();
+            let committed: u64 = group.offsets.iter().map(|o| o.committed).sum();
+            if committed == 100 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kcat's commits: {group:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // A header and timestamp kcat sets reach Tern's consumer as sent.
+        create_topic(&broker, "stamped", 1).await;
+        let stamped = dir.path().join("stamped.txt");
+        std::fs::write(&stamped, "hello\n").unwrap();
+        run(
+            Command::new("kcat")
+                .args([
+                    "-b",
+                    &kafka,
+                    "-P",
+                    "-t",
+                    "stamped",
+                    "-H",
+                    "origin=kcat",
+                    "-k",
+                    "kk",
+                    "-l",
+                ])
+                .arg(&stamped),
+            LIMIT,
+        );
+        let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+        consumer
+            .assign_all("stamped", Offset::Earliest)
+            .await
+            .unwrap();
+        let record = loop {
+            if let Some(r) = consumer.poll().await.unwrap().into_iter().next() {
+                break r;
+            }
+        };
+        assert_eq!(record.key.as_deref(), Some(&b"kk"[..]));
+        assert_eq!(record.value.as_deref(), Some(&b"hello"[..]));
+        assert_eq!(
+            record.headers,
+            vec![("origin".to_string(), bytes::Bytes::from("kcat"))]
+        );
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        assert!(
+            (now_ms - record.timestamp_ms).abs() < 600_000,
+            "timestamp {}",
+            record.timestamp_ms
+        );
+
         // And kcat reads what Tern's client wrote, headers included.
         let producer = Producer::new(client.clone(), ProducerConfig::default());
         let mut record = ProducerRecord::new("orders", "from-tern").with_key("tern-key");
