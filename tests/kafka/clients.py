@@ -181,6 +181,34 @@ def kafka_python_group(addr, topic, group, count):
         sys.exit(1)
 
 
+def confluent_tls(addr, ca, topic):
+    """TLS to the Kafka listener (the broker's certificate checked against
+    `ca`): creates `topic`, produces one record, reads it back."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    conf = {"bootstrap.servers": addr, "security.protocol": "SSL", "ssl.ca.location": ca}
+    admin = AdminClient(conf)  # kept alive until its futures resolve
+    for f in admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)]).values():
+        f.result(timeout=30)
+    p = Producer(conf)
+    p.produce(topic, value="over tls")
+    if p.flush(30):
+        out({"error": "produce not acknowledged"})
+        sys.exit(1)
+    c = Consumer(dict(conf, **{"group.id": f"{topic}-g"}))
+    c.assign([TopicPartition(topic, 0, 0)])
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        m = c.poll(1.0)
+        if m is not None and not m.error():
+            out({"read": m.value().decode()})
+            c.close()
+            return
+    out({"error": "nothing read"})
+    sys.exit(1)
+
+
 def confluent_sasl(addr, user, password, topic):
     """SCRAM-SHA-256 over the Kafka listener: creates `topic`, produces one
     record and reads it back. With wrong credentials, prints the
@@ -280,6 +308,8 @@ if __name__ == "__main__":
         kafka_python_group(args[0], args[1], args[2], int(args[3]))
     elif cmd == "confluent-produce-stream":
         confluent_produce_stream(args[0], args[1], int(args[2]), float(args[3]))
+    elif cmd == "confluent-tls":
+        confluent_tls(args[0], args[1], args[2])
     elif cmd == "confluent-sasl":
         confluent_sasl(args[0], args[1], args[2], args[3])
     else:

@@ -859,3 +859,45 @@ async fn a_kafka_producer_survives_a_killed_leader_with_nothing_lost_or_duplicat
     })
     .await;
 }
+
+/// With TLS on, librdkafka connects to the Kafka listener over TLS,
+/// checking the broker's certificate against the cluster CA, and
+/// produces and consumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_clients_use_tls_with_the_cluster_ca() {
+    use tern_tls::generate;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let ca = generate::create_ca("test CA", 1).unwrap();
+    let node = generate::issue_node(&ca, 1, &["127.0.0.1".into()], 1).unwrap();
+    for (name, pem) in [("ca", &ca), ("node-1", &node)] {
+        std::fs::write(certs.join(format!("{name}.pem")), &pem.cert).unwrap();
+        std::fs::write(certs.join(format!("{name}-key.pem")), &pem.key).unwrap();
+    }
+    let path = |f: &str| certs.join(f).to_str().unwrap().to_owned();
+    let (cert, key, ca_file) = (path("node-1.pem"), path("node-1-key.pem"), path("ca.pem"));
+    let broker = Broker::start(
+        &dir.path().join("n1"),
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-ca",
+            &ca_file,
+            "--metrics-plaintext",
+        ],
+    );
+    let out = run(
+        &mut python(&["confluent-tls", &broker.kafka_addr, &ca_file, "secured"]),
+        LIMIT,
+    );
+    assert_eq!(json_lines(&out)[0]["read"], "over tls", "{out}");
+    // Plaintext Kafka bytes on the TLS listener get no Kafka answer.
+    let got = raw_exchange(&broker.kafka_addr, &kafka_frame(18, 3, &[0, 0, 0])).await;
+    assert!(
+        !got.starts_with(&[0, 0, 0]),
+        "answered in plaintext: {got:?}"
+    );
+}
