@@ -181,18 +181,12 @@ def kafka_python_group(addr, topic, group, count):
         sys.exit(1)
 
 
-def confluent_tls(addr, ca, topic):
-    """TLS to the Kafka listener (the broker's certificate checked against
-    `ca`): creates `topic`, produces one record, reads it back."""
+def produce_and_read_back(conf, topic, value):
+    """Produces `value` to partition 0 of `topic` and reads it back."""
     from confluent_kafka import Consumer, Producer, TopicPartition
-    from confluent_kafka.admin import AdminClient, NewTopic
 
-    conf = {"bootstrap.servers": addr, "security.protocol": "SSL", "ssl.ca.location": ca}
-    admin = AdminClient(conf)  # kept alive until its futures resolve
-    for f in admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)]).values():
-        f.result(timeout=30)
     p = Producer(conf)
-    p.produce(topic, value="over tls")
+    p.produce(topic, value=value)
     if p.flush(30):
         out({"error": "produce not acknowledged"})
         sys.exit(1)
@@ -209,11 +203,23 @@ def confluent_tls(addr, ca, topic):
     sys.exit(1)
 
 
+def confluent_tls(addr, ca, topic):
+    """TLS to the Kafka listener (the broker's certificate checked against
+    `ca`): creates `topic`, produces one record, reads it back."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    conf = {"bootstrap.servers": addr, "security.protocol": "SSL", "ssl.ca.location": ca}
+    admin = AdminClient(conf)  # kept alive until its futures resolve
+    for f in admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)]).values():
+        f.result(timeout=30)
+    produce_and_read_back(conf, topic, "over tls")
+
+
 def confluent_sasl(addr, user, password, topic):
     """SCRAM-SHA-256 over the Kafka listener: creates `topic`, produces one
     record and reads it back. With wrong credentials, prints the
     authentication error librdkafka reports and exits 3."""
-    from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+    from confluent_kafka import KafkaError
     from confluent_kafka.admin import AdminClient, NewTopic
 
     conf = {"bootstrap.servers": addr, "security.protocol": "SASL_PLAINTEXT",
@@ -231,22 +237,7 @@ def confluent_sasl(addr, user, password, topic):
         auth = [x for x in errors if x.code() == KafkaError._AUTHENTICATION]
         out({"error": str(e), "authentication": [str(x) for x in auth]})
         sys.exit(3 if auth else 1)
-    p = Producer(conf)
-    p.produce(topic, key="who", value=user)
-    if p.flush(30):
-        out({"error": "produce not acknowledged"})
-        sys.exit(1)
-    c = Consumer(dict(conf, **{"group.id": f"{topic}-g", "auto.offset.reset": "earliest"}))
-    c.assign([TopicPartition(topic, 0, 0)])
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        m = c.poll(1.0)
-        if m is not None and not m.error():
-            out({"read": m.value().decode()})
-            c.close()
-            return
-    out({"error": "nothing read"})
-    sys.exit(1)
+    produce_and_read_back(conf, topic, user)
 
 
 def confluent_produce_stream(addr, topic, count, rate):
@@ -288,6 +279,7 @@ def confluent_produce_stream(addr, topic, count, rate):
         out({"error": f"{left} undelivered, failures: {failed[:5]}"})
         sys.exit(1)
     out({"done": count})
+
 
 
 if __name__ == "__main__":

@@ -623,6 +623,27 @@ async fn a_kafka_consumer_group_rebalances_commits_and_keeps_offsets_across_a_re
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // A commit refused during a rebalance is made again by the
+        // partition's next owner: wait for every partition's commit before
+        // the members leave.
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let group = admin.describe_group("workers").await.unwrap();
+            let mut now: Vec<(u64, u64)> = group
+                .offsets
+                .iter()
+                .map(|o| (o.partition as u64, o.committed))
+                .collect();
+            now.sort();
+            if now == ends {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "commits stalled at {now:?}, ends {ends:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         a.stop();
         c.stop();
 

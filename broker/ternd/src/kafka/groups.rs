@@ -28,13 +28,9 @@ use tern_kafka::kafka_protocol::messages::{
 };
 use tern_kafka::kafka_protocol::protocol::StrBytes;
 
-use super::handlers::count_error;
+use super::handlers::{count_error, str};
 use crate::broker::{Broker, KafkaGroupError, KafkaJoinRequest};
 use crate::session::Session;
-
-fn str(s: &str) -> StrBytes {
-    StrBytes::from_string(s.to_owned())
-}
 
 /// The Kafka error code of a group refusal.
 fn code(e: &KafkaGroupError) -> i16 {

@@ -55,7 +55,7 @@ pub(super) fn count_error(broker: &Broker, api: &str, code: i16) {
         .inc();
 }
 
-fn str(s: &str) -> StrBytes {
+pub(super) fn str(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_owned())
 }
 
@@ -267,6 +267,16 @@ pub(super) async fn finish_produce(
         }
     }
     Some(ProduceResponse::default().with_responses(topics))
+}
+
+/// Sends an admin request; a refusal as the Kafka code and message the
+/// per-topic results carry.
+async fn admin(broker: &Broker, session: &Session, request: Request) -> Result<(), (i16, String)> {
+    broker
+        .handle(session, request)
+        .await
+        .map(|_| ())
+        .map_err(|f| (kafka_code(f.code), f.message))
 }
 
 /// Every other API.
@@ -574,11 +584,7 @@ async fn create_topics(
                 };
                 result.num_partitions = config.partitions as i32;
                 result.replication_factor = config.replication_factor as i16;
-                broker
-                    .handle(session, Request::CreateTopic { name, config })
-                    .await
-                    .map(|_| ())
-                    .map_err(|f| (kafka_code(f.code), f.message))
+                admin(broker, session, Request::CreateTopic { name, config }).await
             }
         };
         if let Err((code, message)) = outcome {
@@ -636,11 +642,7 @@ async fn create_partitions(
                 topic: t.name.0.to_string(),
                 count: t.count.max(0) as u32,
             };
-            broker
-                .handle(session, tern)
-                .await
-                .map(|_| ())
-                .map_err(|f| (kafka_code(f.code), f.message))
+            admin(broker, session, tern).await
         };
         if let Err((code, message)) = outcome {
             result.error_code = code;
