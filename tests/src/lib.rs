@@ -470,6 +470,17 @@ impl Cluster {
         Self::start_inner(dir, n, extra_args, &[], true)
     }
 
+    /// Like [`Self::start_partitionable`], with environment variables for
+    /// every broker.
+    pub fn start_partitionable_with_env(
+        dir: &Path,
+        n: usize,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Cluster {
+        Self::start_inner(dir, n, extra_args, env, true)
+    }
+
     fn start_inner(
         dir: &Path,
         n: usize,
@@ -752,4 +763,84 @@ pub fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+/// A directory of PEM files: `ca.pem`, `node-N.pem`, `NAME.pem`, each with
+/// its `-key.pem`.
+pub struct Certs {
+    dir: PathBuf,
+    ca: tern_tls::generate::CertifiedPem,
+}
+
+impl Certs {
+    /// A new CA written to `dir/ca.pem`.
+    pub fn new(dir: &Path) -> Certs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ca = tern_tls::generate::create_ca("test CA", 1).unwrap();
+        let certs = Certs {
+            dir: dir.to_path_buf(),
+            ca,
+        };
+        certs.write("ca", &certs.ca.clone());
+        certs
+    }
+
+    fn write(&self, stem: &str, pem: &tern_tls::generate::CertifiedPem) {
+        std::fs::write(self.dir.join(format!("{stem}.pem")), &pem.cert).unwrap();
+        std::fs::write(self.dir.join(format!("{stem}-key.pem")), &pem.key).unwrap();
+    }
+
+    /// Issues broker `id`'s certificate (`node-<id>.pem`, for 127.0.0.1).
+    pub fn node(&self, id: u64) -> tern_tls::generate::CertifiedPem {
+        let pem = tern_tls::generate::issue_node(&self.ca, id, &["127.0.0.1".into()], 1).unwrap();
+        self.write(&format!("node-{id}"), &pem);
+        pem
+    }
+
+    /// Issues client `name`'s certificate (`<name>.pem`).
+    pub fn client(&self, name: &str) -> tern_tls::generate::CertifiedPem {
+        let pem = tern_tls::generate::issue_client(&self.ca, name, 1).unwrap();
+        self.write(name, &pem);
+        pem
+    }
+
+    /// A file of this directory.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    fn arg(&self, file: &str) -> String {
+        self.path(file).display().to_string()
+    }
+
+    /// Broker flags: TLS on every port but /metrics (the harness polls
+    /// `/ready` over plain HTTP).
+    pub fn broker_args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.arg("node-{node}.pem"),
+            "--tls-key".into(),
+            self.arg("node-{node}-key.pem"),
+            "--tls-ca".into(),
+            self.arg("ca.pem"),
+            "--metrics-plaintext".into(),
+        ]
+    }
+
+    /// Client settings trusting this CA, with client certificate
+    /// `identity` if given, and the fault tests' timeouts.
+    pub fn client_config(&self, identity: Option<&str>) -> tern_client::ClientConfig {
+        tern_client::ClientConfig {
+            tls: Some(tern_client::ClientTls {
+                ca: self.path("ca.pem"),
+                identity: identity.map(|n| {
+                    (
+                        self.path(&format!("{n}.pem")),
+                        self.path(&format!("{n}-key.pem")),
+                    )
+                }),
+            }),
+            ..fault_client_config()
+        }
+    }
 }

@@ -23,7 +23,7 @@ use tern_client::{
 };
 use tern_protocol::api::FetchPartition;
 use tern_protocol::{Request, Response};
-use tern_tests::{bounded, fault_client_config, free_port, Broker, Cluster};
+use tern_tests::{bounded, fault_client_config, free_port, Broker, Certs, Cluster};
 
 fn producer_config() -> ProducerConfig {
     ProducerConfig {
@@ -63,8 +63,17 @@ impl ReplicaLog {
 
 /// Reads a partition from one broker's own replica (fetch is served by any
 /// replica, from committed data only).
-async fn read_replica(addr: &str, topic: &str, partition: u32) -> Result<ReplicaLog, String> {
-    let conn = Connection::connect(addr, Duration::from_secs(1), Duration::from_secs(10))
+async fn read_replica(
+    addr: &str,
+    config: &ClientConfig,
+    topic: &str,
+    partition: u32,
+) -> Result<ReplicaLog, String> {
+    let config = ClientConfig {
+        request_timeout: Duration::from_secs(10),
+        ..config.clone()
+    };
+    let conn = Connection::connect_with(addr, &config)
         .await
         .map_err(|e| e.to_string())?;
     let mut out = ReplicaLog {
@@ -145,13 +154,14 @@ async fn converged_on(
     partitions: u32,
 ) -> Vec<Vec<(usize, ReplicaLog)>> {
     let deadline = Instant::now() + Duration::from_secs(60);
+    let config = cluster.client_config();
     let mut out = Vec::new();
     for p in 0..partitions {
         loop {
             let mut logs = Vec::new();
             let mut failure = None;
             for (i, b) in nodes.iter().map(|i| (*i, &cluster.brokers[*i])) {
-                match read_replica(&b.addr, topic, p).await {
+                match read_replica(&b.addr, &config, topic, p).await {
                     Ok(l) => logs.push((i, l)),
                     Err(e) => failure = Some(e),
                 }
@@ -703,12 +713,33 @@ async fn seeded_fault_campaign_loses_duplicates_and_reorders_nothing() {
         .unwrap_or(45);
     println!("fault campaign: seed {seed}, {secs} s (replay: TERN_CAMPAIGN_SEED={seed} TERN_CAMPAIGN_SECS={secs})");
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start_partitionable(dir.path(), 3, &[]);
+    // As deployed: mutual TLS between brokers, TLS and SCRAM for clients.
+    let certs = Certs::new(&dir.path().join("certs"));
+    for id in 1..=3 {
+        certs.node(id);
+    }
+    let mut args = certs.broker_args();
+    args.extend(["--auth-required", "--super-user", "campaign"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cluster = Cluster::start_partitionable_with_env(
+        dir.path(),
+        3,
+        &args,
+        &[
+            ("TERN_BOOTSTRAP_USER", "campaign"),
+            ("TERN_BOOTSTRAP_PASSWORD", "campaign-password"),
+        ],
+    );
+    let config = ClientConfig {
+        tls: cluster.client_config().tls,
+        credentials: cluster.client_config().credentials,
+        ..fault_client_config()
+    };
     let limit = Duration::from_secs(secs + 600);
     bounded(limit, async {
         const TOPIC: &str = "campaign";
         const PARTITIONS: u32 = 3;
-        let client = Client::connect_with(&cluster.seeds(), fault_client_config())
+        let client = Client::connect_with(&cluster.seeds(), config)
             .await
             .unwrap();
         Admin::new(client.clone())

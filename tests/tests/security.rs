@@ -12,86 +12,12 @@ use tern_client::{
     Admin, Client, ClientConfig, ClientTls, Consumer, ConsumerConfig, NewTopic, Offset, Producer,
     ProducerConfig, ProducerRecord,
 };
-use tern_tests::{bounded, run_ternd, Broker, Cluster};
-use tern_tls::generate::{self, CertifiedPem};
+use tern_tests::{bounded, run_ternd, Broker, Certs, Cluster};
+use tern_tls::generate::CertifiedPem;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// A directory of PEM files: `ca.pem`, `node-N.pem`, `NAME.pem`, each with
-/// its `-key.pem`.
-struct Certs {
-    dir: PathBuf,
-    ca: CertifiedPem,
-}
-
-impl Certs {
-    fn new(dir: &Path) -> Certs {
-        std::fs::create_dir_all(dir).unwrap();
-        let ca = generate::create_ca("test CA", 1).unwrap();
-        let certs = Certs {
-            dir: dir.to_path_buf(),
-            ca,
-        };
-        certs.write("ca", &certs.ca.clone());
-        certs
-    }
-
-    fn write(&self, stem: &str, pem: &CertifiedPem) {
-        std::fs::write(self.dir.join(format!("{stem}.pem")), &pem.cert).unwrap();
-        std::fs::write(self.dir.join(format!("{stem}-key.pem")), &pem.key).unwrap();
-    }
-
-    fn node(&self, id: u64) -> CertifiedPem {
-        let pem = generate::issue_node(&self.ca, id, &["127.0.0.1".into()], 1).unwrap();
-        self.write(&format!("node-{id}"), &pem);
-        pem
-    }
-
-    fn client(&self, name: &str) -> CertifiedPem {
-        let pem = generate::issue_client(&self.ca, name, 1).unwrap();
-        self.write(name, &pem);
-        pem
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.join(file)
-    }
-
-    fn arg(&self, file: &str) -> String {
-        self.path(file).display().to_string()
-    }
-
-    /// Broker flags: TLS on every port but /metrics (the harness polls
-    /// `/ready` over plain HTTP).
-    fn broker_args(&self) -> Vec<String> {
-        vec![
-            "--tls-cert".into(),
-            self.arg("node-{node}.pem"),
-            "--tls-key".into(),
-            self.arg("node-{node}-key.pem"),
-            "--tls-ca".into(),
-            self.arg("ca.pem"),
-            "--metrics-plaintext".into(),
-        ]
-    }
-
-    fn client_config(&self, identity: Option<&str>) -> ClientConfig {
-        ClientConfig {
-            tls: Some(ClientTls {
-                ca: self.path("ca.pem"),
-                identity: identity.map(|n| {
-                    (
-                        self.path(&format!("{n}.pem")),
-                        self.path(&format!("{n}-key.pem")),
-                    )
-                }),
-            }),
-            ..tern_tests::fault_client_config()
-        }
-    }
-}
 
 fn refs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
@@ -299,18 +225,35 @@ async fn the_peer_port_admits_only_brokers_proving_the_node_id_they_claim() {
             !peer_is_served(liar, 2, 1).await,
             "node 5 was served as node 2"
         );
-        // Control: node 2's own certificate and hello are served, so the
-        // refusals above are the checks at work, not a broken probe.
-        let honest = tls_to_peer(
+        // A real broker certificate of this CA, honest about its id, but
+        // node 2 is not a member of this one-broker cluster (nor being
+        // added): a decommissioned broker or a certificate issued ahead of
+        // time gets no say in the cluster.
+        let outsider = tls_to_peer(
             &peer,
             &ca,
             &certs.path("node-2.pem"),
             &certs.path("node-2-key.pem"),
         )
         .await
+        .expect("a certificate of this CA completes the handshake");
+        assert!(
+            !peer_is_served(outsider, 2, 1).await,
+            "node 2, not a member, was served"
+        );
+        // Control: a member's certificate and hello (node 1's own) are
+        // served, so the refusals above are the checks at work, not a
+        // broken probe.
+        let honest = tls_to_peer(
+            &peer,
+            &ca,
+            &certs.path("node-1.pem"),
+            &certs.path("node-1-key.pem"),
+        )
+        .await
         .expect("handshake");
         assert!(
-            peer_is_served(honest, 2, 1).await,
+            peer_is_served(honest, 1, 1).await,
             "a genuine peer was refused"
         );
         // Nothing changed in the catalogue.
@@ -327,6 +270,39 @@ async fn the_peer_port_admits_only_brokers_proving_the_node_id_they_claim() {
     assert!(log.contains("proves no node id"), "{log}");
     assert!(
         log.contains("is not the node its certificate proves"),
+        "{log}"
+    );
+    assert!(
+        log.contains("node 2 is not a member of the cluster"),
+        "{log}"
+    );
+}
+
+/// Without TLS nothing proves a peer's id, but a made-up one is still not a
+/// member: the attack that once created and deleted topics, re-registered a
+/// broker's client address and added a fake voter started with a hello
+/// from "node 4242".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_peer_port_refuses_a_sender_that_is_not_a_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("n1"), &[]);
+    let peer = broker.peer_addr.clone();
+    bounded(LIMIT, async {
+        let stranger = TcpStream::connect(&peer).await.unwrap();
+        assert!(
+            !peer_is_served(stranger, 4242, 1).await,
+            "node 4242 was served"
+        );
+        let member = TcpStream::connect(&peer).await.unwrap();
+        assert!(
+            peer_is_served(member, 1, 1).await,
+            "the member's own id was refused"
+        );
+    })
+    .await;
+    let log = broker.log();
+    assert!(
+        log.contains("node 4242 is not a member of the cluster"),
         "{log}"
     );
 }
@@ -811,6 +787,62 @@ async fn scram_the_right_password_produces_and_consumes() {
         assert_eq!(admin.list_users().await.unwrap(), vec!["admin"]);
     })
     .await;
+}
+
+/// Removing a user, or changing its password, ends the connections that
+/// authenticated as it (at their next request), as revoking an NATS user
+/// does; other users' connections go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_removing_a_user_or_changing_its_password_ends_its_open_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = auth_broker(&dir.path().join("n1"));
+    bounded(LIMIT, async {
+        let admin = Admin::new(admin_when_ready(&broker.addr).await);
+        admin.upsert_user("alice", "alice password").await.unwrap();
+        admin.upsert_user("carol", "carol password").await.unwrap();
+        admin.upsert_user("dave", "dave password").await.unwrap();
+        let metadata = || tern_protocol::Request::Metadata { topics: None };
+        let mut open = Vec::new();
+        for (user, password) in [
+            ("alice", "alice password"),
+            ("carol", "carol password"),
+            ("dave", "dave password"),
+        ] {
+            let conn = tern_client::Connection::connect_with(&broker.addr, &as_user(user, password))
+                .await
+                .unwrap();
+            conn.request(metadata()).await.unwrap();
+            open.push(conn);
+        }
+        admin.delete_user("alice").await.unwrap();
+        admin.upsert_user("carol", "new carol password").await.unwrap();
+        for (conn, user) in open.iter().zip(["alice", "carol"]) {
+            let refused = conn.request(metadata()).await.unwrap_err();
+            assert_eq!(
+                refused.code(),
+                Some(tern_client::ErrorCode::AuthenticationFailed),
+                "{user}: {refused:?}"
+            );
+            assert!(
+                conn.request(metadata()).await.is_err(),
+                "{user}'s connection stayed open"
+            );
+        }
+        // Dave, untouched, goes on; so does carol with her new password.
+        open[2].request(metadata()).await.unwrap();
+        tern_client::Connection::connect_with(&broker.addr, &as_user("carol", "new carol password"))
+            .await
+            .unwrap()
+            .request(metadata())
+            .await
+            .unwrap();
+    })
+    .await;
+    let log = broker.log();
+    assert!(
+        log.contains("its user was removed or its password changed"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

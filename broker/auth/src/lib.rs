@@ -18,8 +18,12 @@
 //! passed in for tests. Every message is bounded by
 //! [`MESSAGE_BYTES_MAX`] before it is parsed.
 //!
-//! Limits, deliberately: usernames and passwords are printable ASCII only
-//! (no SASLprep, so no Unicode normalisation questions); channel binding
+//! Usernames and passwords are Unicode, prepared with SASLprep (RFC 4013,
+//! through the `stringprep` crate) as RFC 5802 asks: both sides hash the
+//! prepared password, so "I\u{00AD}X" and "IX" are one password, and a
+//! username is stored and compared in its prepared form (a name that
+//! SASLprep would change is refused, naming the form to use; the client
+//! prepares the name it logs in with). Limits, deliberately: channel binding
 //! (`p=`), authorization identities (`a=`) and extensions (`m=` or any
 //! attribute after the last expected one) are refused, not ignored.
 
@@ -110,10 +114,11 @@ pub enum ScramError {
         /// The attribute's name.
         attribute: String,
     },
-    /// The username is empty, too long or not printable ASCII.
+    /// The username is empty, too long, has spaces or control characters,
+    /// or is refused by (or not in the form of) SASLprep.
     #[error("invalid username: {0}")]
     InvalidUsername(String),
-    /// The password is empty, too long or not printable ASCII.
+    /// The password is empty, too long or refused by SASLprep.
     #[error("invalid password: {0}")]
     InvalidPassword(String),
     /// An iteration count outside [`ITERATIONS_MIN`]..=[`ITERATIONS_MAX`].
@@ -172,10 +177,10 @@ impl StoredCredential {
         salt: &[u8],
         iterations: u32,
     ) -> Result<StoredCredential, ScramError> {
-        validate_password(password)?;
+        let password = prepare_password(password)?;
         check_iterations(iterations)?;
         check_salt(salt)?;
-        let salted = salted_password(password, salt, iterations);
+        let salted = salted_password(&password, salt, iterations);
         let client_key = hmac_sha256(&salted, b"Client Key");
         Ok(StoredCredential {
             salt: salt.to_vec(),
@@ -254,39 +259,65 @@ impl StoredCredential {
     }
 }
 
-/// Checks a username: 1..=[`USERNAME_BYTES_MAX`] bytes of printable ASCII
-/// without spaces (SASLprep is not implemented, so nothing else is safe to
-/// compare byte by byte).
+/// Checks a username: 1..=[`USERNAME_BYTES_MAX`] bytes, no whitespace or
+/// control characters, and already in its SASLprep form (the form brokers
+/// store and compare byte by byte).
 pub fn validate_username(name: &str) -> Result<(), ScramError> {
-    if name.is_empty() || name.len() > USERNAME_BYTES_MAX {
+    let prepared = prepare_username(name)?;
+    if prepared != name {
         return Err(ScramError::InvalidUsername(format!(
-            "{} bytes; a username has 1 to {USERNAME_BYTES_MAX}",
-            name.len()
+            "{name:?} is not in its SASLprep (RFC 4013) form; use {prepared:?}"
         )));
-    }
-    if !name.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-        return Err(ScramError::InvalidUsername(
-            "only printable ASCII without spaces is supported (no SASLprep)".into(),
-        ));
     }
     Ok(())
 }
 
-/// Checks a password: 1..=[`PASSWORD_BYTES_MAX`] bytes of printable ASCII
-/// (spaces allowed).
+/// A username in its SASLprep form, checked as [`validate_username`] checks
+/// the result: what a client logs in with.
+pub fn prepare_username(name: &str) -> Result<String, ScramError> {
+    let prepared = stringprep::saslprep(name).map_err(|e| {
+        ScramError::InvalidUsername(format!("not allowed by SASLprep (RFC 4013): {e}"))
+    })?;
+    if prepared.is_empty() || prepared.len() > USERNAME_BYTES_MAX {
+        return Err(ScramError::InvalidUsername(format!(
+            "{} bytes; a username has 1 to {USERNAME_BYTES_MAX}",
+            prepared.len()
+        )));
+    }
+    if prepared
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(ScramError::InvalidUsername(
+            "a username has no spaces or control characters".into(),
+        ));
+    }
+    Ok(prepared.into_owned())
+}
+
+/// Checks a password: 1..=[`PASSWORD_BYTES_MAX`] bytes, allowed by SASLprep
+/// (no control characters; spaces allowed).
 pub fn validate_password(password: &str) -> Result<(), ScramError> {
+    prepare_password(password).map(|_| ())
+}
+
+/// The password's SASLprep form: what both sides hash.
+fn prepare_password(password: &str) -> Result<String, ScramError> {
     if password.is_empty() || password.len() > PASSWORD_BYTES_MAX {
         return Err(ScramError::InvalidPassword(format!(
             "{} bytes; a password has 1 to {PASSWORD_BYTES_MAX}",
             password.len()
         )));
     }
-    if !password.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+    let prepared = stringprep::saslprep(password).map_err(|e| {
+        ScramError::InvalidPassword(format!("not allowed by SASLprep (RFC 4013): {e}"))
+    })?;
+    if prepared.is_empty() {
         return Err(ScramError::InvalidPassword(
-            "only printable ASCII is supported (no SASLprep)".into(),
+            "nothing is left of it after SASLprep (RFC 4013)".into(),
         ));
     }
-    Ok(())
+    Ok(prepared.into_owned())
 }
 
 fn check_iterations(iterations: u32) -> Result<(), ScramError> {
@@ -424,6 +455,13 @@ impl ServerExchange {
         &self.username
     }
 
+    /// The stored key of the credential this exchange checks against: a
+    /// connection that authenticated stays valid only while its user's
+    /// credential is still this one.
+    pub fn stored_key(&self) -> &[u8; KEY_BYTES] {
+        self.credential.stored_key()
+    }
+
     /// Checks the client-final message; on success returns the proven
     /// username and the server-final message (`v=ServerSignature`).
     pub fn finish(self, message: &[u8]) -> Result<(String, Vec<u8>), ScramError> {
@@ -493,14 +531,14 @@ impl ClientExchange {
         password: &str,
         nonce: &str,
     ) -> Result<(ClientExchange, Vec<u8>), ScramError> {
-        validate_username(username)?;
-        validate_password(password)?;
+        let username = prepare_username(username)?;
+        let password = prepare_password(password)?;
         check_nonce("client-first message", nonce)?;
-        let bare = format!("n={},r={nonce}", encode_saslname(username));
+        let bare = format!("n={},r={nonce}", encode_saslname(&username));
         let first = format!("n,,{bare}");
         Ok((
             ClientExchange {
-                password: password.to_owned(),
+                password,
                 client_nonce: nonce.to_owned(),
                 bare,
             },
@@ -622,8 +660,8 @@ impl<'a> Attrs<'a> {
     }
 }
 
-/// Bounds a message and checks it is printable ASCII (which every valid
-/// message of ours is: no SASLprep, base64, printable nonces).
+/// Bounds a message and checks it is UTF-8 without control characters
+/// (usernames may be Unicode; everything else is base64 or printable).
 fn as_text<'a>(message: &'static str, bytes: &'a [u8]) -> Result<&'a str, ScramError> {
     if bytes.len() > MESSAGE_BYTES_MAX {
         return Err(ScramError::TooLarge {
@@ -638,17 +676,17 @@ fn as_text<'a>(message: &'static str, bytes: &'a [u8]) -> Result<&'a str, ScramE
             expected: "first",
         });
     }
-    if let Some(b) = bytes.iter().find(|b| !(0x20..=0x7e).contains(*b)) {
-        return Err(ScramError::Malformed {
-            message,
-            detail: format!("byte {b:#04x} is not printable ASCII (SASLprep is not supported)"),
-        });
-    }
-    // Printable ASCII is UTF-8.
-    std::str::from_utf8(bytes).map_err(|_| ScramError::Malformed {
+    let text = std::str::from_utf8(bytes).map_err(|_| ScramError::Malformed {
         message,
         detail: "not UTF-8".into(),
-    })
+    })?;
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        return Err(ScramError::Malformed {
+            message,
+            detail: format!("control character {:#06x}", u32::from(c)),
+        });
+    }
+    Ok(text)
 }
 
 fn check_nonce(message: &'static str, nonce: &str) -> Result<(), ScramError> {
@@ -1034,7 +1072,8 @@ mod tests {
         assert!(StoredCredential::derive("pw", b"saltsalt", 4095).is_err());
         assert!(StoredCredential::derive("pw", b"short", 4096).is_err());
         assert!(StoredCredential::derive("", b"saltsalt", 4096).is_err());
-        assert!(StoredCredential::derive("caf\u{e9}", b"saltsalt", 4096).is_err());
+        assert!(StoredCredential::derive("\u{7}bell", b"saltsalt", 4096).is_err());
+        assert!(StoredCredential::derive("\u{ad}", b"saltsalt", 4096).is_err());
         let c = StoredCredential::generate("pw", ITERATIONS_DEFAULT).unwrap();
         assert_eq!(c.salt().len(), SALT_BYTES);
         let back =
@@ -1047,5 +1086,39 @@ mod tests {
         assert!(validate_username("has space").is_err());
         assert!(validate_username(&"x".repeat(USERNAME_BYTES_MAX + 1)).is_err());
         assert!(ClientExchange::start("", "pw").is_err());
+    }
+
+    /// RFC 4013's examples, and a whole exchange with Unicode names and
+    /// passwords in different (equivalent) forms on each side.
+    #[test]
+    fn saslprep_prepares_names_and_passwords() {
+        let with = |pw: &str| StoredCredential::derive(pw, b"saltsalt", 4096).unwrap();
+        // Soft hyphen mapped to nothing; compatibility forms normalised.
+        assert_eq!(with("I\u{ad}X"), with("IX"));
+        assert_eq!(with("\u{2168}"), with("IX"));
+        assert_eq!(with("\u{aa}"), with("a"));
+        // Prohibited (a control character) and bidi-invalid input refused.
+        assert!(validate_password("\u{7}").is_err());
+        assert!(validate_password("\u{627}\u{31}").is_err());
+        // A username must already be in its prepared form; the client
+        // prepares the one it logs in with.
+        assert!(validate_username("caf\u{e9}").is_ok());
+        let refused = validate_username("\u{2168}").unwrap_err();
+        assert!(refused.to_string().contains("\"IX\""), "{refused}");
+        assert_eq!(prepare_username("user\u{ad}").unwrap(), "user");
+        assert!(validate_username("tab\tname").is_err());
+        // Server stores the composed password; the client types it
+        // decomposed (e + combining acute): one password after NFKC.
+        let credential = with("p\u{e4}ss");
+        let (client, first) =
+            ClientExchange::start_with_nonce("caf\u{e9}", "pa\u{308}ss", CLIENT_NONCE).unwrap();
+        let first = ClientFirst::parse(&first).unwrap();
+        assert_eq!(first.username(), "caf\u{e9}");
+        let (server, server_first) =
+            ServerExchange::start_with_nonce(first, credential, SERVER_NONCE);
+        let (awaiting, client_final) = client.respond(&server_first).unwrap();
+        let (user, server_final) = server.finish(&client_final).unwrap();
+        assert_eq!(user, "caf\u{e9}");
+        awaiting.verify(&server_final).unwrap();
     }
 }

@@ -300,6 +300,23 @@ impl RaftNode {
             message: e.to_string(),
         })?;
         transport.register(META_GROUP, meta.clone());
+        let (meta_view, catalogue_view) = (meta.clone(), catalogue.clone());
+        transport.on_member_view(Arc::new(move || {
+            let membership = meta_view.metrics().borrow().membership_config.clone();
+            let addrs: HashMap<NodeId, String> = membership
+                .membership()
+                .nodes()
+                .map(|(id, node)| (*id, node.addr.clone()))
+                .collect();
+            let mut members: BTreeSet<NodeId> = addrs.keys().copied().collect();
+            let joined = !members.is_empty();
+            members.extend(catalogue_view.borrow().brokers.keys().copied());
+            network::MemberView {
+                joined,
+                members,
+                addrs,
+            }
+        }));
         tokio::spawn(transport.clone().serve(peer_listener, shutdown.clone()));
         if fresh && !cluster.join {
             // A wiped data dir must not bootstrap (nor vote) as if new.

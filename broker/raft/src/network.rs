@@ -16,6 +16,14 @@
 //! hello's sender. A process without a broker certificate of this cluster's
 //! CA cannot speak to the peer port at all.
 //!
+//! With or without TLS, the hello's sender (proven by its certificate when
+//! TLS is on) must also be a member: in the metadata group's membership
+//! (voters, and learners — brokers being added) or a registered broker, in
+//! this node's view or, because that view may lag, in another member's
+//! ([`KIND_IS_MEMBER`]). A broker that has not joined a cluster yet admits
+//! any peer: it holds nothing, and the member adding it must reach it. An
+//! admitted connection whose peer later leaves the membership is closed.
+//!
 //! **Invariant:** nothing a peer sends can panic this node; every decode
 //! failure is an error answer or a closed connection.
 
@@ -86,6 +94,35 @@ pub(crate) const KIND_LEADERS_OF: u8 = 10;
 /// Most group ids one [`KIND_LEADERS_OF`] call may name (a larger ask is
 /// refused whole; the asker splits its asks into calls of at most this).
 pub const LEADER_ASKS_PER_CALL_MAX: usize = 10_000;
+
+/// "Is this node a member of the cluster (or being added)?", asked of the
+/// other members by a broker that an unknown peer dialled: its own view may
+/// lag the cluster's (it has not yet applied the entry that added the peer).
+pub(crate) const KIND_IS_MEMBER: u8 = 11;
+
+/// Longest a broker waits for the other members to vouch for a peer it does
+/// not know (see [`Transport::admit`]).
+pub const PEER_VOUCH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often an admitted peer connection re-checks that its peer is still a
+/// member (a removed broker loses its connections within about this long).
+pub const PEER_MEMBERSHIP_RECHECK: Duration = Duration::from_secs(1);
+
+/// This node's view of who belongs to the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct MemberView {
+    /// Whether this node belongs to a cluster yet (a broker started with
+    /// `--join` has no membership until a member adds it).
+    pub joined: bool,
+    /// Every node of the metadata group's membership (voters and learners,
+    /// i.e. brokers being added) and every registered broker.
+    pub members: std::collections::BTreeSet<NodeId>,
+    /// Peer addresses from the membership (to ask members to vouch).
+    pub addrs: HashMap<NodeId, String>,
+}
+
+/// Computes this node's [`MemberView`].
+pub type MemberViewHandler = Arc<dyn Fn() -> MemberView + Send + Sync>;
 
 /// Answers [`KIND_COORD_PLUGINS`].
 pub type CoordPluginsHandler = Arc<dyn Fn() -> String + Send + Sync>;
@@ -205,6 +242,7 @@ pub struct Transport {
     cluster_change: RwLock<Option<ClusterChangeHandler>>,
     was_member: RwLock<Option<WasMemberHandler>>,
     coord_plugins: RwLock<Option<CoordPluginsHandler>>,
+    member_view: RwLock<Option<MemberViewHandler>>,
     snapshot_intake: Mutex<SnapshotIntake>,
 }
 
@@ -229,6 +267,7 @@ impl Transport {
             cluster_change: RwLock::new(None),
             was_member: RwLock::new(None),
             coord_plugins: RwLock::new(None),
+            member_view: RwLock::new(None),
             snapshot_intake: Mutex::new(SnapshotIntake::default()),
         })
     }
@@ -251,6 +290,56 @@ impl Transport {
     /// Sets what answers "was this node a member?".
     pub fn on_was_member(&self, handler: WasMemberHandler) {
         *self.was_member.write().expect("handler lock") = Some(handler);
+    }
+
+    /// Sets what tells who is a member; until it is set, every peer is
+    /// refused (the node is starting).
+    pub fn on_member_view(&self, handler: MemberViewHandler) {
+        *self.member_view.write().expect("handler lock") = Some(handler);
+    }
+
+    fn member_view(&self) -> Option<MemberView> {
+        let handler = self.member_view.read().expect("handler lock").clone();
+        handler.map(|h| h())
+    }
+
+    /// Whether `peer` may speak to this node: a member (voter, learner being
+    /// added, or registered broker) in this node's view, or — since that view
+    /// may lag — in the view of another member that vouches for it. A node
+    /// that has not joined a cluster yet has nothing to protect and admits
+    /// any peer (that is how the member adding it reaches it). `Err` says
+    /// why not.
+    async fn admit(&self, peer: NodeId) -> Result<(), String> {
+        let Some(view) = self.member_view() else {
+            return Err("this broker is still starting".to_owned());
+        };
+        if !view.joined || view.members.contains(&peer) {
+            return Ok(());
+        }
+        let body = encode(&peer)?;
+        let mut asks: futures::stream::FuturesUnordered<_> = view
+            .members
+            .iter()
+            .filter(|&&m| m != self.node_id && m != peer)
+            .map(|&m| {
+                self.call(
+                    m,
+                    view.addrs.get(&m).map(String::as_str),
+                    crate::META_GROUP,
+                    KIND_IS_MEMBER,
+                    body.clone(),
+                    PEER_VOUCH_TIMEOUT,
+                )
+            })
+            .collect();
+        while let Some(answer) = asks.next().await {
+            if answer.is_ok_and(|a| decode::<bool>(&a) == Ok(true)) {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "node {peer} is not a member of the cluster nor being added"
+        ))
     }
 
     /// Registers a local group so peers can reach it.
@@ -541,6 +630,10 @@ impl Transport {
             );
             return;
         }
+        if let Err(why) = self.admit(from).await {
+            warn!(target: "tern::security", peer = from, %why, "refused peer");
+            return;
+        }
         info!(peer = from, tls = proven.is_some(), "peer connected");
         let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
         let writer = tokio::spawn(async move {
@@ -550,12 +643,30 @@ impl Transport {
                 }
             }
         });
+        // Once this node has seen the peer among its members, the peer
+        // leaving that view means it was removed: its connection ends.
+        let mut seen_as_member = false;
+        let mut checked = std::time::Instant::now() - PEER_MEMBERSHIP_RECHECK;
         loop {
             let frame = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 f = frames.next() => f,
             };
             let Some(Ok(mut frame)) = frame else { break };
+            if checked.elapsed() >= PEER_MEMBERSHIP_RECHECK {
+                checked = std::time::Instant::now();
+                let view = self.member_view().unwrap_or_default();
+                if view.members.contains(&from) {
+                    seen_as_member = true;
+                } else if seen_as_member && view.joined {
+                    warn!(
+                        target: "tern::security",
+                        peer = from,
+                        "closing the connection of a peer that is no longer a member"
+                    );
+                    break;
+                }
+            }
             if frame.len() < 17 {
                 warn!(peer = from, "short peer frame; closing");
                 break;
@@ -593,6 +704,11 @@ impl Transport {
             let node: NodeId = decode(&body)?;
             let handler = self.was_member.read().expect("handler lock").clone();
             return encode(&handler.is_some_and(|h| h(node)));
+        }
+        if kind == KIND_IS_MEMBER {
+            let node: NodeId = decode(&body)?;
+            let view = self.member_view().unwrap_or_default();
+            return encode(&view.members.contains(&node));
         }
         if kind == KIND_COORD_PLUGINS {
             let handler = self.coord_plugins.read().expect("handler lock").clone();

@@ -216,10 +216,11 @@ impl Broker {
                 Request::SaslAuthenticate { auth_bytes },
             ) => {
                 let claimed = exchange.username().to_owned();
+                let key = *exchange.stored_key();
                 match exchange.finish(&auth_bytes) {
                     Ok((user, server_final)) => {
                         info!(target: "tern::security", principal = %user, peer = %session.peer(), mechanism = SCRAM_SHA_256, "client authenticated");
-                        session.set_principal(user.into());
+                        session.set_password_principal(user.into(), key);
                         *state = SaslState::Done;
                         ok(Response::SaslAuthenticate {
                             auth_bytes: Bytes::from(server_final),
@@ -284,6 +285,37 @@ impl Broker {
             result: Err(Failure::new(ErrorCode::AuthenticationFailed, message)),
             close: true,
         }
+    }
+
+    /// Whether `session`'s principal still holds: one proven by password
+    /// lasts only while its user exists with the credential it proved, so
+    /// removing a user or changing its password ends its open connections
+    /// at their next request (the caller answers this refusal and closes).
+    pub fn revalidate(&self, session: &Session) -> Result<(), Failure> {
+        let Some((user, key)) = session.password_proof() else {
+            return Ok(());
+        };
+        if self
+            .raft()
+            .users()
+            .get(&*user)
+            .is_some_and(|c| *c.stored_key() == key)
+        {
+            return Ok(());
+        }
+        warn!(
+            target: "tern::security",
+            principal = %user,
+            peer = %session.peer(),
+            "closing a connection: its user was removed or its password changed since it authenticated"
+        );
+        Err(Failure::new(
+            ErrorCode::AuthenticationFailed,
+            format!(
+                "user {user:?} was removed or its password changed since this connection \
+                 authenticated; authenticate again"
+            ),
+        ))
     }
 
     /// Whether `session` may administer users. With authorization on, the

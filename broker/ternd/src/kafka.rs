@@ -224,6 +224,10 @@ pub async fn handle_connection<S>(
                 warn!(target: "tern::security", %peer, api = api_name, "closing Kafka connection: authentication required first");
                 break;
             }
+            // A user removed (or its password changed) since this
+            // connection authenticated: closed, as the client must
+            // authenticate again (logged by `revalidate`).
+            _ if broker.revalidate(&session).is_err() => break,
             RequestKind::Produce(r) => {
                 // Queued now, in arrival order; durability awaited elsewhere.
                 let produce = handlers::enqueue_produce(broker, &session, r)

@@ -595,6 +595,10 @@ async fn handle_connection<S>(
             drop((permit, held));
             continue;
         }
+        if let Err(revoked) = broker.revalidate(&session) {
+            respond(broker, api, started, correlation_id, Err(revoked), &out_tx).await;
+            break;
+        }
         let out = out_tx.clone();
         let b = broker.clone();
         let session = session.clone();

@@ -14,6 +14,9 @@ use std::sync::{Arc, RwLock};
 pub struct Session {
     peer: SocketAddr,
     principal: RwLock<Option<Arc<str>>>,
+    /// For a principal proven by password: the stored key of the
+    /// credential it proved (the session ends when that credential does).
+    password_key: RwLock<Option<[u8; tern_auth::KEY_BYTES]>>,
 }
 
 impl Session {
@@ -22,6 +25,7 @@ impl Session {
         Session {
             peer,
             principal: RwLock::new(None),
+            password_key: RwLock::new(None),
         }
     }
 
@@ -45,5 +49,25 @@ impl Session {
             .principal
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(principal);
+    }
+
+    /// Records a principal proven by password (SCRAM), with the stored key
+    /// of the credential it proved.
+    pub fn set_password_principal(&self, principal: Arc<str>, key: [u8; tern_auth::KEY_BYTES]) {
+        self.set_principal(principal);
+        *self
+            .password_key
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(key);
+    }
+
+    /// The principal and credential key, if the principal was proven by
+    /// password.
+    pub fn password_proof(&self) -> Option<(Arc<str>, [u8; tern_auth::KEY_BYTES])> {
+        let key = (*self
+            .password_key
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))?;
+        Some((self.principal()?, key))
     }
 }
