@@ -4,12 +4,12 @@
 //! broker that will not listen off loopback unprotected; certificates that
 //! rotate without a restart.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
 use tern_client::{
-    Admin, Client, ClientConfig, ClientTls, Consumer, ConsumerConfig, NewTopic, Offset, Producer,
+    Admin, Client, ClientConfig, Consumer, ConsumerConfig, NewTopic, Offset, Producer,
     ProducerConfig, ProducerRecord,
 };
 use tern_tests::{bounded, run_ternd, Broker, Certs, Cluster};
@@ -808,14 +808,18 @@ async fn scram_removing_a_user_or_changing_its_password_ends_its_open_connection
             ("carol", "carol password"),
             ("dave", "dave password"),
         ] {
-            let conn = tern_client::Connection::connect_with(&broker.addr, &as_user(user, password))
-                .await
-                .unwrap();
+            let conn =
+                tern_client::Connection::connect_with(&broker.addr, &as_user(user, password))
+                    .await
+                    .unwrap();
             conn.request(metadata()).await.unwrap();
             open.push(conn);
         }
         admin.delete_user("alice").await.unwrap();
-        admin.upsert_user("carol", "new carol password").await.unwrap();
+        admin
+            .upsert_user("carol", "new carol password")
+            .await
+            .unwrap();
         for (conn, user) in open.iter().zip(["alice", "carol"]) {
             let refused = conn.request(metadata()).await.unwrap_err();
             assert_eq!(
@@ -830,12 +834,15 @@ async fn scram_removing_a_user_or_changing_its_password_ends_its_open_connection
         }
         // Dave, untouched, goes on; so does carol with her new password.
         open[2].request(metadata()).await.unwrap();
-        tern_client::Connection::connect_with(&broker.addr, &as_user("carol", "new carol password"))
-            .await
-            .unwrap()
-            .request(metadata())
-            .await
-            .unwrap();
+        tern_client::Connection::connect_with(
+            &broker.addr,
+            &as_user("carol", "new carol password"),
+        )
+        .await
+        .unwrap()
+        .request(metadata())
+        .await
+        .unwrap();
     })
     .await;
     let log = broker.log();

@@ -929,10 +929,20 @@ mod tests {
             ClientFirst::parse(&big),
             Err(ScramError::TooLarge { .. })
         ));
-        assert!(matches!(
-            ClientFirst::parse(b"n,,n=us\xc3\xa9r,r=abc"),
-            Err(ScramError::Malformed { .. })
-        ));
+        // Unicode names are fine (SASLprep); bytes that are not UTF-8, or
+        // control characters, are not.
+        assert_eq!(
+            ClientFirst::parse(b"n,,n=us\xc3\xa9r,r=abc")
+                .unwrap()
+                .username(),
+            "us\u{e9}r"
+        );
+        for bad in [&b"n,,n=us\xffr,r=abc"[..], b"n,,n=us\x07r,r=abc"] {
+            assert!(matches!(
+                ClientFirst::parse(bad),
+                Err(ScramError::Malformed { .. })
+            ));
+        }
         assert!(matches!(
             ClientFirst::parse(b"n,,n=a=xy,r=abc"),
             Err(ScramError::InvalidUsername(_))
