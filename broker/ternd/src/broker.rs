@@ -1586,9 +1586,13 @@ impl Broker {
         self.metrics
             .raft_metadata_term
             .set(self.raft.meta().metrics().borrow().current_term as i64);
-        let (mut under, mut offline, mut led) = (0, 0, 0);
+        let (mut under, mut offline, mut led, mut off_preferred) = (0, 0, 0, 0);
         for (entry, p) in self.all_partitions() {
             let m = p.raft.metrics().borrow().clone();
+            let preferred = entry.replicas.get(p.index as usize).and_then(|r| r.first());
+            if preferred == Some(&me) && m.current_leader != Some(me) {
+                off_preferred += 1;
+            }
             match m.current_leader {
                 None => offline += 1,
                 Some(l) if l == me => {
@@ -1608,6 +1612,9 @@ impl Broker {
             .partition_leaders
             .with_label_values(&[&me.to_string()])
             .set(led);
+        self.metrics
+            .partitions_off_preferred_leader
+            .set(off_preferred);
     }
 }
 

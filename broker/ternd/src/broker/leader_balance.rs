@@ -222,9 +222,6 @@ impl Broker {
                 candidates.entry(leader).or_default().push(p);
             }
         }
-        self.metrics
-            .partitions_off_preferred_leader
-            .set(report.not_preferred as i64);
         let mut ready: Vec<(GroupId, Arc<Partition>, NodeId)> = Vec::new();
         if auto || planner.requested(Instant::now()) {
             let asks = candidates
