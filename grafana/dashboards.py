@@ -86,7 +86,12 @@ DASHBOARDS = [
             ]),
         ],
         [
-            panel("Leaders per broker", [('sum by (instance) (tern_raft_groups{role="leader"})', "{{instance}}")]),
+            panel("Partition leaders per broker", [("sum by (broker) (tern_partition_leaders)", "broker {{broker}}")]),
+            panel("Preferred leaders", [
+                ("sum(tern_partitions_off_preferred_leader)", "partitions off their preferred leader"),
+                (f"sum(rate(tern_preferred_leader_elections_total[{R}])) * 60", "elections started /min"),
+                (f"sum(rate(tern_preferred_leader_elections_won_total[{R}])) * 60", "elections won /min"),
+            ]),
             panel("Under-replicated partitions", [("sum(tern_partitions_under_replicated)", "under-replicated")]),
         ],
         [

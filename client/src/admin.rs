@@ -295,6 +295,63 @@ impl Admin {
         }
     }
 
+    /// Moves leadership back to preferred leaders now: asks every broker
+    /// of the cluster to campaign, without its usual wait, for the
+    /// partitions it is the preferred leader of (the first broker of each
+    /// replica list) that another broker leads, where its replica is
+    /// caught up. Brokers do this by themselves a few seconds after a
+    /// restart unless started with `--auto-leader-balance=false`. Elections
+    /// take about an election timeout; partitions over a broker's
+    /// elections-per-second limit, and elections lost, are retried by the
+    /// broker for the next 30 s. A broker that cannot be asked is listed
+    /// in [`LeaderBalance::unreachable`]; only when none answers is it an
+    /// error.
+    ///
+    /// # Cancel safety
+    /// Cancelled, some brokers may have been asked; asking again is
+    /// harmless.
+    pub async fn balance_leaders(&self) -> Result<LeaderBalance, ClientError> {
+        self.client.refresh_metadata(Some(Vec::new())).await?;
+        let asks = self
+            .client
+            .brokers()
+            .into_iter()
+            .map(|(node, addr)| async move {
+                let answer = match self.client.connection(&addr).await {
+                    Ok(conn) => conn.request(Request::BalanceLeaders).await,
+                    Err(e) => Err(e),
+                };
+                (node, answer)
+            });
+        let mut balance = LeaderBalance::default();
+        let mut first_error = None;
+        for (node, answer) in futures::future::join_all(asks).await {
+            match answer {
+                Ok(Response::BalanceLeaders {
+                    not_preferred,
+                    elections,
+                }) => balance.brokers.push(BrokerBalance {
+                    node_id: node,
+                    not_preferred,
+                    elections,
+                }),
+                Ok(_) => {
+                    return Err(ClientError::Decode(
+                        "balance leaders answered with another type".into(),
+                    ))
+                }
+                Err(e) => {
+                    balance.unreachable.push((node, e.to_string()));
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) if balance.brokers.is_empty() => Err(e),
+            _ => Ok(balance),
+        }
+    }
+
     /// Every topic, sorted by name.
     ///
     /// # Cancel safety
@@ -644,6 +701,40 @@ impl Admin {
 /// (a new replica copies the partition before the broker answers; brokers
 /// give up after 15 s).
 pub(crate) const MEMBERSHIP_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// What [`Admin::balance_leaders`] found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaderBalance {
+    /// Each broker that answered, by node id.
+    pub brokers: Vec<BrokerBalance>,
+    /// Brokers that could not be asked: node id and why.
+    pub unreachable: Vec<(u32, String)>,
+}
+
+impl LeaderBalance {
+    /// Partitions not led by their preferred leader, as the preferred
+    /// leaders that answered counted them.
+    pub fn not_preferred(&self) -> u32 {
+        self.brokers.iter().map(|b| b.not_preferred).sum()
+    }
+
+    /// Elections started.
+    pub fn elections(&self) -> u32 {
+        self.brokers.iter().map(|b| b.elections).sum()
+    }
+}
+
+/// One broker's answer to [`Admin::balance_leaders`], about the partitions
+/// it is the preferred leader of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerBalance {
+    /// The broker.
+    pub node_id: u32,
+    /// Partitions it is the preferred leader of but does not lead.
+    pub not_preferred: u32,
+    /// Elections it started for them.
+    pub elections: u32,
+}
 
 /// One replica's committed log, summarised by [`Admin::replica_digest`].
 #[derive(Debug, Clone, PartialEq, Eq)]

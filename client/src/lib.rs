@@ -36,7 +36,7 @@ mod retry;
 #[cfg(test)]
 mod tests;
 
-pub use admin::{Admin, NewTopic, ReplicaDigest};
+pub use admin::{Admin, BrokerBalance, LeaderBalance, NewTopic, ReplicaDigest};
 pub use auth::{derive_credential, Credentials};
 pub use client::{Client, ClientConfig, ClientTls};
 pub use connection::Connection;

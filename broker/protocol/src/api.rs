@@ -54,11 +54,14 @@ pub enum ApiKey {
     CreatePartitions = 15,
     /// Authorization rules: add, remove, list (see [`crate::acl`]).
     Acl = 14,
+    /// Ask a broker to campaign now for the partitions it is the preferred
+    /// leader of (the first broker of their replica list).
+    BalanceLeaders = 16,
 }
 
 impl ApiKey {
     /// All request types, for metrics registration.
-    pub const ALL: [ApiKey; 16] = [
+    pub const ALL: [ApiKey; 17] = [
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::Metadata,
@@ -75,6 +78,7 @@ impl ApiKey {
         ApiKey::User,
         ApiKey::CreatePartitions,
         ApiKey::Acl,
+        ApiKey::BalanceLeaders,
     ];
 
     fn from_u16(v: u16) -> Result<ApiKey, DecodeError> {
@@ -103,6 +107,7 @@ impl ApiKey {
             ApiKey::User => "user",
             ApiKey::CreatePartitions => "create_partitions",
             ApiKey::Acl => "acl",
+            ApiKey::BalanceLeaders => "balance_leaders",
         }
     }
 }
@@ -382,6 +387,12 @@ pub enum Request {
     },
     /// An authorization-rule operation.
     Acl(AclRequest),
+    /// Make the receiving broker campaign, without its usual waiting, for
+    /// the partitions whose preferred leader (the first broker of the
+    /// replica list) it is but that another broker leads, where its replica
+    /// is caught up. Each broker answers for its own preferred partitions:
+    /// a client balances the cluster by asking every broker.
+    BalanceLeaders,
 }
 
 /// A successful response (errors of a whole request travel in the frame).
@@ -436,6 +447,16 @@ pub enum Response {
     CreatePartitions,
     /// An authorization-rule answer.
     Acl(AclResponse),
+    /// What the broker found among the partitions it is the preferred
+    /// leader of.
+    BalanceLeaders {
+        /// Partitions it is the preferred leader of that it does not lead.
+        not_preferred: u32,
+        /// Elections it triggered for them now (the others are led
+        /// elsewhere by a replica it has not caught up with, leaderless, or
+        /// wait for the broker's elections-per-second limit).
+        elections: u32,
+    },
 }
 
 impl Request {
@@ -458,6 +479,7 @@ impl Request {
             Request::User(_) => ApiKey::User,
             Request::CreatePartitions { .. } => ApiKey::CreatePartitions,
             Request::Acl(_) => ApiKey::Acl,
+            Request::BalanceLeaders => ApiKey::BalanceLeaders,
         }
     }
 
@@ -542,6 +564,7 @@ impl Request {
                 out.put_u32_le(*count);
             }
             Request::Acl(a) => a.encode(out),
+            Request::BalanceLeaders => {}
         }
     }
 
@@ -646,6 +669,7 @@ impl Request {
                 count: r.u32("count")?,
             },
             ApiKey::Acl => Request::Acl(AclRequest::decode(r)?),
+            ApiKey::BalanceLeaders => Request::BalanceLeaders,
         })
     }
 }
@@ -697,6 +721,7 @@ impl Response {
             Response::User(_) => ApiKey::User,
             Response::CreatePartitions => ApiKey::CreatePartitions,
             Response::Acl(_) => ApiKey::Acl,
+            Response::BalanceLeaders { .. } => ApiKey::BalanceLeaders,
         }
     }
 
@@ -769,6 +794,13 @@ impl Response {
             Response::SaslAuthenticate { auth_bytes } => put_bytes(out, auth_bytes),
             Response::User(u) => u.encode(out),
             Response::Acl(a) => a.encode(out),
+            Response::BalanceLeaders {
+                not_preferred,
+                elections,
+            } => {
+                out.put_u32_le(*not_preferred);
+                out.put_u32_le(*elections);
+            }
         }
     }
 
@@ -869,6 +901,10 @@ impl Response {
             ApiKey::User => Response::User(UserResponse::decode(r)?),
             ApiKey::CreatePartitions => Response::CreatePartitions,
             ApiKey::Acl => Response::Acl(AclResponse::decode(r)?),
+            ApiKey::BalanceLeaders => Response::BalanceLeaders {
+                not_preferred: r.u32("not_preferred")?,
+                elections: r.u32("elections")?,
+            },
         })
     }
 }
@@ -1103,6 +1139,40 @@ mod tests {
         let mut out = BytesMut::new();
         answer.encode(&mut out);
         assert_eq!(ResponseFrame::decode(out.freeze()).unwrap(), answer);
+    }
+
+    /// ApiKey 16 is BalanceLeaders: an empty request; its answer is two
+    /// `u32`s (partitions not on this preferred leader, elections started).
+    #[test]
+    fn balance_leaders_layout_is_pinned_and_strict() {
+        let frame = RequestFrame {
+            correlation_id: 7,
+            request: Request::BalanceLeaders,
+        };
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        expected.extend_from_slice(&16u16.to_le_bytes());
+        expected.extend_from_slice(&7u32.to_le_bytes());
+        assert_eq!(&buf[..], &expected[..]);
+        assert_eq!(RequestFrame::decode(buf.clone().freeze()).unwrap(), frame);
+        let mut trailing = buf.clone();
+        trailing.put_u8(0);
+        assert!(RequestFrame::decode(trailing.freeze()).is_err());
+        let answer = ResponseFrame {
+            correlation_id: 7,
+            result: Ok(Response::BalanceLeaders {
+                not_preferred: 3,
+                elections: 2,
+            }),
+        };
+        let mut out = BytesMut::new();
+        answer.encode(&mut out);
+        assert_eq!(&out[out.len() - 8..], &[3, 0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(ResponseFrame::decode(out.clone().freeze()).unwrap(), answer);
+        let truncated = out.split_to(out.len() - 1);
+        assert!(ResponseFrame::decode(truncated.freeze()).is_err());
     }
 
     #[test]

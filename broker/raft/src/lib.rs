@@ -656,6 +656,49 @@ impl RaftNode {
         leaders
     }
 
+    /// The last log index of each of `groups` at `leader`, where `leader`
+    /// leads it (`None` where it does not, or did not answer within
+    /// `timeout`; an older broker that does not know the question answers
+    /// nothing). The preferred-leader balancer asks this before a replica
+    /// campaigns: the leader grants its vote only to a log at least as long
+    /// as its own. One call per [`network::LEADER_ASKS_PER_CALL_MAX`] groups.
+    pub async fn log_ends_at(
+        &self,
+        leader: NodeId,
+        groups: &[u64],
+        timeout: Duration,
+    ) -> Vec<Option<u64>> {
+        let calls = groups
+            .chunks(network::LEADER_ASKS_PER_CALL_MAX)
+            .map(|chunk| async move {
+                let answer = match network::encode(&chunk) {
+                    Ok(body) => self
+                        .transport
+                        .call(
+                            leader,
+                            None,
+                            META_GROUP,
+                            network::KIND_LOG_ENDS_OF,
+                            body,
+                            timeout,
+                        )
+                        .await
+                        .ok()
+                        .and_then(|a| network::decode::<Vec<Option<u64>>>(&a).ok()),
+                    Err(_) => None,
+                };
+                // An answer of the wrong length is ignored whole.
+                answer
+                    .filter(|a| a.len() == chunk.len())
+                    .unwrap_or_else(|| vec![None; chunk.len()])
+            });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// Proposes one coordination operation: its result, or its refusal
     /// (wire code, message). Operations queued while earlier batches are in
     /// flight are proposed together as one Raft entry (group commit: one

@@ -82,6 +82,15 @@ pub(crate) const KIND_WAS_MEMBER: u8 = 7;
 /// brokers of earlier versions during a rolling upgrade.
 pub(crate) const KIND_LEADER_OF: u8 = 8;
 
+/// "How long is your Raft log in each of these groups you lead?", asked of
+/// a partition's leader by its preferred replica before it campaigns: a
+/// replica whose log is shorter than the leader's cannot win, and its
+/// campaign would only unseat the leader for an election timeout. The body
+/// is a list of group ids (at most [`LEADER_ASKS_PER_CALL_MAX`]), the answer
+/// one `Option<u64>` per id: the last log index where the answering node
+/// leads the group, `None` where it does not (or does not host it).
+pub(crate) const KIND_LOG_ENDS_OF: u8 = 12;
+
 /// "Which coordination (lock, balancer) plugins do you run?", asked of a broker before adding it.
 pub(crate) const KIND_COORD_PLUGINS: u8 = 9;
 
@@ -739,6 +748,25 @@ impl Transport {
             let raft = self.group(group).ok_or("group not hosted here")?;
             let leader = raft.metrics().borrow().current_leader;
             return encode(&leader);
+        }
+        if kind == KIND_LOG_ENDS_OF {
+            let groups: Vec<u64> = decode(&body)?;
+            if groups.len() > LEADER_ASKS_PER_CALL_MAX {
+                return Err(format!(
+                    "{} groups asked in one call; at most {LEADER_ASKS_PER_CALL_MAX} \
+                     (leader_asks_per_call_max)",
+                    groups.len()
+                ));
+            }
+            let ends: Vec<Option<u64>> = groups
+                .iter()
+                .map(|g| {
+                    let metrics = self.group(*g)?.metrics();
+                    let m = metrics.borrow();
+                    (m.current_leader == Some(self.node_id)).then(|| m.last_log_index.unwrap_or(0))
+                })
+                .collect();
+            return encode(&ends);
         }
         if kind == KIND_CLUSTER_CHANGE {
             let change: crate::ClusterChange = decode(&body)?;

@@ -44,10 +44,15 @@ use crate::session::Session;
 mod authz;
 mod coordination;
 mod kafka_groups;
+mod leader_balance;
 
 pub use kafka_groups::{
     KafkaGroupDescription, KafkaGroupError, KafkaJoinRequest, KafkaJoined, KafkaMemberDescription,
     KAFKA_JOIN_WAIT_MS_MAX, KAFKA_REBALANCE_MS_MAX, KAFKA_SESSION_MS_RANGE, KAFKA_SYNC_WAIT_MS_MAX,
+};
+pub use leader_balance::{
+    BalanceReport, BALANCE_REQUEST_WINDOW, ELECTIONS_PER_SECOND_MAX, ELECTION_RETRY_MIN,
+    LEADER_BALANCE_INTERVAL, PREFERRED_HOLD, PREFERRED_LAG_ENTRIES_MAX,
 };
 
 /// Most partitions one topic may have.
@@ -169,6 +174,9 @@ pub struct Broker {
     /// (`TERN_FAILPOINT_REPLICA_OPEN_FAILURES`; 0 in production), so tests
     /// can prove that a replica that failed to open is retried.
     replica_open_failpoint: std::sync::atomic::AtomicU32,
+    /// Which partitions to campaign for as their preferred leader (one
+    /// balancing round at a time; see `leader_balance`).
+    leader_balance: tokio::sync::Mutex<leader_balance::Planner>,
 }
 
 /// First pause before retrying a replica that failed to open.
@@ -245,6 +253,7 @@ impl Broker {
             refusal: std::sync::Mutex::new(None),
             fetch_rotation: std::sync::atomic::AtomicUsize::new(0),
             auth: crate::auth::Authenticator::default(),
+            leader_balance: tokio::sync::Mutex::new(leader_balance::Planner::new(Instant::now())),
             replica_open_failpoint: std::sync::atomic::AtomicU32::new(
                 std::env::var("TERN_FAILPOINT_REPLICA_OPEN_FAILURES")
                     .ok()
@@ -755,6 +764,13 @@ impl Broker {
             Request::Lock(l) => self.lock(session, l).await,
             Request::Group(g) => self.group(session, g).await,
             Request::Acl(a) => self.acl(a).await,
+            Request::BalanceLeaders => {
+                let report = self.balance_leaders_round(true).await;
+                Ok(Response::BalanceLeaders {
+                    not_preferred: report.not_preferred,
+                    elections: report.elections,
+                })
+            }
             Request::User(u) => self.user_admin(session, u).await,
             Request::SaslHandshake { .. } | Request::SaslAuthenticate { .. } => Err(Failure::new(
                 ErrorCode::InvalidRequest,
@@ -1570,12 +1586,17 @@ impl Broker {
         self.metrics
             .raft_metadata_term
             .set(self.raft.meta().metrics().borrow().current_term as i64);
-        let (mut under, mut offline) = (0, 0);
+        let (mut under, mut offline, mut led, mut off_preferred) = (0, 0, 0, 0);
         for (entry, p) in self.all_partitions() {
             let m = p.raft.metrics().borrow().clone();
+            let preferred = entry.replicas.get(p.index as usize).and_then(|r| r.first());
+            if preferred == Some(&me) && m.current_leader != Some(me) {
+                off_preferred += 1;
+            }
             match m.current_leader {
                 None => offline += 1,
                 Some(l) if l == me => {
+                    led += 1;
                     let replicas = entry.replicas.get(p.index as usize).map_or(0, Vec::len);
                     let in_sync = p.describe(me, vec![]).in_sync.len();
                     if in_sync < replicas {
@@ -1587,6 +1608,13 @@ impl Broker {
         }
         self.metrics.partitions_under_replicated.set(under);
         self.metrics.partitions_offline.set(offline);
+        self.metrics
+            .partition_leaders
+            .with_label_values(&[&me.to_string()])
+            .set(led);
+        self.metrics
+            .partitions_off_preferred_leader
+            .set(off_preferred);
     }
 }
 
@@ -1617,6 +1645,12 @@ impl Partition {
     /// The partition's Raft group.
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// The id of the partition's Raft group.
+    pub fn group(&self) -> u64 {
+        let (topic_id, partition) = self.log.id();
+        tern_storage::partition_group(topic_id, partition)
     }
 
     fn check_leader(&self, me: NodeId) -> Result<(), Failure> {

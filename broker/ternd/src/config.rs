@@ -109,6 +109,21 @@ pub struct Flags {
     #[arg(long, env = "TERN_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
 
+    /// Move leadership back to each partition's preferred leader (the first
+    /// broker of its replica list) by itself: a broker that is the
+    /// preferred leader of a partition led elsewhere, and whose replica has
+    /// caught up for a few seconds, campaigns for it. `false` leaves leaders
+    /// where elections put them until `tern cluster balance-leaders`.
+    /// Default: true
+    #[arg(
+        long,
+        env = "TERN_AUTO_LEADER_BALANCE",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub auto_leader_balance: Option<bool>,
+
     /// Bytes of record batches kept in memory in front of RocksDB on the
     /// fetch path; 0 disables the read cache. Default: 67108864 (64 MiB)
     #[arg(long, env = "TERN_READ_CACHE_BYTES")]
@@ -276,6 +291,7 @@ struct FileConfig {
     initial_cluster: Option<String>,
     cluster_name: Option<String>,
     election_timeout_ms: Option<u64>,
+    auto_leader_balance: Option<bool>,
     connections_max: Option<usize>,
     connections_per_ip_max: Option<usize>,
     handshake_timeout_ms: Option<u64>,
@@ -379,6 +395,8 @@ pub struct Config {
     pub join: bool,
     /// Raft election timeout (minimum) in ms.
     pub election_timeout_ms: u64,
+    /// Preferred leaders take their partitions back by themselves.
+    pub auto_leader_balance: bool,
     /// Read-cache bound in bytes (0 = off).
     pub read_cache_bytes: u64,
     /// Free space below which produces are refused.
@@ -719,6 +737,10 @@ impl Config {
                 .or(file.cluster_name)
                 .unwrap_or_else(|| "tern".into()),
             election_timeout_ms,
+            auto_leader_balance: flags
+                .auto_leader_balance
+                .or(file.auto_leader_balance)
+                .unwrap_or(true),
             join: flags.join,
             min_free_bytes: flags
                 .min_free_bytes
@@ -834,6 +856,44 @@ mod tests {
         assert_eq!(cfg.cache_plugin, "s3-fifo");
         assert_eq!(cfg.lock_plugin, "read-write");
         assert_eq!(cfg.balancer_plugin, "sticky");
+    }
+
+    #[test]
+    fn auto_leader_balance_is_on_unless_a_flag_or_the_file_turns_it_off() {
+        assert!(
+            Config::resolve(Flags::default())
+                .unwrap()
+                .auto_leader_balance
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tern.toml");
+        std::fs::write(&path, "[broker]\nauto_leader_balance = false\n").unwrap();
+        let from_file = |flags: Flags| {
+            Config::resolve(Flags {
+                config: Some(path.clone()),
+                ..flags
+            })
+            .unwrap()
+            .auto_leader_balance
+        };
+        assert!(!from_file(Flags::default()));
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["ternd"];
+            argv.extend_from_slice(args);
+            Flags::try_parse_from(argv).unwrap()
+        };
+        // A bare flag turns it on over the file; `=false` turns it off.
+        assert!(from_file(parse(&["--auto-leader-balance"])));
+        assert!(
+            !Config::resolve(parse(&["--auto-leader-balance=false"]))
+                .unwrap()
+                .auto_leader_balance
+        );
+        assert!(
+            !Config::resolve(parse(&["--auto-leader-balance", "off"]))
+                .unwrap()
+                .auto_leader_balance
+        );
     }
 
     #[test]

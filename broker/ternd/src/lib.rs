@@ -229,6 +229,7 @@ pub async fn start(mut config: Config) -> Result<Running, StartError> {
         tokio::spawn(retention::run(broker.clone(), shutdown.clone())),
         tokio::spawn(disk::watch(broker.clone(), shutdown.clone())),
         tokio::spawn(broker.clone().follow_catalogue(shutdown.clone())),
+        tokio::spawn(broker.clone().balance_leaders(shutdown.clone())),
         tokio::spawn(register(broker.clone(), shutdown.clone())),
     ];
     if let Some(user) = config.bootstrap_user.clone() {

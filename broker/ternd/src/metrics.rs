@@ -165,6 +165,16 @@ pub struct Metrics {
     pub partitions_under_replicated: IntGauge,
     /// Partitions hosted here whose group has no leader.
     pub partitions_offline: IntGauge,
+    /// Partitions this node leads, labelled with its node id (`broker`)
+    /// so a dashboard names brokers, not scrape addresses.
+    pub partition_leaders: IntGaugeVec,
+    /// Partitions whose preferred leader is this node but that it does not
+    /// lead (led elsewhere or leaderless).
+    pub partitions_off_preferred_leader: IntGauge,
+    /// Elections this node started as a partition's preferred leader.
+    pub preferred_leader_elections: IntCounter,
+    /// Those of them after which this node led the partition.
+    pub preferred_leader_elections_won: IntCounter,
     /// Free bytes on the data directory's file system.
     pub disk_free_bytes: IntGauge,
     /// 1 while produces are refused for lack of disk space.
@@ -552,6 +562,25 @@ impl Metrics {
                     "Requests, or partitions of a produce, refused by authorization, by operation."
                 ),
                 &["operation"]
+            )),
+            partition_leaders: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "tern_partition_leaders",
+                    "Partitions this broker leads (broker = its node id)."
+                ),
+                &["broker"]
+            )),
+            partitions_off_preferred_leader: reg!(IntGauge::new(
+                "tern_partitions_off_preferred_leader",
+                "Partitions whose preferred leader is this broker but that it does not lead."
+            )),
+            preferred_leader_elections: reg!(IntCounter::new(
+                "tern_preferred_leader_elections_total",
+                "Elections this broker started to lead partitions it is the preferred leader of."
+            )),
+            preferred_leader_elections_won: reg!(IntCounter::new(
+                "tern_preferred_leader_elections_won_total",
+                "Preferred-leader elections after which this broker led the partition."
             )),
             registry,
         };

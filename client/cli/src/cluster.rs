@@ -39,6 +39,19 @@ pub(crate) enum ClusterCommand {
         /// Node id of the broker to remove.
         node_id: u32,
     },
+    /// Move leadership back to preferred leaders now. A partition's
+    /// preferred leader is the first broker of its replica list; each
+    /// broker campaigns at once for the partitions it is the preferred
+    /// leader of that another broker leads (where its replica has caught
+    /// up), and keeps retrying for 30 s. Brokers do this by themselves
+    /// after a restart unless started with --auto-leader-balance=false.
+    #[command(after_help = "Examples:\n  \
+        tern cluster balance-leaders\n  \
+        tern cluster balance-leaders --output json | jq .elections")]
+    BalanceLeaders {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 pub(crate) async fn run(client: Client, command: ClusterCommand) -> anyhow::Result<()> {
@@ -67,6 +80,37 @@ pub(crate) async fn run(client: Client, command: ClusterCommand) -> anyhow::Resu
         ClusterCommand::AddBroker { node_id, peer_addr } => {
             admin.add_broker(node_id, &peer_addr).await?;
             println!("broker {node_id} joined the cluster");
+        }
+        ClusterCommand::BalanceLeaders { output } => {
+            let balance = admin.balance_leaders().await?;
+            if output.json() {
+                print_json(&json!({
+                    "not_preferred": balance.not_preferred(),
+                    "elections": balance.elections(),
+                    "brokers": balance.brokers.iter().map(|b| json!({
+                        "node": b.node_id,
+                        "not_preferred": b.not_preferred,
+                        "elections": b.elections,
+                    })).collect::<Vec<_>>(),
+                    "unreachable": balance.unreachable.iter().map(|(node, error)| json!({
+                        "node": node,
+                        "error": error,
+                    })).collect::<Vec<_>>(),
+                }))?;
+                return Ok(());
+            }
+            println!("node\tnot-preferred\telections");
+            for b in &balance.brokers {
+                println!("{}\t{}\t{}", b.node_id, b.not_preferred, b.elections);
+            }
+            for (node, error) in &balance.unreachable {
+                eprintln!("warning: broker {node} could not be asked: {error}");
+            }
+            println!(
+                "{} partition(s) not on their preferred leader; {} election(s) started",
+                balance.not_preferred(),
+                balance.elections()
+            );
         }
         ClusterCommand::RemoveBroker { node_id } => {
             admin.remove_broker(node_id).await?;

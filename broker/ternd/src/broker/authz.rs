@@ -102,6 +102,9 @@ pub(crate) fn needs(request: &Request) -> Needs<'_> {
             AclRequest::Add(_) | AclRequest::Remove(_) => one(Resource::Cluster, Alter),
             AclRequest::List { .. } => one(Resource::Cluster, Describe),
         },
+        // Moving leadership changes the cluster (Kafka: ALTER on the
+        // cluster for preferred-leader elections).
+        Request::BalanceLeaders => one(Resource::Cluster, Alter),
         // Growing a topic changes it (Kafka: ALTER on the topic).
         Request::CreatePartitions { topic, .. } => one(Resource::Topic(topic), Alter),
         Request::User(u) => match u {
@@ -128,6 +131,7 @@ pub(crate) fn is_admin(request: &Request) -> bool {
             | Request::ReassignPartition { .. }
             | Request::Group(GroupRequest::ResetOffsets { .. })
             | Request::CreatePartitions { .. }
+            | Request::BalanceLeaders
             | Request::User(UserRequest::Upsert { .. } | UserRequest::Delete { .. })
             | Request::Acl(AclRequest::Add(_) | AclRequest::Remove(_))
     )
@@ -362,6 +366,7 @@ mod tests {
             Request::SaslAuthenticate {
                 auth_bytes: bytes::Bytes::from_static(b"n,,n=alice,r=abc"),
             },
+            Request::BalanceLeaders,
         ]
     }
 
@@ -417,6 +422,10 @@ mod tests {
             );
             assert!(is_admin(&r[admin]));
         }
+        let balance = r.len() - 1;
+        assert_eq!(r[balance], Request::BalanceLeaders);
+        assert_eq!(all(balance), vec![(Resource::Cluster, Alter)]);
+        assert!(is_admin(&r[balance]));
         assert_eq!(all(23), vec![(Resource::Topic("t"), Alter)], "grow a topic");
         assert!(is_admin(&r[23]));
         for user_change in [24, 25] {
