@@ -448,7 +448,7 @@ mod tests {
             );
             assert!(is_admin(&r[admin]));
         }
-        let balance = r.len() - 1;
+        let balance = r.len() - 5;
         assert_eq!(r[balance], Request::BalanceLeaders);
         assert_eq!(all(balance), vec![(Resource::Cluster, Alter)]);
         assert!(is_admin(&r[balance]));
