@@ -8,6 +8,7 @@ use tern_protocol::api::{
 };
 use tern_protocol::auth::{UserRequest, UserResponse};
 use tern_protocol::coord::{GroupInfo, GroupRequest, GroupResponse};
+use tern_protocol::rebalance::{PlanState, RebalanceRequest, RebalanceResponse};
 use tern_protocol::{ErrorCode, Request, Response};
 
 use crate::client::Client;
@@ -47,6 +48,23 @@ impl NewTopic {
         }
     }
 }
+
+/// How a rebalance runs (see [`Admin::rebalance`]).
+#[derive(Debug, Clone, Default)]
+pub struct RebalanceOptions {
+    /// Only compute the plan and answer it.
+    pub dry_run: bool,
+    /// Most moves at once, cluster-wide (0: the brokers' default, 2).
+    pub max_concurrent_moves: u32,
+    /// Replication bandwidth to new replicas, bytes/s per sending broker
+    /// (0: unthrottled).
+    pub throttle_bytes_per_sec: u64,
+    /// Brokers to leave out of the placement (about to be removed).
+    pub exclude: Vec<u32>,
+}
+
+/// How often [`Admin::wait_rebalance`] looks at the plan.
+const REBALANCE_POLL: Duration = Duration::from_millis(500);
 
 /// Topic operations.
 ///
@@ -235,50 +253,113 @@ impl Admin {
         }
     }
 
-    /// Removes a broker from the cluster: first moves each of its replicas
-    /// to another broker (keeping the replication factor when there is one
-    /// to spare), then removes it from the metadata group. Stop its process
-    /// afterwards.
+    /// Computes the consistent-hash placement of every partition for the
+    /// current brokers (less `options.exclude`) and, unless a dry run,
+    /// starts moving the replicas whose placement changed — online, a few
+    /// at a time, by the partitions' leaders. Answers the plan; follow it
+    /// with [`Admin::rebalance_status`] or [`Admin::wait_rebalance`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe in the sense that the plan, once stored, runs whether
+    /// or not this call's answer arrives.
+    pub async fn rebalance(
+        &self,
+        options: &RebalanceOptions,
+    ) -> Result<RebalanceResponse, ClientError> {
+        let request = RebalanceRequest::Start {
+            dry_run: options.dry_run,
+            max_concurrent_moves: options.max_concurrent_moves,
+            throttle_bytes_per_sec: options.throttle_bytes_per_sec,
+            exclude: options.exclude.clone(),
+        };
+        self.rebalance_request(request).await
+    }
+
+    /// The last rebalance and its progress.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn rebalance_status(&self) -> Result<RebalanceResponse, ClientError> {
+        self.rebalance_request(RebalanceRequest::Status).await
+    }
+
+    /// Stops the running rebalance (moves under way finish).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the cancellation is one metadata write.
+    pub async fn cancel_rebalance(&self) -> Result<RebalanceResponse, ClientError> {
+        self.rebalance_request(RebalanceRequest::Cancel).await
+    }
+
+    /// Waits until rebalance `plan_id` is no longer running (finished, or
+    /// cancelled, or superseded by a newer plan), within `timeout`. A
+    /// broker whose copy of the metadata has not yet applied the plan
+    /// answers an older one (plan ids grow): that is waited out too.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn wait_rebalance(
+        &self,
+        plan_id: u64,
+        timeout: Duration,
+    ) -> Result<RebalanceResponse, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.rebalance_status().await {
+                Ok(status) if status.plan_id > plan_id => return Ok(status),
+                Ok(status) if status.plan_id == plan_id && status.state != PlanState::Running => {
+                    return Ok(status)
+                }
+                Ok(_) => {}
+                Err(e) if e.is_retriable() => {}
+                Err(e) => return Err(e),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Timeout(timeout));
+            }
+            tokio::time::sleep(REBALANCE_POLL).await;
+        }
+    }
+
+    async fn rebalance_request(
+        &self,
+        request: RebalanceRequest,
+    ) -> Result<RebalanceResponse, ClientError> {
+        match self.client.request_any(Request::Rebalance(request)).await? {
+            Response::Rebalance(r) => Ok(r),
+            _ => Err(ClientError::Decode(
+                "rebalance answered with another type".into(),
+            )),
+        }
+    }
+
+    /// Removes a broker from the cluster: first a rebalance that leaves it
+    /// out of the placement (only its replicas move, each to where
+    /// consistent hashing puts it among the others), waiting up to
+    /// `timeout` for it; then removes it from the metadata group, after
+    /// which the broker stops itself.
     ///
     /// # Cancel safety
     /// Not cancel safe: cancelled midway, some replicas may have moved and
     /// the broker may still be a member; calling again finishes the job.
-    pub async fn remove_broker(&self, node_id: u32) -> Result<(), ClientError> {
-        let topics = self.list_topics().await?;
-        let others: Vec<u32> = self
-            .client
-            .brokers()
-            .into_iter()
-            .map(|(id, _)| id)
-            .filter(|id| *id != node_id)
-            .collect();
-        for t in &topics {
-            for p in &t.partitions {
-                if !p.replicas.contains(&node_id) {
-                    continue;
-                }
-                let mut target: Vec<u32> = p
-                    .replicas
-                    .iter()
-                    .copied()
-                    .filter(|r| *r != node_id)
-                    .collect();
-                // Spread replacements: start the search at the partition index.
-                let spare = (0..others.len())
-                    .map(|i| others[(i + p.partition as usize) % others.len()])
-                    .find(|b| !target.contains(b));
-                if let Some(b) = spare {
-                    target.push(b);
-                }
-                if target.is_empty() {
-                    return Err(ClientError::Partition {
-                        topic: t.name.clone(),
-                        partition: p.partition,
-                        code: ErrorCode::InvalidRequest,
-                    });
-                }
-                self.reassign_partition(&t.name, p.partition, &target)
-                    .await?;
+    pub async fn remove_broker(&self, node_id: u32, timeout: Duration) -> Result<(), ClientError> {
+        let plan = self
+            .rebalance(&RebalanceOptions {
+                exclude: vec![node_id],
+                ..RebalanceOptions::default()
+            })
+            .await?;
+        if !plan.moves.is_empty() {
+            let done = self.wait_rebalance(plan.plan_id, timeout).await?;
+            if done.plan_id != plan.plan_id || done.state != PlanState::Finished {
+                return Err(ClientError::Broker {
+                    code: ErrorCode::InvalidRequest,
+                    message: format!(
+                        "the rebalance moving broker {node_id}'s replicas away ended {:?} \
+                         before every move was done",
+                        done.state
+                    ),
+                });
             }
         }
         match self

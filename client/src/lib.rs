@@ -36,7 +36,7 @@ mod retry;
 #[cfg(test)]
 mod tests;
 
-pub use admin::{Admin, BrokerBalance, LeaderBalance, NewTopic, ReplicaDigest};
+pub use admin::{Admin, BrokerBalance, LeaderBalance, NewTopic, RebalanceOptions, ReplicaDigest};
 pub use auth::{derive_credential, Credentials};
 pub use client::{Client, ClientConfig, ClientTls};
 pub use connection::Connection;
@@ -52,6 +52,7 @@ pub use producer::{
 pub use tern_protocol::acl::{AclRule, Effect, Operation, ResourceKind, ResourcePattern};
 pub use tern_protocol::api::{OffsetSpec, PartitionInfo, TopicInfo};
 pub use tern_protocol::coord::{GroupInfo, LockInfo, LockMode};
+pub use tern_protocol::rebalance::{MoveInfo, PlanState, RebalanceResponse};
 pub use tern_protocol::ErrorCode;
 
 /// The README's Rust example, compiled as a doc test so it stays true.

@@ -85,6 +85,12 @@ use crate::client::Client;
 use crate::error::ClientError;
 use crate::retry::RetryPolicy;
 
+/// Longest a record waits for its topic (or partition) to appear in the
+/// cluster's metadata before it is refused as unknown.
+const TOPIC_METADATA_WAIT: Duration = Duration::from_secs(3);
+/// Pause between two asks while waiting for a topic's metadata.
+const TOPIC_METADATA_RETRY: Duration = Duration::from_millis(100);
+
 /// Most batches of one partition awaiting acknowledgement at once (larger
 /// `in_flight_per_partition_max` values are clamped). Equal to the batches
 /// per producer a partition remembers for de-duplication
@@ -422,15 +428,24 @@ impl Producer {
             // An explicit partition past the known count: the topic may
             // have grown since; ask before refusing the record.
             Some((_, n)) if record.partition.is_some_and(|p| p >= n) => {
-                match sh.refresh_count(&record.topic).await {
+                match sh.count_covering(&record.topic, record.partition).await {
                     Ok(k) => k,
                     Err(e) => return Ok(Delivery::failed(e)),
                 }
             }
             Some(k) => k,
             None => match sh.client.topic(&record.topic).await {
-                Ok(t) => sh.learn_count(&record.topic, t.partitions.len() as u32),
-                Err(e) => return Ok(Delivery::failed(e)),
+                Ok(t)
+                    if record
+                        .partition
+                        .is_none_or(|p| p < t.partitions.len() as u32) =>
+                {
+                    sh.learn_count(&record.topic, t.partitions.len() as u32)
+                }
+                _ => match sh.count_covering(&record.topic, record.partition).await {
+                    Ok(k) => k,
+                    Err(e) => return Ok(Delivery::failed(e)),
+                },
             },
         };
         let rec = Record {
@@ -616,6 +631,31 @@ impl Shared {
             .or_insert_with(|| (Arc::from(topic), count));
         entry.1 = entry.1.max(count);
         entry.clone()
+    }
+
+    /// `topic`'s partition count, asked of the cluster again (every
+    /// [`TOPIC_METADATA_RETRY`], for up to [`TOPIC_METADATA_WAIT`]) while
+    /// the topic is unknown or has no partition `partition`: a topic just
+    /// created or grown through one broker reaches the others' metadata a
+    /// moment later (Kafka's producer likewise waits for a topic's
+    /// metadata). Past the wait, the last answer (or error) stands.
+    async fn count_covering(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+    ) -> Result<(Arc<str>, u32), ClientError> {
+        let deadline = tokio::time::Instant::now() + TOPIC_METADATA_WAIT;
+        loop {
+            let answer = self.refresh_count(topic).await;
+            let covers = match &answer {
+                Ok((_, n)) => *n > 0 && partition.is_none_or(|p| p < *n),
+                Err(_) => false,
+            };
+            if covers || tokio::time::Instant::now() >= deadline {
+                return answer;
+            }
+            tokio::time::sleep(TOPIC_METADATA_RETRY).await;
+        }
     }
 
     /// Asks the cluster for `topic`'s partition count now.
@@ -848,7 +888,7 @@ async fn run_partition_sender(
                     pause = result.is_err() && !restamp;
                     match result {
                         Err(e)
-                            if (restamp || e.is_retriable())
+                            if (restamp || retriable_for_produce(&e))
                                 && attempt < config.retries
                                 && in_time(&s) => {}
                         Ok(offset) => {
@@ -893,7 +933,7 @@ async fn run_partition_sender(
             },
             Some((s, result)) = window.next(), if !window.is_empty() => {
                 match result {
-                    Err(e) if e.is_retriable() && config.retries > 0 && in_time(&s) => {
+                    Err(e) if retriable_for_produce(&e) && config.retries > 0 && in_time(&s) => {
                         tracing::debug!(%topic, partition, error = %e, "batch failed; will retry in order");
                         client.invalidate(&topic);
                         leader = None;
@@ -913,6 +953,15 @@ async fn run_partition_sender(
             }
         }
     }
+}
+
+/// Whether a failed batch is sent again: the retriable errors, and an
+/// unknown topic or partition — a broker whose copy of the metadata has
+/// not yet applied a topic just created or grown answers that (Kafka's
+/// producer retries `UNKNOWN_TOPIC_OR_PARTITION` too). Either way the
+/// retries and the delivery timeout bound it.
+fn retriable_for_produce(e: &ClientError) -> bool {
+    e.is_retriable() || e.code() == Some(ErrorCode::UnknownTopicOrPartition)
 }
 
 /// Writes the batch to the leader's socket now (so wire order is call

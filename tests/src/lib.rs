@@ -451,7 +451,18 @@ impl Cluster {
     /// `{node}` in an argument stands for each broker's node id (e.g. its
     /// own certificate file: `certs/node-{node}.pem`).
     pub fn start(dir: &Path, n: usize, extra_args: &[&str]) -> Cluster {
-        Self::start_inner(dir, n, extra_args, &[], false)
+        Self::start_inner(dir, n, extra_args, &[], false, &|_| Vec::new())
+    }
+
+    /// Like [`Self::start`], with arguments of each broker's own
+    /// (`per_broker(index)`, e.g. its rack) after the common ones.
+    pub fn start_each(
+        dir: &Path,
+        n: usize,
+        extra_args: &[&str],
+        per_broker: &dyn Fn(usize) -> Vec<String>,
+    ) -> Cluster {
+        Self::start_inner(dir, n, extra_args, &[], false, per_broker)
     }
 
     /// Like [`Self::start`], with environment variables for every broker.
@@ -461,13 +472,13 @@ impl Cluster {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Cluster {
-        Self::start_inner(dir, n, extra_args, env, false)
+        Self::start_inner(dir, n, extra_args, env, false, &|_| Vec::new())
     }
 
     /// Like [`Self::start`], but every peer link goes through a
     /// [`LinkProxy`] the test can cut ([`Self::isolate`]).
     pub fn start_partitionable(dir: &Path, n: usize, extra_args: &[&str]) -> Cluster {
-        Self::start_inner(dir, n, extra_args, &[], true)
+        Self::start_inner(dir, n, extra_args, &[], true, &|_| Vec::new())
     }
 
     /// Like [`Self::start_partitionable`], with environment variables for
@@ -478,7 +489,7 @@ impl Cluster {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Cluster {
-        Self::start_inner(dir, n, extra_args, env, true)
+        Self::start_inner(dir, n, extra_args, env, true, &|_| Vec::new())
     }
 
     fn start_inner(
@@ -487,10 +498,17 @@ impl Cluster {
         extra_args: &[&str],
         env: &[(&str, &str)],
         proxied: bool,
+        per_broker: &dyn Fn(usize) -> Vec<String>,
     ) -> Cluster {
         let mut brokers: Vec<Broker> = (0..n)
             .map(|i| {
-                let mut b = Broker::configure(&dir.join(format!("node{}", i + 1)), extra_args);
+                let own = per_broker(i);
+                let args: Vec<&str> = extra_args
+                    .iter()
+                    .copied()
+                    .chain(own.iter().map(String::as_str))
+                    .collect();
+                let mut b = Broker::configure(&dir.join(format!("node{}", i + 1)), &args);
                 for (k, v) in env {
                     b.set_env(k, v);
                 }

@@ -16,6 +16,7 @@ use crate::auth::{UserRequest, UserResponse, SASL_BYTES_MAX};
 use crate::coord::{GroupRequest, GroupResponse, LockRequest, LockResponse};
 use crate::error::{DecodeError, ErrorCode};
 use crate::frame::{FRAME_BYTES_MAX, PROTOCOL_VERSION};
+use crate::rebalance::{RebalanceRequest, RebalanceResponse};
 use crate::wire::{put_bytes, put_string, Reader};
 
 /// Request types. Numbers are stable.
@@ -57,11 +58,13 @@ pub enum ApiKey {
     /// Ask a broker to campaign now for the partitions it is the preferred
     /// leader of (the first broker of their replica list).
     BalanceLeaders = 16,
+    /// Rebalance the cluster's replicas (see [`crate::rebalance`]).
+    Rebalance = 20,
 }
 
 impl ApiKey {
     /// All request types, for metrics registration.
-    pub const ALL: [ApiKey; 17] = [
+    pub const ALL: [ApiKey; 18] = [
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::Metadata,
@@ -79,6 +82,7 @@ impl ApiKey {
         ApiKey::CreatePartitions,
         ApiKey::Acl,
         ApiKey::BalanceLeaders,
+        ApiKey::Rebalance,
     ];
 
     fn from_u16(v: u16) -> Result<ApiKey, DecodeError> {
@@ -108,6 +112,7 @@ impl ApiKey {
             ApiKey::CreatePartitions => "create_partitions",
             ApiKey::Acl => "acl",
             ApiKey::BalanceLeaders => "balance_leaders",
+            ApiKey::Rebalance => "rebalance",
         }
     }
 }
@@ -393,6 +398,8 @@ pub enum Request {
     /// is caught up. Each broker answers for its own preferred partitions:
     /// a client balances the cluster by asking every broker.
     BalanceLeaders,
+    /// A rebalance operation.
+    Rebalance(RebalanceRequest),
 }
 
 /// A successful response (errors of a whole request travel in the frame).
@@ -457,6 +464,8 @@ pub enum Response {
         /// wait for the broker's elections-per-second limit).
         elections: u32,
     },
+    /// A rebalance plan and its progress.
+    Rebalance(RebalanceResponse),
 }
 
 impl Request {
@@ -480,6 +489,7 @@ impl Request {
             Request::CreatePartitions { .. } => ApiKey::CreatePartitions,
             Request::Acl(_) => ApiKey::Acl,
             Request::BalanceLeaders => ApiKey::BalanceLeaders,
+            Request::Rebalance(_) => ApiKey::Rebalance,
         }
     }
 
@@ -565,6 +575,7 @@ impl Request {
             }
             Request::Acl(a) => a.encode(out),
             Request::BalanceLeaders => {}
+            Request::Rebalance(r) => r.encode(out),
         }
     }
 
@@ -670,6 +681,7 @@ impl Request {
             },
             ApiKey::Acl => Request::Acl(AclRequest::decode(r)?),
             ApiKey::BalanceLeaders => Request::BalanceLeaders,
+            ApiKey::Rebalance => Request::Rebalance(RebalanceRequest::decode(r)?),
         })
     }
 }
@@ -722,6 +734,7 @@ impl Response {
             Response::CreatePartitions => ApiKey::CreatePartitions,
             Response::Acl(_) => ApiKey::Acl,
             Response::BalanceLeaders { .. } => ApiKey::BalanceLeaders,
+            Response::Rebalance(_) => ApiKey::Rebalance,
         }
     }
 
@@ -801,6 +814,7 @@ impl Response {
                 out.put_u32_le(*not_preferred);
                 out.put_u32_le(*elections);
             }
+            Response::Rebalance(r) => r.encode(out),
         }
     }
 
@@ -905,6 +919,7 @@ impl Response {
                 not_preferred: r.u32("not_preferred")?,
                 elections: r.u32("elections")?,
             },
+            ApiKey::Rebalance => Response::Rebalance(RebalanceResponse::decode(r)?),
         })
     }
 }
@@ -1052,6 +1067,44 @@ mod tests {
             retention_ms: -1,
             retention_bytes: 1 << 30,
         }
+    }
+
+    #[test]
+    fn rebalance_requests_and_answers_round_trip() {
+        use crate::rebalance::{MoveInfo, PlanState};
+        round_trip(Request::Rebalance(RebalanceRequest::Start {
+            dry_run: true,
+            max_concurrent_moves: 4,
+            throttle_bytes_per_sec: 1 << 20,
+            exclude: vec![5, 6],
+        }));
+        round_trip(Request::Rebalance(RebalanceRequest::Status));
+        round_trip(Request::Rebalance(RebalanceRequest::Cancel));
+        let answer = Response::Rebalance(RebalanceResponse {
+            plan_id: 7,
+            state: PlanState::Running,
+            max_concurrent_moves: 2,
+            throttle_bytes_per_sec: 0,
+            replicas_total: 9,
+            racks: vec![(1, "a".into()), (4, "b".into())],
+            moves: vec![MoveInfo {
+                topic: "t".into(),
+                partition: 1,
+                from: vec![1, 2, 3],
+                to: vec![4, 2, 3],
+                done: false,
+                bytes: 0,
+                failures: 1,
+                last_error: "broker 4 did not catch up".into(),
+            }],
+        });
+        let frame = ResponseFrame {
+            correlation_id: 3,
+            result: Ok(answer),
+        };
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        assert_eq!(ResponseFrame::decode(buf.freeze()).unwrap(), frame);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod coord;
 pub mod error;
 pub mod frame;
 pub mod partitioner;
+pub mod rebalance;
 pub mod record;
 mod wire;
 

@@ -62,6 +62,7 @@ impl From<CatalogueV1> for Catalogue {
                     (id, entry)
                 })
                 .collect(),
+            ..Catalogue::default()
         }
     }
 }

@@ -52,8 +52,10 @@ pub use meta_sm::{CoordView, MetaStateMachine};
 pub use network::{PeerError, Transport};
 pub use partition_sm::{OnApply, PartitionStateMachine};
 pub use types::{
-    place_replicas, placement_seed, BrokerEntry, Catalogue, Command, CommandResponse, NodeId, Raft,
-    TernRaft, TopicEntry, TopicSettings, Users, KAFKA_LISTENER, USERS_MAX,
+    place_replicas, place_replicas_in_racks, placement_seed, BrokerEntry, Catalogue, Command,
+    CommandResponse, NodeId, PartitionMove, Raft, RebalancePlan, TernRaft, TopicEntry,
+    TopicSettings, Users, KAFKA_LISTENER, RACK_BYTES_MAX, REBALANCE_CONCURRENT_MOVES_MAX,
+    REBALANCE_MOVES_MAX, USERS_MAX,
 };
 
 /// Timing of every group.
@@ -545,9 +547,24 @@ impl RaftNode {
             .unwrap_or_default();
         let mut union = current.clone();
         union.extend(target.iter().filter(|n| !current.contains(n)));
-        self.set_replicas(&topic.name, partition, union, timeout)
-            .await?;
-        for node in target.iter().filter(|n| !current.contains(n)) {
+        if union != current {
+            self.set_replicas(&topic.name, partition, union, timeout)
+                .await?;
+        }
+        // Learners are added for every target the group does not have yet —
+        // judged by the group's membership, not the catalogue, so a move
+        // interrupted after the catalogue listed the new brokers (a leader
+        // failover) is finished by running it again.
+        let in_group: BTreeSet<NodeId> = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        for node in target.iter().filter(|n| !in_group.contains(n)) {
             let addr = self
                 .peer_addr(*node)
                 .ok_or_else(|| WriteError::Membership(format!("no address for broker {node}")))?;
@@ -557,6 +574,15 @@ impl RaftNode {
                     WriteError::Membership(format!("broker {node} did not catch up in {timeout:?}"))
                 })?
                 .map_err(|e| fail(&e))?;
+        }
+        // openraft's blocking add_learner may return before the learner
+        // has the log; becoming a voter then would make the joint
+        // configuration wait for its whole catch-up (writes stall when it
+        // is needed for a majority) and would copy the data outside the
+        // learner throttle. So: every new replica first catches up as a
+        // learner, to within LEARNER_CAUGHT_UP_LAG entries.
+        for node in target.iter().filter(|n| !current.contains(n)) {
+            wait_caught_up(raft, *node, deadline).await?;
         }
         let voters: BTreeSet<NodeId> = target.iter().copied().collect();
         raft.change_membership(voters, false)
@@ -1066,5 +1092,55 @@ async fn initialize(
             group,
             message: e.to_string(),
         }),
+    }
+}
+
+/// Entries a learner may still lack when it counts as caught up (the rest
+/// arrive within a heartbeat or two once it is a voter).
+pub const LEARNER_CAUGHT_UP_LAG: u64 = 64;
+
+/// Waits, as `raft`'s leader, until `node`'s replica holds the log to
+/// within [`LEARNER_CAUGHT_UP_LAG`] entries; fails at `deadline` or when
+/// this node stops leading (the move is then retried by the new leader).
+async fn wait_caught_up(
+    raft: &Raft,
+    node: NodeId,
+    deadline: tokio::time::Instant,
+) -> Result<(), WriteError> {
+    let mut metrics = raft.metrics();
+    loop {
+        let (caught_up, leading) = {
+            let m = metrics.borrow_and_update();
+            let last = m.last_log_index.unwrap_or(0);
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&node))
+                .and_then(|l| l.as_ref())
+                .map(|l| l.index);
+            (
+                matched.is_some_and(|i| i + LEARNER_CAUGHT_UP_LAG >= last),
+                m.replication.is_some(),
+            )
+        };
+        if caught_up {
+            return Ok(());
+        }
+        if !leading {
+            return Err(WriteError::Membership(format!(
+                "lost the leadership while broker {node} caught up"
+            )));
+        }
+        match tokio::time::timeout_at(deadline, metrics.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return Err(WriteError::Membership("the group stopped".into()));
+            }
+            Err(_) => {
+                return Err(WriteError::Membership(format!(
+                    "broker {node} did not catch up by the move's deadline"
+                )));
+            }
+        }
     }
 }

@@ -32,8 +32,9 @@ use crate::coord_v2::CoordStateV2;
 use crate::log_store::blocking;
 use crate::types::{
     BrokerEntry, Catalogue, Command, CommandResponse, Entry, LogId, NodeId, PrebuiltSnapshot,
-    RaftStorageError, StoredMembership, TernRaft, TopicEntry, Users, LISTENERS_MAX,
-    LISTENER_BYTES_MAX, USERS_MAX,
+    RaftStorageError, RebalancePlan, StoredMembership, TernRaft, TopicEntry, Users, LISTENERS_MAX,
+    LISTENER_BYTES_MAX, RACK_BYTES_MAX, REBALANCE_CONCURRENT_MOVES_MAX, REBALANCE_ERROR_BYTES_MAX,
+    REBALANCE_MOVES_MAX, USERS_MAX,
 };
 
 const STATE_KEY: &[u8] = b"sm/meta";
@@ -84,14 +85,28 @@ pub type Opened = (
 /// The first 8 bytes of the persisted state in its current layout. The
 /// layouts before `tern-ms2` had no marker and start with `MetaState`, whose
 /// first byte (an `Option` tag) is 0 or 1, never this one's `t`.
+/// `tern-ms4`: as `tern-ms3`, followed by the brokers' racks and the last
+/// rebalance plan ([`Placement`]).
+const STATE_FORMAT: u64 = u64::from_le_bytes(*b"tern-ms4");
 /// `tern-ms3`: brokers register listeners, groups carry Kafka state.
-const STATE_FORMAT: u64 = u64::from_le_bytes(*b"tern-ms3");
+const STATE_FORMAT_MS3: u64 = u64::from_le_bytes(*b"tern-ms3");
 /// The layout before that: the catalogue of `catalogue_v1`, the
 /// coordination state of [`CoordStateV2`].
 const STATE_FORMAT_MS2: u64 = u64::from_le_bytes(*b"tern-ms2");
 
+/// The catalogue's parts persisted after the rest (added in `tern-ms4`,
+/// so the layout before them stays that of `tern-ms3`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Placement {
+    racks: BTreeMap<NodeId, String>,
+    rebalance: Option<RebalancePlan>,
+}
+
 /// The persisted state.
-type Persisted = (u64, MetaState, CoordState, Users, Vec<AclRule>);
+type Persisted = (u64, MetaState, CoordState, Users, Vec<AclRule>, Placement);
+
+/// `tern-ms3`: as [`Persisted`] without [`Placement`].
+type PersistedMs3 = (u64, MetaState, CoordState, Users, Vec<AclRule>);
 
 /// `tern-ms2`: as [`Persisted`], with the old catalogue and coordination
 /// state.
@@ -118,8 +133,15 @@ fn decode_state(bytes: &[u8]) -> Result<(MetaState, CoordState, Users, AclSet), 
         .map(|m| u64::from_le_bytes(m.try_into().expect("8 bytes")));
     let (state, coord, users, rules) = match marker {
         Some(STATE_FORMAT) => {
-            let (_, state, coord, users, rules) =
+            let (_, mut state, coord, users, rules, placement) =
                 bincode::deserialize::<Persisted>(bytes).map_err(sm_err)?;
+            state.catalogue.racks = placement.racks;
+            state.catalogue.rebalance = placement.rebalance;
+            (state, coord, users, rules)
+        }
+        Some(STATE_FORMAT_MS3) => {
+            let (_, state, coord, users, rules) =
+                bincode::deserialize::<PersistedMs3>(bytes).map_err(sm_err)?;
             (state, coord, users, rules)
         }
         Some(STATE_FORMAT_MS2) => {
@@ -443,6 +465,93 @@ impl MetaStateMachine {
                 from,
                 replicas,
             } => add_partitions(catalogue, &name, topic_id, from, replicas),
+            Command::SetRack { node_id, rack } => {
+                match rack {
+                    Some(r) if r.is_empty() || r.len() > RACK_BYTES_MAX => {
+                        return CommandResponse::Rejected {
+                            code: ErrorCode::InvalidRequest as u16,
+                            message: format!("a rack name has 1 to {RACK_BYTES_MAX} bytes"),
+                        }
+                    }
+                    Some(r) => catalogue.racks.insert(node_id, r),
+                    None => catalogue.racks.remove(&node_id),
+                };
+                CommandResponse::Done
+            }
+            Command::StartRebalance(plan) => {
+                if let Some(running) = catalogue.rebalance.as_ref().filter(|p| p.running()) {
+                    return CommandResponse::Rejected {
+                        code: ErrorCode::InvalidRequest as u16,
+                        message: format!(
+                            "rebalance {} is still running ({} of {} moves left); wait or cancel it",
+                            running.id,
+                            running.moves.iter().filter(|m| !m.done).count(),
+                            running.moves.len()
+                        ),
+                    };
+                }
+                if plan.moves.len() > REBALANCE_MOVES_MAX
+                    || plan.max_concurrent_moves > REBALANCE_CONCURRENT_MOVES_MAX
+                {
+                    return CommandResponse::Rejected {
+                        code: ErrorCode::LimitExceeded as u16,
+                        message: format!(
+                            "a plan has at most {REBALANCE_MOVES_MAX} moves (rebalance_moves_max) \
+                             and {REBALANCE_CONCURRENT_MOVES_MAX} at once"
+                        ),
+                    };
+                }
+                catalogue.rebalance = Some(plan);
+                CommandResponse::Done
+            }
+            Command::RebalanceMove {
+                plan_id,
+                index,
+                bytes,
+                error,
+            } => {
+                let Some(m) = catalogue
+                    .rebalance
+                    .as_mut()
+                    .filter(|p| p.id == plan_id)
+                    .and_then(|p| p.moves.get_mut(index as usize))
+                else {
+                    return CommandResponse::Rejected {
+                        code: ErrorCode::InvalidRequest as u16,
+                        message: format!("no move {index} in rebalance {plan_id}"),
+                    };
+                };
+                match error {
+                    None => {
+                        m.done = true;
+                        m.bytes = bytes;
+                    }
+                    Some(mut e) => {
+                        m.failures = m.failures.saturating_add(1);
+                        if e.len() > REBALANCE_ERROR_BYTES_MAX {
+                            let mut cut = REBALANCE_ERROR_BYTES_MAX;
+                            while !e.is_char_boundary(cut) {
+                                cut -= 1;
+                            }
+                            e.truncate(cut);
+                        }
+                        m.last_error = Some(e);
+                    }
+                }
+                CommandResponse::Done
+            }
+            Command::CancelRebalance { plan_id } => {
+                match catalogue.rebalance.as_mut().filter(|p| p.id == plan_id) {
+                    Some(p) => {
+                        p.cancelled = true;
+                        CommandResponse::Done
+                    }
+                    None => CommandResponse::Rejected {
+                        code: ErrorCode::InvalidRequest as u16,
+                        message: format!("no rebalance {plan_id}"),
+                    },
+                }
+            }
             Command::Append(_)
             | Command::Coord { .. }
             | Command::PutUser { .. }
@@ -459,8 +568,19 @@ impl MetaStateMachine {
     fn encode_state(&self) -> Result<Vec<u8>, RaftStorageError> {
         let coord = self.coord.state.lock().expect("coordination state lock");
         let rules: Vec<&AclRule> = self.acls.rules().collect();
-        bincode::serialize(&(STATE_FORMAT, &self.state, &*coord, &self.users, rules))
-            .map_err(sm_err)
+        let placement = Placement {
+            racks: self.state.catalogue.racks.clone(),
+            rebalance: self.state.catalogue.rebalance.clone(),
+        };
+        bincode::serialize(&(
+            STATE_FORMAT,
+            &self.state,
+            &*coord,
+            &self.users,
+            rules,
+            placement,
+        ))
+        .map_err(sm_err)
     }
 
     fn persist_and_publish(
@@ -838,9 +958,9 @@ mod tests {
         assert_eq!(g.active_ms, 5_000, "retention starts at the upgrade");
         assert_eq!(decoded.counters.grants, 9);
         assert_eq!(users_back, users);
-        // And the current layout round-trips.
+        // And the `tern-ms3` layout decodes.
         let current = bincode::serialize(&(
-            STATE_FORMAT,
+            STATE_FORMAT_MS3,
             MetaState::default(),
             &decoded,
             &users,
@@ -898,7 +1018,7 @@ mod tests {
         assert_eq!((decoded.clock_ms, decoded.term), (7_000, 3));
         assert_eq!(decoded.counters.groups_expired, 2);
         assert_eq!(acls.len(), 1);
-        // The current layout, with a Kafka group, round-trips.
+        // The `tern-ms3` layout, with a Kafka group, decodes.
         let mut current = decoded.clone();
         current.groups.get_mut("g").unwrap().members.clear();
         current.groups.get_mut("g").unwrap().kafka = Some(crate::coord::KafkaGroup {
@@ -906,7 +1026,7 @@ mod tests {
             ..Default::default()
         });
         let bytes = bincode::serialize(&(
-            STATE_FORMAT,
+            STATE_FORMAT_MS3,
             MetaState::default(),
             &current,
             Users::new(),
@@ -1048,5 +1168,56 @@ mod tests {
     #[test]
     fn openraft_storage_suite_passes() -> Result<(), RaftStorageError> {
         Suite::test_all(Builder)
+    }
+
+    /// `tern-ms4` keeps racks and the rebalance plan beside the catalogue,
+    /// and a `tern-ms3` state opens with neither.
+    #[test]
+    fn racks_and_the_rebalance_plan_survive_a_round_trip() {
+        let mut state = MetaState::default();
+        state.catalogue.racks.insert(1, "eu-1a".into());
+        state.catalogue.rebalance = Some(RebalancePlan {
+            id: 7,
+            max_concurrent_moves: 2,
+            throttle_bytes_per_sec: 1 << 20,
+            excluded: vec![3],
+            moves: vec![crate::types::PartitionMove {
+                topic: "t".into(),
+                topic_id: 1,
+                partition: 0,
+                from: vec![1, 2, 3],
+                to: vec![1, 2, 4],
+                done: false,
+                bytes: 0,
+                failures: 1,
+                last_error: Some("broker 4 did not catch up".into()),
+            }],
+            cancelled: false,
+        });
+        let placement = Placement {
+            racks: state.catalogue.racks.clone(),
+            rebalance: state.catalogue.rebalance.clone(),
+        };
+        let bytes = bincode::serialize(&(
+            STATE_FORMAT,
+            &state,
+            CoordState::default(),
+            Users::new(),
+            Vec::<AclRule>::new(),
+            placement,
+        ))
+        .unwrap();
+        let (back, _, _, _) = decode_state(&bytes).unwrap();
+        assert_eq!(back.catalogue, state.catalogue);
+        let ms3 = bincode::serialize(&(
+            STATE_FORMAT_MS3,
+            &state,
+            CoordState::default(),
+            Users::new(),
+            Vec::<AclRule>::new(),
+        ))
+        .unwrap();
+        let (old, _, _, _) = decode_state(&ms3).unwrap();
+        assert!(old.catalogue.racks.is_empty() && old.catalogue.rebalance.is_none());
     }
 }

@@ -236,6 +236,135 @@ impl SnapshotIntake {
     }
 }
 
+/// Bounds the bytes per second this broker sends to *learners* of
+/// partition groups — the replicas a move is adding — so a rebalance does
+/// not take the bandwidth producers and followers need. A token bucket of
+/// one second of rate: a message waits until the bucket holds its size (or
+/// is full, for a message larger than the bucket, which then leaves a
+/// debt), so over any span the bytes sent are at most the rate times the
+/// span plus one message. A send that openraft times out while it waits
+/// costs nothing (tokens are taken only when it goes), and the next
+/// attempt finds the bucket fuller, so a throttled learner always
+/// progresses.
+#[derive(Debug)]
+pub struct LearnerThrottle {
+    state: Mutex<ThrottleState>,
+}
+
+#[derive(Debug)]
+struct ThrottleState {
+    /// Bytes per second; 0 = unthrottled.
+    rate: u64,
+    /// Bytes that may be sent now (negative: owed by a message larger
+    /// than the bucket).
+    balance: f64,
+    refilled: std::time::Instant,
+}
+
+impl LearnerThrottle {
+    fn new() -> LearnerThrottle {
+        LearnerThrottle {
+            state: Mutex::new(ThrottleState {
+                rate: 0,
+                balance: 0.0,
+                refilled: std::time::Instant::now(),
+            }),
+        }
+    }
+
+    /// Sets the rate (0: unthrottled).
+    pub fn set_rate(&self, bytes_per_sec: u64) {
+        let mut s = self.state.lock().expect("throttle lock");
+        if s.rate != bytes_per_sec {
+            s.rate = bytes_per_sec;
+            s.balance = 0.0;
+            s.refilled = std::time::Instant::now();
+        }
+    }
+
+    /// The rate in bytes per second (0: unthrottled).
+    pub fn rate(&self) -> u64 {
+        self.state.lock().expect("throttle lock").rate
+    }
+
+    /// Waits until `bytes` may be sent, and counts them.
+    pub async fn admit(&self, bytes: usize) {
+        loop {
+            let wait = self
+                .state
+                .lock()
+                .expect("throttle lock")
+                .take(std::time::Instant::now(), bytes);
+            match wait {
+                None => return,
+                Some(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+}
+
+impl ThrottleState {
+    /// At `now`: takes `bytes` and answers `None` (send), or answers how
+    /// long to wait before asking again.
+    fn take(&mut self, now: std::time::Instant, bytes: usize) -> Option<Duration> {
+        if self.rate == 0 {
+            return None;
+        }
+        let rate = self.rate as f64;
+        let idle = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.balance = (self.balance + idle * rate).min(rate);
+        self.refilled = now;
+        let needed = (bytes as f64).min(rate);
+        if self.balance >= needed {
+            self.balance -= bytes as f64;
+            return None;
+        }
+        Some(Duration::from_secs_f64(
+            ((needed - self.balance) / rate).max(0.001),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod learner_throttle_tests {
+    use super::*;
+
+    /// Sends `sizes` as fast as the throttle lets them, on a simulated
+    /// clock; answers when the last one went.
+    fn send_all(rate: u64, sizes: &[usize]) -> Duration {
+        let start = std::time::Instant::now();
+        let mut state = ThrottleState {
+            rate,
+            balance: 0.0,
+            refilled: start,
+        };
+        let mut now = start;
+        for &size in sizes {
+            while let Some(wait) = state.take(now, size) {
+                now += wait;
+            }
+        }
+        now - start
+    }
+
+    #[test]
+    fn the_rate_holds_within_one_message() {
+        // 30 messages of 1,000 B at 10,000 B/s: 3 s (the first 1,000 B
+        // wait for the empty bucket too).
+        let took = send_all(10_000, &[1_000; 30]);
+        assert!(took >= Duration::from_millis(2_900), "{took:?}");
+        assert!(took <= Duration::from_millis(3_100), "{took:?}");
+        // Messages larger than the bucket (one second) still go, each
+        // once the bucket is full, and the debt they leave is paid: 10 of
+        // 25,000 B at 10,000 B/s take about 25 s.
+        let took = send_all(10_000, &[25_000; 10]);
+        assert!(took >= Duration::from_secs(22), "{took:?}");
+        assert!(took <= Duration::from_secs(26), "{took:?}");
+        // Unthrottled: nothing waits.
+        assert_eq!(send_all(0, &[1 << 30; 3]), Duration::ZERO);
+    }
+}
+
 /// Connections to peers and the registry of local groups.
 pub struct Transport {
     node_id: NodeId,
@@ -252,6 +381,7 @@ pub struct Transport {
     was_member: RwLock<Option<WasMemberHandler>>,
     coord_plugins: RwLock<Option<CoordPluginsHandler>>,
     member_view: RwLock<Option<MemberViewHandler>>,
+    learner_throttle: LearnerThrottle,
     snapshot_intake: Mutex<SnapshotIntake>,
 }
 
@@ -277,6 +407,7 @@ impl Transport {
             was_member: RwLock::new(None),
             coord_plugins: RwLock::new(None),
             member_view: RwLock::new(None),
+            learner_throttle: LearnerThrottle::new(),
             snapshot_intake: Mutex::new(SnapshotIntake::default()),
         })
     }
@@ -349,6 +480,11 @@ impl Transport {
         Err(format!(
             "node {peer} is not a member of the cluster nor being added"
         ))
+    }
+
+    /// The throttle of replication to learners (replicas being added).
+    pub fn learner_throttle(&self) -> &LearnerThrottle {
+        &self.learner_throttle
     }
 
     /// Registers a local group so peers can reach it.
@@ -869,6 +1005,20 @@ impl RaftNetworkFactory<TernRaft> for GroupNetwork {
 }
 
 impl GroupPeer {
+    /// Whether the target is a learner of this group (a replica being
+    /// added), not a voter.
+    fn to_learner(&self) -> bool {
+        self.transport.group(self.group).is_some_and(|raft| {
+            !raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == self.target)
+        })
+    }
+
     async fn rpc<Req: Serialize, Resp: DeserializeOwned, E>(
         &self,
         kind: u8,
@@ -882,6 +1032,13 @@ impl GroupPeer {
         let body = encode(request).map_err(|e| {
             RPCError::Unreachable(Unreachable::new(&PeerError::Decode(self.target, e)))
         })?;
+        if matches!(kind, KIND_APPEND | KIND_SNAPSHOT)
+            && self.group != crate::META_GROUP
+            && self.transport.learner_throttle.rate() > 0
+            && self.to_learner()
+        {
+            self.transport.learner_throttle.admit(body.len()).await;
+        }
         let answer = self
             .transport
             .call(

@@ -169,6 +169,33 @@ pub enum Command {
         /// Other listeners' advertised `host:port` by listener name.
         listeners: BTreeMap<String, String>,
     },
+    /// Metadata group: a broker declares its rack (`None`: none), proposed
+    /// with every registration.
+    SetRack {
+        /// The broker.
+        node_id: NodeId,
+        /// Its rack, at most [`RACK_BYTES_MAX`] bytes.
+        rack: Option<String>,
+    },
+    /// Metadata group: start a rebalance (refused while another runs).
+    StartRebalance(RebalancePlan),
+    /// Metadata group: a move of the running plan `plan_id` finished
+    /// (`error: None`) or failed once (it is retried).
+    RebalanceMove {
+        /// The plan.
+        plan_id: u64,
+        /// The move's index in the plan.
+        index: u32,
+        /// Bytes of the partition's log copied to each new replica.
+        bytes: u64,
+        /// Why this attempt failed, if it did.
+        error: Option<String>,
+    },
+    /// Metadata group: stop the running plan (moves under way finish).
+    CancelRebalance {
+        /// The plan.
+        plan_id: u64,
+    },
 }
 
 /// A state machine's answer to one command.
@@ -212,6 +239,92 @@ pub struct Catalogue {
     pub next_topic_id: u32,
     /// Registered brokers.
     pub brokers: BTreeMap<NodeId, BrokerEntry>,
+    /// Each broker's rack, if it declared one. (Persisted beside the
+    /// catalogue, not in its layout: see `meta_sm`'s `tern-ms4`.)
+    #[serde(skip)]
+    pub racks: BTreeMap<NodeId, String>,
+    /// The last rebalance (running, finished or cancelled). (Persisted
+    /// beside the catalogue, as `racks`.)
+    #[serde(skip)]
+    pub rebalance: Option<RebalancePlan>,
+}
+
+/// Longest rack name, in bytes.
+pub const RACK_BYTES_MAX: usize = 64;
+/// Most moves one rebalance plan may hold (one per partition at most).
+pub const REBALANCE_MOVES_MAX: usize = 100_000;
+/// Most moves a plan may run at once, cluster-wide.
+pub const REBALANCE_CONCURRENT_MOVES_MAX: u32 = 64;
+/// Longest error text kept per move.
+pub const REBALANCE_ERROR_BYTES_MAX: usize = 256;
+
+/// A rebalance: the moves that bring every partition to its placement for
+/// the brokers the plan was computed for. Stored in the metadata group, so
+/// whichever broker leads a partition runs its move, and a failover of any
+/// leader resumes the plan where it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebalancePlan {
+    /// Its id: the proposer's wall clock in ms at creation (unique enough:
+    /// one plan runs at a time, and the id only names it in commands).
+    pub id: u64,
+    /// Most moves running at once, cluster-wide: the first this many moves
+    /// that are not done form the window every broker works on.
+    pub max_concurrent_moves: u32,
+    /// Replication bandwidth to new replicas, bytes per second per broker
+    /// sending them (0: unthrottled).
+    pub throttle_bytes_per_sec: u64,
+    /// Brokers left out of the placement (being removed).
+    pub excluded: Vec<NodeId>,
+    /// The moves, in the order they run.
+    pub moves: Vec<PartitionMove>,
+    /// Set when it was cancelled.
+    pub cancelled: bool,
+}
+
+impl RebalancePlan {
+    /// Whether moves are still to run.
+    pub fn running(&self) -> bool {
+        !self.cancelled && self.moves.iter().any(|m| !m.done)
+    }
+
+    /// Indexes of the moves that may run now: the first
+    /// `max_concurrent_moves` not done yet.
+    pub fn window(&self) -> impl Iterator<Item = usize> + '_ {
+        self.moves
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !m.done)
+            .take(if self.cancelled {
+                0
+            } else {
+                self.max_concurrent_moves.max(1) as usize
+            })
+            .map(|(i, _)| i)
+    }
+}
+
+/// One partition's move in a [`RebalancePlan`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMove {
+    /// Topic.
+    pub topic: String,
+    /// The topic's id when planned (a topic deleted and re-created since
+    /// is not moved).
+    pub topic_id: u32,
+    /// Partition.
+    pub partition: u32,
+    /// Its replicas when planned.
+    pub from: Vec<NodeId>,
+    /// Its replicas afterwards (the first is its preferred leader).
+    pub to: Vec<NodeId>,
+    /// Finished.
+    pub done: bool,
+    /// Bytes copied to each new replica (the partition's log when moved).
+    pub bytes: u64,
+    /// Failed attempts so far.
+    pub failures: u32,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
 }
 
 /// A registered broker.
@@ -283,9 +396,76 @@ pub fn place_replicas(
     scored.into_iter().take(count).map(|(_, b)| b).collect()
 }
 
+/// [`place_replicas`] with racks: the same rendezvous scores, but the
+/// first pass takes the best-scoring broker of each rack not used yet, so a
+/// partition's replicas span `min(count, racks)` racks; a broker without a
+/// rack is a rack of its own. The rest are filled by score. With no racks
+/// declared this is exactly [`place_replicas`]; adding a broker still moves
+/// a replica only where the newcomer outscores one (of its rack, or
+/// overall), about 1/N of them.
+pub fn place_replicas_in_racks(
+    topic_id: u32,
+    partition: u32,
+    brokers: &[NodeId],
+    racks: &BTreeMap<NodeId, String>,
+    count: usize,
+) -> Vec<NodeId> {
+    let ranked = place_replicas(topic_id, partition, brokers, brokers.len());
+    let rack_of = |b: &NodeId| racks.get(b).cloned().unwrap_or_else(|| format!("\0{b}"));
+    let mut chosen: Vec<NodeId> = Vec::with_capacity(count);
+    let mut used = std::collections::BTreeSet::new();
+    for b in &ranked {
+        if chosen.len() == count {
+            break;
+        }
+        if used.insert(rack_of(b)) {
+            chosen.push(*b);
+        }
+    }
+    for b in &ranked {
+        if chosen.len() == count {
+            break;
+        }
+        if !chosen.contains(b) {
+            chosen.push(*b);
+        }
+    }
+    chosen
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn racked_placement_spans_racks_and_stays_consistent() {
+        let brokers: Vec<NodeId> = (1..=6).collect();
+        let racks: BTreeMap<NodeId, String> = brokers
+            .iter()
+            .map(|b| (*b, format!("r{}", (b - 1) / 2)))
+            .collect();
+        for p in 0..500 {
+            let r = place_replicas_in_racks(7, p, &brokers, &racks, 3);
+            let spanned: std::collections::BTreeSet<&String> =
+                r.iter().map(|b| &racks[b]).collect();
+            assert_eq!(spanned.len(), 3, "partition {p}: {r:?}");
+            // Without racks it is plain rendezvous placement.
+            assert_eq!(
+                place_replicas_in_racks(7, p, &brokers, &BTreeMap::new(), 3),
+                place_replicas(7, p, &brokers, 3)
+            );
+        }
+        // Two racks for RF 3: both used, the third replica by score.
+        let two: BTreeMap<NodeId, String> = brokers
+            .iter()
+            .map(|b| (*b, format!("r{}", b % 2)))
+            .collect();
+        for p in 0..100 {
+            let r = place_replicas_in_racks(7, p, &brokers, &two, 3);
+            let spanned: std::collections::BTreeSet<&String> = r.iter().map(|b| &two[b]).collect();
+            assert_eq!((r.len(), spanned.len()), (3, 2));
+        }
+    }
 
     #[test]
     fn placement_is_stable_and_adding_a_broker_moves_about_one_in_n() {

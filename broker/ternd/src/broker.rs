@@ -28,8 +28,8 @@ use tern_protocol::api::{
 use tern_protocol::record::BATCH_BYTES_MAX;
 use tern_protocol::{BatchView, ErrorCode, Request, Response};
 use tern_raft::{
-    place_replicas, placement_seed, Catalogue, ClusterChange, Command, CommandResponse, NodeId,
-    Raft, RaftNode, TernRaft, TopicEntry, TopicSettings, WriteError,
+    place_replicas_in_racks, placement_seed, Catalogue, ClusterChange, Command, CommandResponse,
+    NodeId, Raft, RaftNode, TernRaft, TopicEntry, TopicSettings, WriteError,
 };
 use tern_storage::{PartitionLog, StorageError, Store};
 use tokio::sync::{oneshot, watch};
@@ -45,6 +45,10 @@ mod authz;
 mod coordination;
 mod kafka_groups;
 mod leader_balance;
+mod rebalance;
+
+pub(crate) use rebalance::run_rebalances;
+pub use rebalance::{MOVE_ATTEMPT_TIMEOUT, REBALANCE_CONCURRENT_MOVES_DEFAULT};
 
 pub use kafka_groups::{
     KafkaGroupDescription, KafkaGroupError, KafkaJoinRequest, KafkaJoined, KafkaMemberDescription,
@@ -711,6 +715,9 @@ impl Broker {
                     .change_cluster(ClusterChange::Add(node_id as u64, peer_addr), ADMIN_TIMEOUT)
                     .await
                     .map_err(write_failure)?;
+                if self.config.auto_rebalance {
+                    self.rebalance_after_join(node_id as u64).await;
+                }
                 Ok(Response::AddBroker)
             }
             Request::RemoveBroker { node_id } => {
@@ -770,6 +777,10 @@ impl Broker {
                     not_preferred: report.not_preferred,
                     elections: report.elections,
                 })
+            }
+            Request::Rebalance(r) => {
+                let span = tracing::info_span!("rebalance");
+                self.rebalance(r).instrument(span).await
             }
             Request::User(u) => self.user_admin(session, u).await,
             Request::SaslHandshake { .. } | Request::SaslAuthenticate { .. } => Err(Failure::new(
@@ -1199,8 +1210,9 @@ impl Broker {
         let brokers = self.raft.voters();
         let rf = (config.replication_factor.max(1) as usize).min(brokers.len());
         let seed = placement_seed(&name);
+        let racks = self.raft.catalogue().borrow().racks.clone();
         let replicas = (0..config.partitions)
-            .map(|p| place_replicas(seed, p, &brokers, rf))
+            .map(|p| place_replicas_in_racks(seed, p, &brokers, &racks, rf))
             .collect();
         let command = Command::CreateTopic {
             name: name.clone(),
@@ -1288,8 +1300,9 @@ impl Broker {
         let brokers = self.raft.voters();
         let rf = (entry.settings.replication_factor.max(1) as usize).min(brokers.len());
         let seed = placement_seed(&topic);
+        let racks = self.raft.catalogue().borrow().racks.clone();
         let replicas = (from..count)
-            .map(|p| place_replicas(seed, p, &brokers, rf))
+            .map(|p| place_replicas_in_racks(seed, p, &brokers, &racks, rf))
             .collect();
         self.catalogue_write(Command::AddPartitions {
             name: topic.clone(),

@@ -213,6 +213,16 @@ pub struct Flags {
     #[arg(long, env = "TERN_METRICS_PLAINTEXT")]
     pub metrics_plaintext: bool,
 
+    /// This broker's rack (or zone): a partition's replicas go to distinct
+    /// racks when there are enough (at most 64 bytes).
+    #[arg(long, env = "TERN_RACK")]
+    pub rack: Option<String>,
+
+    /// After a broker is added, rebalance the cluster by itself: move the
+    /// replicas whose consistent-hash placement changed (about 1/N).
+    #[arg(long, env = "TERN_AUTO_REBALANCE")]
+    pub auto_rebalance: bool,
+
     /// Allow the client or peer listener on a non-loopback address without
     /// TLS. Anyone who reaches such a port can then act as a client or a
     /// broker: use it only on a network you trust completely.
@@ -300,6 +310,8 @@ struct FileConfig {
     cluster_topics_max: Option<usize>,
     cluster_partitions_max: Option<u64>,
     insecure: Option<bool>,
+    rack: Option<String>,
+    auto_rebalance: Option<bool>,
 }
 
 /// The `[auth]` table of the TOML file: who clients are and what they may do.
@@ -415,6 +427,10 @@ pub struct Config {
     pub metrics_tls: bool,
     /// Non-loopback listeners without TLS were explicitly allowed.
     pub insecure: bool,
+    /// This broker's rack, if declared.
+    pub rack: Option<String>,
+    /// Rebalance after a broker is added.
+    pub auto_rebalance: bool,
     /// Principals allowed every operation.
     pub super_users: Vec<String>,
     /// Connections must authenticate before any other request.
@@ -700,7 +716,25 @@ impl Config {
             }
         };
         let authorization = flags.authorization || auth_file.authorization.unwrap_or(false);
+        let rack = flags.rack.or(file.rack);
+        if let Some(r) = &rack {
+            if r.is_empty()
+                || r.len() > tern_raft::RACK_BYTES_MAX
+                || r.chars().any(char::is_control)
+            {
+                return Err(ConfigError::Invalid {
+                    key: "rack",
+                    detail: format!(
+                        "{r:?}: a rack name has 1 to {} bytes, no control characters",
+                        tern_raft::RACK_BYTES_MAX
+                    ),
+                });
+            }
+        }
+        let auto_rebalance = flags.auto_rebalance || file.auto_rebalance.unwrap_or(false);
         Ok(Config {
+            rack,
+            auto_rebalance,
             authorization,
             tls,
             metrics_tls,

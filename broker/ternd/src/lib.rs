@@ -231,6 +231,10 @@ pub async fn start(mut config: Config) -> Result<Running, StartError> {
         tokio::spawn(broker.clone().follow_catalogue(shutdown.clone())),
         tokio::spawn(broker.clone().balance_leaders(shutdown.clone())),
         tokio::spawn(register(broker.clone(), shutdown.clone())),
+        tokio::spawn(broker::run_rebalances(
+            Arc::downgrade(&broker),
+            shutdown.clone(),
+        )),
     ];
     if let Some(user) = config.bootstrap_user.clone() {
         tasks.push(tokio::spawn(bootstrap_user(
@@ -350,10 +354,24 @@ async fn register(broker: Arc<Broker>, shutdown: CancellationToken) {
             broker.set_ready(false);
             shutdown.cancel();
         }
-        Some(_) => tracing::info!(
-            node_id = broker.raft().node_id(),
-            "registered with the cluster"
-        ),
+        Some(_) => {
+            // The rack goes in its own command: registration's layout is
+            // that of earlier versions' log entries.
+            let rack = tern_raft::Command::SetRack {
+                node_id: broker.raft().node_id(),
+                rack: broker.config().rack.clone(),
+            };
+            if meta_write_until_decided(&broker, rack, "rack", &shutdown)
+                .await
+                .is_some()
+            {
+                tracing::info!(
+                    node_id = broker.raft().node_id(),
+                    rack = broker.config().rack.as_deref().unwrap_or("none"),
+                    "registered with the cluster"
+                );
+            }
+        }
     }
 }
 

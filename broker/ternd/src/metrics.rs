@@ -185,6 +185,10 @@ pub struct Metrics {
     /// Bytes of request frames read and not yet answered, on all
     /// connections (bounded by `request_bytes_in_flight_max`).
     pub request_bytes_in_flight: IntGauge,
+    /// Rebalance moves this broker ran, by outcome (`done`, `failed`).
+    pub rebalance_moves: IntCounterVec,
+    /// Moves of the running rebalance not done yet (0 when none runs).
+    pub rebalance_moves_pending: IntGauge,
     /// Failed client authentications, by SASL mechanism (wrong password,
     /// unknown user, malformed or out-of-order messages).
     pub auth_failures: IntCounterVec,
@@ -545,6 +549,17 @@ impl Metrics {
                 ),
                 &["limit"]
             )),
+            rebalance_moves: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tern_rebalance_moves_total",
+                    "Partition moves of a rebalance this broker ran (as the partition's leader), by outcome."
+                ),
+                &["outcome"]
+            )),
+            rebalance_moves_pending: reg!(IntGauge::new(
+                "tern_rebalance_moves_pending",
+                "Moves of the running rebalance not done yet (0 when none runs)."
+            )),
             request_bytes_in_flight: reg!(IntGauge::new(
                 "tern_request_bytes_in_flight",
                 "Bytes of request frames read and not yet answered, on all client connections."
@@ -617,6 +632,9 @@ impl Metrics {
         }
         m.auth_failures
             .with_label_values(&[tern_auth::SCRAM_SHA_256]);
+        for outcome in ["done", "failed"] {
+            m.rebalance_moves.with_label_values(&[outcome]);
+        }
         for operation in tern_acl::Operation::ALL {
             m.acl_denied.with_label_values(&[operation.name()]);
         }

@@ -2,7 +2,9 @@
 
 use clap::Subcommand;
 use serde_json::json;
-use tern_client::{Admin, Client};
+use std::time::Duration;
+
+use tern_client::{Admin, Client, PlanState, RebalanceOptions, RebalanceResponse};
 
 use crate::output::{print_json, OutputArgs};
 
@@ -29,15 +31,19 @@ pub(crate) enum ClusterCommand {
         /// Its peer (Raft) address, HOST:PORT.
         peer_addr: String,
     },
-    /// Move every replica off a broker (keeping each partition's
-    /// replication factor when another broker can take it), then remove it
-    /// from the cluster. The removed broker stops by itself about 5 s later
-    /// (exit status non-zero, "removed from the cluster" in its log); to
-    /// bring it back, start it empty with --join and add it again.
+    /// Move every replica off a broker (a rebalance that leaves it out of
+    /// the placement: only its replicas move, each to where consistent
+    /// hashing puts it among the others), then remove it from the cluster.
+    /// The removed broker stops by itself about 5 s later (exit status
+    /// non-zero, "removed from the cluster" in its log); to bring it back,
+    /// start it empty with --join and add it again.
     #[command(after_help = "Example:\n  tern cluster remove-broker 3")]
     RemoveBroker {
         /// Node id of the broker to remove.
         node_id: u32,
+        /// Longest wait for its replicas to move, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout_secs: u64,
     },
     /// Move leadership back to preferred leaders now. A partition's
     /// preferred leader is the first broker of its replica list; each
@@ -52,6 +58,126 @@ pub(crate) enum ClusterCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Move the replicas whose consistent-hash placement changed (after
+    /// brokers joined, or racks changed) — about 1/N of them when the N-th
+    /// broker joined — online, a few at a time. The plan is stored in the
+    /// cluster: it survives failovers and resumes. Without --wait it
+    /// returns once the plan is stored; --status shows progress.
+    #[command(after_help = "Examples:\n  \
+        tern cluster rebalance --dry-run\n  \
+        tern cluster rebalance --max-concurrent-moves 4 --throttle 20000000 --wait\n  \
+        tern cluster rebalance --status --output json\n  \
+        tern cluster rebalance --cancel")]
+    Rebalance {
+        /// Only show the plan.
+        #[arg(long, conflicts_with_all = ["status", "cancel"])]
+        dry_run: bool,
+        /// Show the last rebalance's progress.
+        #[arg(long, conflicts_with = "cancel")]
+        status: bool,
+        /// Stop the running rebalance (moves under way finish).
+        #[arg(long)]
+        cancel: bool,
+        /// Most moves at once, cluster-wide (default 2, at most 64).
+        #[arg(long, default_value_t = 0)]
+        max_concurrent_moves: u32,
+        /// Replication bandwidth to new replicas, bytes per second per
+        /// sending broker (default: unthrottled).
+        #[arg(long, default_value_t = 0)]
+        throttle: u64,
+        /// Wait until every move is done, printing progress.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// One line on a plan: its state and progress.
+fn summary(plan: &RebalanceResponse) -> String {
+    if plan.state == PlanState::None {
+        return "no rebalance has run".into();
+    }
+    let done = plan.moves.iter().filter(|m| m.done).count();
+    let moved: usize = plan
+        .moves
+        .iter()
+        .map(|m| m.to.iter().filter(|b| !m.from.contains(b)).count())
+        .sum();
+    let bytes: u64 = plan
+        .moves
+        .iter()
+        .filter(|m| m.done)
+        .map(|m| m.bytes * m.to.iter().filter(|b| !m.from.contains(b)).count() as u64)
+        .sum();
+    let share = if plan.replicas_total == 0 {
+        0.0
+    } else {
+        100.0 * moved as f64 / plan.replicas_total as f64
+    };
+    format!(
+        "rebalance {}: {:?}; {} partition moves ({moved} of {} replicas, {share:.1} %), \
+         {done} done, {} left, {bytes} bytes copied; {} at once{}",
+        plan.plan_id,
+        plan.state,
+        plan.moves.len(),
+        plan.replicas_total,
+        plan.moves.len() - done,
+        plan.max_concurrent_moves,
+        if plan.throttle_bytes_per_sec > 0 {
+            format!(", throttled to {} B/s", plan.throttle_bytes_per_sec)
+        } else {
+            String::new()
+        }
+    )
+}
+
+fn print_plan(plan: &RebalanceResponse, json: bool) -> anyhow::Result<()> {
+    if json {
+        for m in &plan.moves {
+            print_json(&json!({
+                "plan": plan.plan_id,
+                "topic": m.topic,
+                "partition": m.partition,
+                "from": m.from,
+                "to": m.to,
+                "done": m.done,
+                "bytes": m.bytes,
+                "failures": m.failures,
+                "last_error": m.last_error,
+            }))?;
+        }
+        print_json(&json!({
+            "plan": plan.plan_id,
+            "state": format!("{:?}", plan.state),
+            "moves": plan.moves.len(),
+            "done": plan.moves.iter().filter(|m| m.done).count(),
+            "replicas_total": plan.replicas_total,
+            "racks": plan.racks.iter().map(|(b, r)| json!({"node": b, "rack": r})).collect::<Vec<_>>(),
+        }))?;
+        return Ok(());
+    }
+    for m in &plan.moves {
+        println!(
+            "{}/{}\t{:?} -> {:?}\t{}{}",
+            m.topic,
+            m.partition,
+            m.from,
+            m.to,
+            if m.done { "done" } else { "pending" },
+            if m.last_error.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} failures, last: {})", m.failures, m.last_error)
+            }
+        );
+    }
+    if !plan.racks.is_empty() {
+        let racks: Vec<String> = plan.racks.iter().map(|(b, r)| format!("{b}={r}")).collect();
+        println!("racks: {}", racks.join(" "));
+    }
+    println!("{}", summary(plan));
+    Ok(())
 }
 
 pub(crate) async fn run(client: Client, command: ClusterCommand) -> anyhow::Result<()> {
@@ -112,8 +238,57 @@ pub(crate) async fn run(client: Client, command: ClusterCommand) -> anyhow::Resu
                 balance.elections()
             );
         }
-        ClusterCommand::RemoveBroker { node_id } => {
-            admin.remove_broker(node_id).await?;
+        ClusterCommand::Rebalance {
+            dry_run,
+            status,
+            cancel,
+            max_concurrent_moves,
+            throttle,
+            wait,
+            output,
+        } => {
+            let plan = if status {
+                admin.rebalance_status().await?
+            } else if cancel {
+                admin.cancel_rebalance().await?
+            } else {
+                admin
+                    .rebalance(&RebalanceOptions {
+                        dry_run,
+                        max_concurrent_moves,
+                        throttle_bytes_per_sec: throttle,
+                        exclude: Vec::new(),
+                    })
+                    .await?
+            };
+            if !wait || plan.state != PlanState::Running {
+                return print_plan(&plan, output.json());
+            }
+            if !output.json() {
+                println!("{}", summary(&plan));
+            }
+            loop {
+                let now = admin
+                    .wait_rebalance(plan.plan_id, Duration::from_secs(5))
+                    .await;
+                match now {
+                    Ok(done) => return print_plan(&done, output.json()),
+                    Err(tern_client::ClientError::Timeout(_)) => {
+                        if !output.json() {
+                            println!("{}", summary(&admin.rebalance_status().await?));
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        ClusterCommand::RemoveBroker {
+            node_id,
+            timeout_secs,
+        } => {
+            admin
+                .remove_broker(node_id, Duration::from_secs(timeout_secs))
+                .await?;
             println!(
                 "broker {node_id} left the cluster; its replicas moved; \
                  it stops by itself within seconds"

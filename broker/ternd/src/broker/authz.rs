@@ -22,6 +22,7 @@ use tern_acl::{AclSet, Operation, Resource};
 use tern_protocol::acl::AclRequest;
 use tern_protocol::auth::UserRequest;
 use tern_protocol::coord::{GroupRequest, LockRequest};
+use tern_protocol::rebalance::RebalanceRequest;
 use tern_protocol::{ErrorCode, Request};
 
 use super::{Broker, Failure};
@@ -105,6 +106,14 @@ pub(crate) fn needs(request: &Request) -> Needs<'_> {
         // Moving leadership changes the cluster (Kafka: ALTER on the
         // cluster for preferred-leader elections).
         Request::BalanceLeaders => one(Resource::Cluster, Alter),
+        Request::Rebalance(r) => match r {
+            RebalanceRequest::Start { dry_run: true, .. } | RebalanceRequest::Status => {
+                one(Resource::Cluster, Describe)
+            }
+            RebalanceRequest::Start { .. } | RebalanceRequest::Cancel => {
+                one(Resource::Cluster, Alter)
+            }
+        },
         // Growing a topic changes it (Kafka: ALTER on the topic).
         Request::CreatePartitions { topic, .. } => one(Resource::Topic(topic), Alter),
         Request::User(u) => match u {
@@ -134,6 +143,9 @@ pub(crate) fn is_admin(request: &Request) -> bool {
             | Request::BalanceLeaders
             | Request::User(UserRequest::Upsert { .. } | UserRequest::Delete { .. })
             | Request::Acl(AclRequest::Add(_) | AclRequest::Remove(_))
+            | Request::Rebalance(
+                RebalanceRequest::Start { dry_run: false, .. } | RebalanceRequest::Cancel
+            )
     )
 }
 
@@ -367,6 +379,20 @@ mod tests {
                 auth_bytes: bytes::Bytes::from_static(b"n,,n=alice,r=abc"),
             },
             Request::BalanceLeaders,
+            Request::Rebalance(RebalanceRequest::Start {
+                dry_run: false,
+                max_concurrent_moves: 2,
+                throttle_bytes_per_sec: 0,
+                exclude: vec![],
+            }),
+            Request::Rebalance(RebalanceRequest::Cancel),
+            Request::Rebalance(RebalanceRequest::Status),
+            Request::Rebalance(RebalanceRequest::Start {
+                dry_run: true,
+                max_concurrent_moves: 0,
+                throttle_bytes_per_sec: 0,
+                exclude: vec![3],
+            }),
         ]
     }
 
@@ -422,11 +448,20 @@ mod tests {
             );
             assert!(is_admin(&r[admin]));
         }
-        let balance = r.len() - 1;
+        let balance = r.len() - 5;
         assert_eq!(r[balance], Request::BalanceLeaders);
         assert_eq!(all(balance), vec![(Resource::Cluster, Alter)]);
         assert!(is_admin(&r[balance]));
         assert_eq!(all(23), vec![(Resource::Topic("t"), Alter)], "grow a topic");
+        let base = r.len() - 4;
+        for admin in [base, base + 1] {
+            assert_eq!(all(admin), vec![(Resource::Cluster, Alter)]);
+            assert!(is_admin(&r[admin]));
+        }
+        for look in [base + 2, base + 3] {
+            assert_eq!(all(look), vec![(Resource::Cluster, Describe)]);
+            assert!(!is_admin(&r[look]));
+        }
         assert!(is_admin(&r[23]));
         for user_change in [24, 25] {
             assert_eq!(all(user_change), vec![(Resource::Cluster, Alter)]);
