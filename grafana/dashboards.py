@@ -93,6 +93,10 @@ DASHBOARDS = [
                 (f"sum(rate(tern_preferred_leader_elections_won_total[{R}])) * 60", "elections won /min"),
             ]),
             panel("Under-replicated partitions", [("sum(tern_partitions_under_replicated)", "under-replicated")]),
+            panel("Rebalance", [
+                ("max(tern_rebalance_moves_pending)", "moves left"),
+                (f"sum by (outcome) (rate(tern_rebalance_moves_total[{R}])) * 60", "moves {{outcome}} /min"),
+            ]),
         ],
         [
             panel("Authentication failures /s", [(f"sum by (mechanism) (rate(tern_auth_failures_total[{R}]))", "{{mechanism}}")], "ops"),
