@@ -442,10 +442,13 @@ impl Producer {
                 {
                     sh.learn_count(&record.topic, t.partitions.len() as u32)
                 }
-                _ => match sh.count_covering(&record.topic, record.partition).await {
-                    Ok(k) => k,
-                    Err(e) => return Ok(Delivery::failed(e)),
-                },
+                Ok(_) | Err(ClientError::UnknownTopic(_)) => {
+                    match sh.count_covering(&record.topic, record.partition).await {
+                        Ok(k) => k,
+                        Err(e) => return Ok(Delivery::failed(e)),
+                    }
+                }
+                Err(e) => return Ok(Delivery::failed(e)),
             },
         };
         let rec = Record {
@@ -647,11 +650,14 @@ impl Shared {
         let deadline = tokio::time::Instant::now() + TOPIC_METADATA_WAIT;
         loop {
             let answer = self.refresh_count(topic).await;
-            let covers = match &answer {
-                Ok((_, n)) => *n > 0 && partition.is_none_or(|p| p < *n),
+            let wait_more = match &answer {
+                Ok((_, n)) => *n == 0 || partition.is_some_and(|p| p >= *n),
+                // Unknown to the broker asked, so far; any other error
+                // (access denied, no broker reachable) is the answer.
+                Err(ClientError::UnknownTopic(_)) => true,
                 Err(_) => false,
             };
-            if covers || tokio::time::Instant::now() >= deadline {
+            if !wait_more || tokio::time::Instant::now() >= deadline {
                 return answer;
             }
             tokio::time::sleep(TOPIC_METADATA_RETRY).await;
@@ -668,6 +674,10 @@ impl Shared {
             Some(t) if t.error == ErrorCode::None => {
                 Ok(self.learn_count(topic, t.partitions.len() as u32))
             }
+            Some(t) if t.error == ErrorCode::AccessDenied => Err(ClientError::Broker {
+                code: ErrorCode::AccessDenied,
+                message: format!("not allowed to describe topic {topic:?}"),
+            }),
             _ => Err(ClientError::UnknownTopic(topic.to_owned())),
         }
     }
