@@ -7,11 +7,11 @@
 # producer (200 records/s, one per request) measures what producers see.
 # Loopback only; every broker started here is stopped by PID at exit.
 #
-#   scripts/bench-rebalance.sh [MB] [THROTTLE_BYTES_PER_SEC]   (defaults 5000, 50000000)
+#   scripts/bench-rebalance.sh [MB] [THROTTLE_BYTES_PER_SEC]   (defaults 5000, 20000000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MB=${1:-5000}
-THROTTLE=${2:-50000000}
+THROTTLE=${2:-20000000}
 T=${CARGO_TARGET_DIR:-target}/release
 WORK=$(mktemp -d /tmp/tern-bench-rebalance.XXXXXX)
 pids=()
@@ -79,6 +79,7 @@ move "unthrottled"
 
 echo "== broker 4 leaves (its replicas move back), is wiped, joins again; throttled to $THROTTLE B/s"
 tern cluster remove-broker 4 >/dev/null
+kill "$pid4" 2>/dev/null || true
 wait "$pid4" 2>/dev/null || true
 rm -rf "$WORK/n4"
 start_broker 4 --join

@@ -476,7 +476,16 @@ impl Producer {
                 });
             }
             (None, Some(k)) => partition_for_key(k, partitions),
-            (None, None) => *st.sticky.entry(topic.clone()).or_insert(0) % partitions,
+            (None, None) => {
+                // Kept below the partition count: `seal` moves it on only
+                // when the sealed batch is the sticky partition's, so an
+                // unreduced value (past the last partition) would never
+                // match again and keyless records would stay on one
+                // partition for good.
+                let sticky = st.sticky.entry(topic.clone()).or_insert(0);
+                *sticky %= partitions;
+                *sticky
+            }
         };
         let key = (topic.clone(), partition);
         if let Some(o) = st.open.get(&key) {

@@ -34,8 +34,9 @@ pub(crate) enum ClusterCommand {
     /// Move every replica off a broker (a rebalance that leaves it out of
     /// the placement: only its replicas move, each to where consistent
     /// hashing puts it among the others), then remove it from the cluster.
-    /// The removed broker stops by itself about 5 s later (exit status
-    /// non-zero, "removed from the cluster" in its log); to bring it back,
+    /// Then stop the removed broker's process: it stops by itself only if
+    /// it saw the membership that removes it ("removed from the cluster" in
+    /// its log), and the others refuse it either way. To bring it back,
     /// start it empty with --join and add it again.
     #[command(after_help = "Example:\n  tern cluster remove-broker 3")]
     RemoveBroker {
@@ -291,7 +292,7 @@ pub(crate) async fn run(client: Client, command: ClusterCommand) -> anyhow::Resu
                 .await?;
             println!(
                 "broker {node_id} left the cluster; its replicas moved; \
-                 it stops by itself within seconds"
+                 stop its process (the other brokers refuse it now)"
             );
         }
     }

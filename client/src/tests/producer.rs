@@ -242,3 +242,42 @@ async fn the_producer_follows_a_topic_that_grew() {
     .await;
     broker.stop().await;
 }
+
+/// Keyless records rotate over every partition, batch by batch, for good
+/// (a sticky index that ran past the last partition once stayed on
+/// partition 0 for ever after: every multi-partition benchmark wrote one
+/// partition).
+#[tokio::test(flavor = "current_thread")]
+async fn keyless_records_keep_rotating_over_every_partition() {
+    const PARTITIONS: u32 = 4;
+    let broker = TestBroker::start(None).await;
+    broker.create_topic("spread", PARTITIONS).await;
+    let client = crate::Client::connect(&broker.addr.to_string())
+        .await
+        .expect("connect");
+    let producer = Producer::new(
+        client,
+        ProducerConfig {
+            // About ten records per batch: many batches, many rotations.
+            batch_bytes_max: 10 * 40,
+            ..Default::default()
+        },
+    );
+    let mut deliveries = Vec::new();
+    for i in 0..2_000u32 {
+        let record = ProducerRecord::new("spread", format!("value-{i:06}"));
+        deliveries.push(producer.enqueue(record).await.expect("enqueue"));
+    }
+    producer.flush().await.expect("flush");
+    let mut per_partition = [0u32; PARTITIONS as usize];
+    for d in deliveries {
+        let meta = bounded(LIMIT, "delivery", d).await.expect("delivered");
+        per_partition[meta.partition as usize] += 1;
+    }
+    for (p, n) in per_partition.iter().enumerate() {
+        assert!(
+            *n >= 2_000 / PARTITIONS / 2,
+            "partition {p} got {n} of 2,000: {per_partition:?}"
+        );
+    }
+}
