@@ -863,14 +863,7 @@ impl Transport {
             return encode(&handler());
         }
         if kind == KIND_LEADERS_OF {
-            let groups: Vec<u64> = decode(&body)?;
-            if groups.len() > LEADER_ASKS_PER_CALL_MAX {
-                return Err(format!(
-                    "{} groups asked in one call; at most {LEADER_ASKS_PER_CALL_MAX} \
-                     (leader_asks_per_call_max)",
-                    groups.len()
-                ));
-            }
+            let groups = decode_group_asks(&body)?;
             let leaders: Vec<Option<NodeId>> = groups
                 .iter()
                 .map(|g| {
@@ -886,14 +879,7 @@ impl Transport {
             return encode(&leader);
         }
         if kind == KIND_LOG_ENDS_OF {
-            let groups: Vec<u64> = decode(&body)?;
-            if groups.len() > LEADER_ASKS_PER_CALL_MAX {
-                return Err(format!(
-                    "{} groups asked in one call; at most {LEADER_ASKS_PER_CALL_MAX} \
-                     (leader_asks_per_call_max)",
-                    groups.len()
-                ));
-            }
+            let groups = decode_group_asks(&body)?;
             let ends: Vec<Option<u64>> = groups
                 .iter()
                 .map(|g| {
@@ -953,6 +939,20 @@ impl Transport {
             other => Err(format!("unknown peer request kind {other}")),
         }
     }
+}
+
+/// The group ids of a [`KIND_LEADERS_OF`] or [`KIND_LOG_ENDS_OF`] ask,
+/// refused whole past [`LEADER_ASKS_PER_CALL_MAX`].
+fn decode_group_asks(body: &[u8]) -> Result<Vec<u64>, String> {
+    let groups: Vec<u64> = decode(body)?;
+    if groups.len() > LEADER_ASKS_PER_CALL_MAX {
+        return Err(format!(
+            "{} groups asked in one call; at most {LEADER_ASKS_PER_CALL_MAX} \
+             (leader_asks_per_call_max)",
+            groups.len()
+        ));
+    }
+    Ok(groups)
 }
 
 fn codec() -> LengthDelimitedCodec {
